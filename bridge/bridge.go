@@ -1,0 +1,214 @@
+// Package bridge serves legacy MCP HTTP+SSE clients (protocol 2024-11-05)
+// from Streamable HTTP MCP servers. It is plain net/http: the Caddy module in
+// caddymodule/ wires it into Caddy, and tests drive it with httptest.
+//
+// Every piece of session state lives in a sessionstore.Store, so that any
+// replica sharing the store can take any request.
+package bridge
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore"
+)
+
+// Bridge handles the legacy endpoints for one upstream.
+type Bridge struct {
+	cfg    Config
+	store  sessionstore.Store
+	client *http.Client
+	log    *zap.Logger
+
+	// background carries upstream work that outlives the POST that started
+	// it; it ends on Shutdown, not on Close, so that a config reload does
+	// not drop answers in flight.
+	background context.Context
+	cancelBG   context.CancelFunc
+	// shuttingDown is closed by Shutdown to end every stream.
+	shuttingDown chan struct{}
+	shutdownOnce sync.Once
+	// stopJanitor ends the expiry loop (Close).
+	stopJanitor chan struct{}
+	closeOnce   sync.Once
+	wg          sync.WaitGroup
+
+	mu sync.Mutex
+	// inflight counts upstream requests per session on this replica.
+	inflight map[string]int
+	// cancelled remembers request ids the client cancelled, per session, so
+	// that their missing responses are not turned into errors.
+	cancelled map[string]map[string]struct{}
+	// credentials remembers, per session streamed here, the headers needed
+	// for background upstream requests (GET stream, DELETE). Never stored.
+	credentials map[string]http.Header
+	// reinit serialises upstream re-initialisation per session.
+	reinit map[string]*sync.Mutex
+}
+
+// New returns a bridge over store. Call Close when the configuration that
+// made it is unloaded, and Shutdown when the process is exiting.
+func New(cfg Config, store sessionstore.Store) (*Bridge, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	if cfg.ReplicaID == "" {
+		cfg.ReplicaID = randomID()
+	}
+	transport := cfg.Transport
+	if transport == nil {
+		transport = newUpstreamTransport()
+	}
+	bg, cancel := context.WithCancel(context.Background())
+	b := &Bridge{
+		cfg:          cfg,
+		store:        store,
+		client:       &http.Client{Transport: transport, CheckRedirect: noRedirects},
+		log:          cfg.Logger,
+		background:   bg,
+		cancelBG:     cancel,
+		shuttingDown: make(chan struct{}),
+		stopJanitor:  make(chan struct{}),
+		inflight:     make(map[string]int),
+		cancelled:    make(map[string]map[string]struct{}),
+		credentials:  make(map[string]http.Header),
+		reinit:       make(map[string]*sync.Mutex),
+	}
+	b.wg.Add(1)
+	go b.runJanitor()
+	return b, nil
+}
+
+// Close stops the bridge's background loop. Open streams and upstream
+// requests in flight carry on until they end by themselves, so that a config
+// reload keeps them.
+func (b *Bridge) Close() {
+	b.closeOnce.Do(func() { close(b.stopJanitor) })
+	b.wg.Wait()
+}
+
+// Shutdown ends every open stream with a final comment, so that clients
+// reconnect elsewhere, and cancels upstream work. For process exit.
+func (b *Bridge) Shutdown() {
+	b.shutdownOnce.Do(func() {
+		close(b.shuttingDown)
+		b.cancelBG()
+	})
+}
+
+// Handles reports whether the request path is one of the bridge's endpoints.
+func (b *Bridge) Handles(r *http.Request) bool {
+	return r.URL.Path == b.cfg.SSEPath || r.URL.Path == b.cfg.MessagePath
+}
+
+// ServeHTTP serves the event stream and the message endpoint. Requests to
+// other paths get 404; use Handles to route them elsewhere.
+func (b *Bridge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !b.checkOrigin(w, r) {
+		return
+	}
+	switch r.URL.Path {
+	case b.cfg.SSEPath:
+		switch r.Method {
+		case http.MethodGet:
+			b.serveStream(w, r)
+		case http.MethodOptions:
+			w.WriteHeader(http.StatusNoContent)
+		default:
+			w.Header().Set("Allow", "GET, OPTIONS")
+			httpError(w, http.StatusMethodNotAllowed, "the event stream endpoint takes GET")
+		}
+	case b.cfg.MessagePath:
+		switch r.Method {
+		case http.MethodPost:
+			b.serveMessage(w, r)
+		case http.MethodOptions:
+			w.WriteHeader(http.StatusNoContent)
+		default:
+			w.Header().Set("Allow", "POST, OPTIONS")
+			httpError(w, http.StatusMethodNotAllowed, "the message endpoint takes POST")
+		}
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+// checkOrigin refuses requests whose Origin is present and neither the
+// request's own host nor allowed, and answers CORS for allowed ones.
+func (b *Bridge) checkOrigin(w http.ResponseWriter, r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	allowed := false
+	if u, err := url.Parse(origin); err == nil && strings.EqualFold(u.Host, r.Host) {
+		allowed = true
+	}
+	for _, o := range b.cfg.AllowedOrigins {
+		if o == "*" || strings.EqualFold(o, origin) {
+			allowed = true
+		}
+	}
+	if !allowed {
+		httpError(w, http.StatusForbidden, "origin not allowed")
+		return false
+	}
+	h := w.Header()
+	h.Set("Access-Control-Allow-Origin", origin)
+	h.Add("Vary", "Origin")
+	h.Set("Access-Control-Allow-Credentials", "true")
+	if r.Method == http.MethodOptions {
+		h.Set("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+		h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, Last-Event-ID, MCP-Protocol-Version")
+		h.Set("Access-Control-Max-Age", "600")
+	}
+	return true
+}
+
+// fingerprint identifies the caller by a hash of its credentials, so that a
+// session id alone does not let another caller use the session.
+func fingerprint(r *http.Request) string {
+	sum := sha256.Sum256([]byte("mcp-sse-bridge identity\x00" + r.Header.Get("Authorization")))
+	return hex.EncodeToString(sum[:16])
+}
+
+// randomID returns 128 random bits as 32 hex digits.
+func randomID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func httpError(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = w.Write([]byte(msg + "\n"))
+}
+
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+// storeError answers a store failure: 404 for missing sessions, 503 with
+// Retry-After when the store is out of reach or full.
+func (b *Bridge) storeError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, sessionstore.ErrNotFound):
+		httpError(w, http.StatusNotFound, "session not found")
+	default:
+		b.log.Warn("session store failed", zap.Error(err))
+		w.Header().Set("Retry-After", "1")
+		httpError(w, http.StatusServiceUnavailable, "session store unavailable: "+err.Error())
+	}
+}
+
+func (b *Bridge) now() time.Time { return time.Now() }

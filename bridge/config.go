@@ -1,0 +1,98 @@
+package bridge
+
+import (
+	"errors"
+	"net/http"
+	"net/url"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultSSEPath        = "/sse"
+	DefaultMessagePath    = "/messages"
+	DefaultKeepalive      = 15 * time.Second
+	DefaultSessionTTL     = 10 * time.Minute
+	DefaultMaxMessageSize = 4 << 20
+	DefaultMaxInflight    = 256
+	// acceptWait caps how long a legacy POST waits for the upstream's status
+	// line before it is answered 202 anyway (JSON-mode upstreams send their
+	// status only with the result; holding the POST longer would deadlock
+	// clients that POST one message at a time).
+	defaultAcceptWait = 2 * time.Second
+)
+
+// Config is the bridge's configuration. The Caddy module fills it from the
+// Caddyfile or JSON config.
+type Config struct {
+	// Upstream is the Streamable HTTP endpoint of the MCP server.
+	Upstream *url.URL
+	// SSEPath and MessagePath are matched against the request path as the
+	// handler sees it (after any prefix stripping).
+	SSEPath     string
+	MessagePath string
+	// Keepalive is the interval of ': ping' comments on each stream.
+	Keepalive time.Duration
+	// SessionTTL is how long a session outlives its stream.
+	SessionTTL time.Duration
+	// MaxMessageSize bounds a legacy POST body and one upstream message.
+	MaxMessageSize int64
+	// MaxInflight bounds the upstream requests in flight for one session.
+	MaxInflight int
+	// AllowedOrigins are browser origins allowed besides the request's own
+	// host; "*" allows any.
+	AllowedOrigins []string
+	// ReplicaID names this process in session ownership records.
+	ReplicaID string
+	// HeaderUp, if set, adds or rewrites upstream request headers. r is the
+	// client request being forwarded, or the request that opened the stream
+	// for background requests.
+	HeaderUp func(r *http.Request, h http.Header)
+	// OriginalPath returns the path of the request as the client sent it,
+	// before any prefix was stripped. Defaults to r.URL.Path.
+	OriginalPath func(r *http.Request) string
+	// Transport carries upstream requests; nil means a transport tuned for
+	// long-lived streams.
+	Transport http.RoundTripper
+	// Logger receives the bridge's logs; nil means none.
+	Logger *zap.Logger
+}
+
+func (c *Config) setDefaults() error {
+	if c.Upstream == nil || c.Upstream.Scheme == "" || c.Upstream.Host == "" {
+		return errors.New("upstream must be an absolute http or https URL")
+	}
+	if c.Upstream.Scheme != "http" && c.Upstream.Scheme != "https" {
+		return errors.New("upstream must be an http or https URL")
+	}
+	if c.SSEPath == "" {
+		c.SSEPath = DefaultSSEPath
+	}
+	if c.MessagePath == "" {
+		c.MessagePath = DefaultMessagePath
+	}
+	if c.SSEPath == c.MessagePath {
+		return errors.New("sse_path and message_path must differ")
+	}
+	if c.Keepalive <= 0 {
+		c.Keepalive = DefaultKeepalive
+	}
+	if c.SessionTTL <= 0 {
+		c.SessionTTL = DefaultSessionTTL
+	}
+	if c.MaxMessageSize <= 0 {
+		c.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if c.MaxInflight <= 0 {
+		c.MaxInflight = DefaultMaxInflight
+	}
+	if c.OriginalPath == nil {
+		c.OriginalPath = func(r *http.Request) string { return r.URL.Path }
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	return nil
+}

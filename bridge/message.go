@@ -1,0 +1,193 @@
+package bridge
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore"
+)
+
+// serveMessage serves POST message_path?sessionId=…: one JSON-RPC message
+// (or a batch, which is split) for the session's upstream.
+func (b *Bridge) serveMessage(w http.ResponseWriter, r *http.Request) {
+	id := r.URL.Query().Get("sessionId")
+	if id == "" {
+		httpError(w, http.StatusBadRequest, "missing sessionId query parameter")
+		return
+	}
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		httpError(w, http.StatusUnsupportedMediaType, "Content-Type must be application/json")
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, b.cfg.MaxMessageSize))
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			httpError(w, http.StatusRequestEntityTooLarge, "message larger than max_message_size")
+			return
+		}
+		httpError(w, http.StatusBadRequest, "reading body: "+err.Error())
+		return
+	}
+	sess, err := b.store.Get(r.Context(), id)
+	if err != nil {
+		b.storeError(w, err)
+		return
+	}
+	if sess.Fingerprint != fingerprint(r) || sess.Upstream != b.cfg.Upstream.String() {
+		// Another caller's session looks exactly like a missing one.
+		httpError(w, http.StatusNotFound, "session not found")
+		return
+	}
+
+	msgs, envs, errMsg := parseMessages(body)
+	if errMsg != "" {
+		httpError(w, http.StatusBadRequest, "invalid message: "+errMsg)
+		return
+	}
+
+	requests := 0
+	for _, env := range envs {
+		if env.Kind == KindRequest {
+			requests++
+		}
+	}
+	if !b.acquire(id, requests) {
+		w.Header().Set("Retry-After", "1")
+		httpError(w, http.StatusServiceUnavailable, "too many requests in flight for this session")
+		return
+	}
+
+	client := b.upstreamHeaders(r)
+	statuses := make([]chan *upstreamStatus, len(msgs))
+	for i := range msgs {
+		statuses[i] = make(chan *upstreamStatus, 1)
+		go b.forward(&call{
+			sessionID: id,
+			msg:       msgs[i],
+			env:       envs[i],
+			client:    client,
+			status:    statuses[i],
+		})
+	}
+
+	// Answer once the upstream took every message, or after acceptWait:
+	// whatever happens later reaches the client on its stream.
+	timer := time.NewTimer(defaultAcceptWait)
+	defer timer.Stop()
+	for _, ch := range statuses {
+		select {
+		case st := <-ch:
+			if st != nil && st.authChallenge {
+				// 401/403 with a challenge goes back on the POST so that the
+				// client can run its authorization flow.
+				for k, v := range st.header {
+					w.Header()[k] = v
+				}
+				w.WriteHeader(st.code)
+				_, _ = w.Write(st.body)
+				return
+			}
+		case <-timer.C:
+		case <-r.Context().Done():
+		}
+	}
+	w.WriteHeader(http.StatusAccepted)
+}
+
+// parseMessages validates a POST body and splits a batch into messages.
+func parseMessages(body []byte) ([][]byte, []Envelope, string) {
+	if !json.Valid(body) {
+		return nil, nil, "body is not valid JSON"
+	}
+	var msgs [][]byte
+	if isArray(body) {
+		for _, m := range SplitBatch(body) {
+			msgs = append(msgs, m)
+		}
+		if len(msgs) == 0 {
+			return nil, nil, "empty batch"
+		}
+	} else {
+		msgs = [][]byte{body}
+	}
+	envs := make([]Envelope, len(msgs))
+	for i, m := range msgs {
+		env, err := PeekEnvelope(m)
+		if err != nil {
+			return nil, nil, err.Error()
+		}
+		envs[i] = env
+	}
+	return msgs, envs, ""
+}
+
+// upstreamHeaders are the headers that travel upstream on behalf of the
+// client: its Authorization, plus the configured header_up fields. Host,
+// Origin, Last-Event-ID and Mcp-Session-Id never do.
+func (b *Bridge) upstreamHeaders(r *http.Request) http.Header {
+	h := http.Header{}
+	if v := r.Header.Values("Authorization"); len(v) > 0 {
+		h["Authorization"] = v
+	}
+	if b.cfg.HeaderUp != nil {
+		b.cfg.HeaderUp(r, h)
+	}
+	return h
+}
+
+// acquire reserves n in-flight request slots for the session.
+func (b *Bridge) acquire(id string, n int) bool {
+	if n == 0 {
+		return true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.inflight[id]+n > b.cfg.MaxInflight {
+		return false
+	}
+	b.inflight[id] += n
+	return true
+}
+
+func (b *Bridge) release(id string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.inflight[id] <= 1 {
+		delete(b.inflight, id)
+	} else {
+		b.inflight[id]--
+	}
+}
+
+// deliver appends a message for the client to the session's mailbox. A full
+// mailbox is retried for a while: the stream may be catching up.
+func (b *Bridge) deliver(sessionID string, data []byte) {
+	data = oneLine(data)
+	backoff := 10 * time.Millisecond
+	deadline := time.Now().Add(b.cfg.SessionTTL)
+	for {
+		_, err := b.store.Append(b.background, sessionID, sessionstore.Message{Data: data})
+		switch {
+		case err == nil:
+			return
+		case errors.Is(err, sessionstore.ErrNotFound):
+			b.log.Debug("dropping message for a session that is gone", zap.String("session", sessionID))
+			return
+		case time.Now().After(deadline) || b.background.Err() != nil:
+			b.log.Error("message for the client lost", zap.String("session", sessionID), zap.Error(err))
+			return
+		}
+		select {
+		case <-time.After(backoff):
+		case <-b.background.Done():
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}

@@ -1,0 +1,134 @@
+package bridge
+
+import (
+	"context"
+	"io"
+	"mime"
+	"net/http"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Bounds of the upstream GET stream's reconnection.
+const (
+	pumpMinBackoff     = 500 * time.Millisecond
+	pumpMaxBackoff     = 30 * time.Second
+	pumpMaxConsecutive = 8
+)
+
+// upstreamPump relays the session's upstream GET stream (server-initiated
+// requests and notifications) to its mailbox. One per session, run by the
+// stream owner.
+type upstreamPump struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (p *upstreamPump) stop() {
+	p.cancel()
+	<-p.done
+}
+
+func (b *Bridge) startPump(parent context.Context, id string) *upstreamPump {
+	ctx, cancel := context.WithCancel(parent)
+	p := &upstreamPump{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		b.runPump(ctx, id)
+	}()
+	return p
+}
+
+func (b *Bridge) runPump(ctx context.Context, id string) {
+	var (
+		lastID   string
+		failures int
+		backoff  = pumpMinBackoff
+	)
+	for ctx.Err() == nil && failures < pumpMaxConsecutive {
+		sess, err := b.store.Get(ctx, id)
+		if err != nil || !sess.Initialized {
+			return
+		}
+		resp, err := b.do(ctx, http.MethodGet, sess, b.credentialsFor(id), nil, lastID)
+		if err != nil {
+			failures++
+		} else {
+			mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+			switch {
+			case resp.StatusCode == http.StatusOK && mt == "text/event-stream":
+				var (
+					got   bool
+					retry time.Duration
+					id2   string
+				)
+				id2, retry, err = b.relayEvents(resp.Body, func(msg []byte) {
+					got = true
+					b.deliver(id, msg)
+				})
+				if id2 != "" {
+					lastID = id2
+				}
+				if retry > 0 {
+					backoff = retry
+				}
+				if got {
+					failures, backoff = 0, max(retry, pumpMinBackoff)
+				} else {
+					failures++
+				}
+				if err != nil && ctx.Err() == nil {
+					b.log.Debug("upstream GET stream broke", zap.String("session", id), zap.Error(err))
+				}
+			case resp.StatusCode == http.StatusConflict, resp.StatusCode >= 500:
+				// A previous GET is still open upstream, or a passing fault.
+				failures++
+			default:
+				// 405: the upstream has no GET stream; 404: its session is
+				// gone (the next POST re-initialises and signals us again);
+				// anything else: not a stream we can use.
+				if resp.StatusCode != http.StatusMethodNotAllowed {
+					b.log.Debug("no upstream GET stream", zap.String("session", id), zap.Int("status", resp.StatusCode))
+				}
+				drain(resp)
+				return
+			}
+			drain(resp)
+		}
+		if !sleepCtx(ctx, backoff) {
+			return
+		}
+		backoff = min(2*backoff, pumpMaxBackoff)
+	}
+}
+
+func drain(resp *http.Response) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
+	resp.Body.Close()
+}
+
+// rememberCredentials keeps the headers of the request that opened a stream
+// for the upstream requests the bridge makes on its own (GET stream, DELETE).
+// They live in this process only, never in the store.
+func (b *Bridge) rememberCredentials(id string, r *http.Request) {
+	h := b.upstreamHeaders(r)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.credentials[id] = h
+}
+
+func (b *Bridge) credentialsFor(id string) http.Header {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.credentials[id]
+}
+
+// forget drops what this process remembers of a session.
+func (b *Bridge) forget(id string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.credentials, id)
+	delete(b.cancelled, id)
+	delete(b.reinit, id)
+}

@@ -1,0 +1,425 @@
+package bridge
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore"
+)
+
+// JSON-RPC error codes the bridge uses for answers it has to make up.
+const (
+	codeInternalError = -32603
+)
+
+// maxErrorBody bounds how much of an upstream error body is read.
+const maxErrorBody = 64 << 10
+
+// maxStreamResumes bounds how often a POST response stream that ended early
+// is resumed with Last-Event-ID.
+const maxStreamResumes = 3
+
+func newUpstreamTransport() *http.Transport {
+	return &http.Transport{
+		DialContext: (&net.Dialer{
+			Timeout:   10 * time.Second,
+			KeepAlive: 30 * time.Second,
+		}).DialContext,
+		ForceAttemptHTTP2:     true,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		// No response header timeout: a JSON-mode upstream sends its
+		// headers only with the result of a long tool call.
+		MaxIdleConns:        1024,
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+	}
+}
+
+// upstreamStatus is what a legacy POST learns about its upstream request.
+type upstreamStatus struct {
+	code int
+	// authChallenge: 401/403 with WWW-Authenticate, passed back on the POST.
+	authChallenge bool
+	header        http.Header
+	body          []byte
+}
+
+// call is one client message on its way upstream.
+type call struct {
+	sessionID string
+	msg       []byte
+	env       Envelope
+	client    http.Header
+	status    chan *upstreamStatus
+	reported  bool
+	answered  bool
+}
+
+func (c *call) report(st *upstreamStatus) {
+	if !c.reported {
+		c.reported = true
+		c.status <- st
+	}
+}
+
+// forward sends one client message upstream and relays everything the
+// upstream answers to the session's mailbox.
+func (b *Bridge) forward(c *call) {
+	defer c.report(nil)
+	if c.env.Kind == KindRequest {
+		defer b.release(c.sessionID)
+	}
+	ctx := b.background
+	sess, err := b.store.Get(ctx, c.sessionID)
+	if err != nil {
+		b.fail(c, fmt.Sprintf("loading session: %v", err))
+		return
+	}
+	if c.env.Kind == KindNotification && c.env.Method == "notifications/cancelled" {
+		b.noteCancelled(c.sessionID, c.msg)
+	}
+	isInit := c.env.Kind == KindRequest && c.env.Method == "initialize"
+	if isInit {
+		// A new upstream session: none of the old one's headers.
+		sess.UpstreamSessionID, sess.ProtocolVersion = "", ""
+	}
+	for attempt := 0; ; attempt++ {
+		resp, err := b.do(ctx, http.MethodPost, sess, c.client, c.msg, "")
+		if err != nil {
+			b.fail(c, fmt.Sprintf("forwarding to upstream: %v", err))
+			return
+		}
+		if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+			c.report(&upstreamStatus{code: resp.StatusCode})
+			b.relayResponse(ctx, sess, c, resp, isInit)
+			if c.env.Kind == KindNotification && c.env.Method == "notifications/initialized" {
+				b.markInitialized(ctx, c.sessionID)
+			}
+			return
+		}
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+		resp.Body.Close()
+		if attempt == 0 && !isInit && upstreamSessionLost(sess, resp.StatusCode, body) {
+			b.log.Info("upstream session lost, re-initialising",
+				zap.String("session", c.sessionID), zap.Int("status", resp.StatusCode))
+			fresh, err := b.reinitialize(ctx, sess, c.client)
+			if err != nil {
+				b.fail(c, fmt.Sprintf("upstream session lost and re-initialisation failed: %v", err))
+				return
+			}
+			sess = fresh
+			continue
+		}
+		if (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden) &&
+			resp.Header.Get("WWW-Authenticate") != "" {
+			h := http.Header{"Www-Authenticate": resp.Header.Values("WWW-Authenticate")}
+			if ct := resp.Header.Get("Content-Type"); ct != "" {
+				h.Set("Content-Type", ct)
+			}
+			c.report(&upstreamStatus{code: resp.StatusCode, authChallenge: true, header: h, body: body})
+			return
+		}
+		c.report(&upstreamStatus{code: resp.StatusCode})
+		b.failFromHTTP(c, resp.StatusCode, body)
+		return
+	}
+}
+
+// upstreamSessionLost recognises an upstream that no longer knows the
+// session: 404 as the spec says, or the 400 "no valid session" that real
+// servers send.
+func upstreamSessionLost(sess *sessionstore.Session, status int, body []byte) bool {
+	if sess.UpstreamSessionID == "" {
+		return false
+	}
+	return status == http.StatusNotFound ||
+		(status == http.StatusBadRequest && bytes.Contains(bytes.ToLower(body), []byte("session")))
+}
+
+// relayResponse relays a 2xx upstream answer: a JSON body, an event stream,
+// or nothing (for notifications and responses).
+func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, c *call, resp *http.Response, isInit bool) {
+	defer resp.Body.Close()
+	upstreamSessionID := resp.Header.Get("Mcp-Session-Id")
+	onMessage := func(msg []byte) {
+		env, err := PeekEnvelope(msg)
+		if err != nil {
+			b.log.Warn("dropping an invalid upstream message", zap.String("session", c.sessionID), zap.Error(err))
+			return
+		}
+		if env.Kind == KindResponse && c.env.Kind == KindRequest {
+			if isInit {
+				if err := b.recordInitialize(ctx, c, upstreamSessionID, msg, env); err != nil {
+					b.log.Warn("recording initialize", zap.String("session", c.sessionID), zap.Error(err))
+				}
+			}
+			// The response on a request's own stream answers that request;
+			// give it the client's id byte for byte.
+			msg = ReplaceID(msg, env, c.env.ID)
+			c.answered = true
+		}
+		b.deliver(c.sessionID, msg)
+	}
+
+	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	switch {
+	case mt == "text/event-stream":
+		lastID, retry, err := b.relayEvents(resp.Body, onMessage)
+		for resumes := 0; !c.answered && c.env.Kind == KindRequest && lastID != "" && resumes < maxStreamResumes; resumes++ {
+			if err != nil {
+				b.log.Debug("upstream response stream broke", zap.String("session", c.sessionID), zap.Error(err))
+			}
+			if !sleepCtx(ctx, max(retry, 100*time.Millisecond)) {
+				break
+			}
+			var r *http.Response
+			r, err = b.do(ctx, http.MethodGet, sess, c.client, nil, lastID)
+			if err != nil {
+				continue
+			}
+			if r.StatusCode != http.StatusOK {
+				r.Body.Close()
+				break
+			}
+			var id string
+			id, retry, err = b.relayEvents(r.Body, onMessage)
+			r.Body.Close()
+			if id != "" {
+				lastID = id
+			}
+		}
+	case mt == "application/json":
+		body, err := io.ReadAll(io.LimitReader(resp.Body, b.cfg.MaxMessageSize+1))
+		switch {
+		case err != nil:
+			b.fail(c, fmt.Sprintf("reading upstream response: %v", err))
+			return
+		case int64(len(body)) > b.cfg.MaxMessageSize:
+			b.fail(c, "upstream response larger than max_message_size")
+			return
+		case !json.Valid(body):
+			if len(bytes.TrimSpace(body)) > 0 {
+				b.fail(c, "upstream response is not valid JSON")
+				return
+			}
+		case isArray(body):
+			for _, m := range SplitBatch(body) {
+				onMessage(m)
+			}
+		default:
+			onMessage(body)
+		}
+	}
+	if c.env.Kind == KindRequest && !c.answered {
+		b.fail(c, "upstream ended the request without a response")
+	}
+}
+
+// relayEvents reads an upstream event stream and passes each message on.
+// Events with empty data (priming), other event names and comments are
+// dropped. It returns the last event id seen and the last retry hint.
+func (b *Bridge) relayEvents(body io.Reader, onMessage func([]byte)) (string, time.Duration, error) {
+	er := NewEventReader(body, int(b.cfg.MaxMessageSize)+4096)
+	var (
+		lastID string
+		retry  time.Duration
+	)
+	for {
+		ev, err := er.Next()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = nil
+			}
+			return lastID, retry, err
+		}
+		if ev.HasID && ev.ID != "" {
+			lastID = ev.ID
+		}
+		if ev.Retry > 0 {
+			retry = ev.Retry
+		}
+		if (ev.Name != "" && ev.Name != "message") || len(bytes.TrimSpace(ev.Data)) == 0 {
+			continue
+		}
+		if !json.Valid(ev.Data) {
+			b.log.Warn("dropping an upstream event that is not JSON")
+			continue
+		}
+		if isArray(ev.Data) {
+			for _, m := range SplitBatch(ev.Data) {
+				onMessage(m)
+			}
+			continue
+		}
+		onMessage(ev.Data)
+	}
+}
+
+// recordInitialize stores what the initialize exchange negotiated, before the
+// client sees the result (its next POST needs it).
+func (b *Bridge) recordInitialize(ctx context.Context, c *call, upstreamSessionID string, resp []byte, env Envelope) error {
+	if env.ErrorMember(resp) != nil {
+		return nil
+	}
+	var result struct {
+		Result struct {
+			ProtocolVersion string `json:"protocolVersion"`
+		} `json:"result"`
+	}
+	if err := json.Unmarshal(resp, &result); err != nil {
+		return fmt.Errorf("decoding initialize result: %w", err)
+	}
+	_, err := b.store.Update(ctx, c.sessionID, func(s *sessionstore.Session) error {
+		s.UpstreamSessionID = upstreamSessionID
+		s.ProtocolVersion = result.Result.ProtocolVersion
+		s.Initialize = c.msg
+		s.Initialized = false
+		return nil
+	})
+	return err
+}
+
+// do sends one upstream request with the session's headers.
+func (b *Bridge) do(ctx context.Context, method string, sess *sessionstore.Session, client http.Header, body []byte, lastEventID string) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, b.cfg.Upstream.String(), rd)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range client {
+		req.Header[k] = v
+	}
+	switch method {
+	case http.MethodPost:
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+	case http.MethodGet:
+		req.Header.Set("Accept", "text/event-stream")
+	}
+	if sess.UpstreamSessionID != "" {
+		req.Header.Set("Mcp-Session-Id", sess.UpstreamSessionID)
+	}
+	if sess.ProtocolVersion != "" {
+		req.Header.Set("MCP-Protocol-Version", sess.ProtocolVersion)
+	}
+	if lastEventID != "" {
+		req.Header.Set("Last-Event-ID", lastEventID)
+	}
+	if req.Header.Get("User-Agent") == "" {
+		req.Header.Set("User-Agent", "caddy-mcp-sse-bridge")
+	}
+	return b.client.Do(req)
+}
+
+// fail answers a client request with a JSON-RPC error carrying its id, unless
+// the client cancelled it. Failures of notifications and responses are only
+// logged: there is nobody to answer.
+func (b *Bridge) fail(c *call, message string) {
+	if c.env.Kind != KindRequest {
+		b.log.Warn("upstream did not take a client message",
+			zap.String("session", c.sessionID), zap.String("method", c.env.Method), zap.String("reason", message))
+		return
+	}
+	if c.answered || b.wasCancelled(c.sessionID, c.env.ID) {
+		return
+	}
+	c.answered = true
+	b.deliver(c.sessionID, errorMessage(c.env.ID, codeInternalError, message))
+}
+
+// failFromHTTP answers a request the upstream refused with an HTTP error:
+// with the upstream's own JSON-RPC error when it sent one (re-keyed to the
+// request's id; servers put null there), else with a made-up one.
+func (b *Bridge) failFromHTTP(c *call, status int, body []byte) {
+	if c.env.Kind == KindRequest && json.Valid(body) && !isArray(body) {
+		if env, err := PeekEnvelope(body); err == nil && env.Kind == KindResponse {
+			if e := env.ErrorMember(body); e != nil && !b.wasCancelled(c.sessionID, c.env.ID) {
+				c.answered = true
+				b.deliver(c.sessionID, errorResponse(c.env.ID, e))
+				return
+			}
+		}
+	}
+	text := strings.TrimSpace(string(body))
+	if len(text) > 200 {
+		text = text[:200] + "…"
+	}
+	msg := fmt.Sprintf("upstream answered HTTP %d", status)
+	if text != "" {
+		msg += ": " + text
+	}
+	b.fail(c, msg)
+}
+
+// noteCancelled remembers a request id the client cancelled.
+func (b *Bridge) noteCancelled(sessionID string, msg []byte) {
+	var n struct {
+		Params struct {
+			RequestID json.RawMessage `json:"requestId"`
+		} `json:"params"`
+	}
+	if json.Unmarshal(msg, &n) != nil || len(n.Params.RequestID) == 0 {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	set := b.cancelled[sessionID]
+	if set == nil {
+		set = make(map[string]struct{})
+		b.cancelled[sessionID] = set
+	}
+	if len(set) < b.cfg.MaxInflight {
+		set[string(n.Params.RequestID)] = struct{}{}
+	}
+}
+
+func (b *Bridge) wasCancelled(sessionID string, id json.RawMessage) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	set := b.cancelled[sessionID]
+	if _, ok := set[string(id)]; ok {
+		delete(set, string(id))
+		return true
+	}
+	return false
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// markInitialized records that the upstream accepted the client's
+// notifications/initialized and tells the stream owner to open the upstream
+// GET stream.
+func (b *Bridge) markInitialized(ctx context.Context, id string) {
+	if _, err := b.store.Update(ctx, id, func(s *sessionstore.Session) error {
+		s.Initialized = true
+		return nil
+	}); err != nil {
+		b.log.Warn("recording initialization", zap.String("session", id), zap.Error(err))
+		return
+	}
+	b.signalUpstreamSession(ctx, id)
+}

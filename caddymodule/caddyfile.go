@@ -1,0 +1,160 @@
+package caddymodule
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("mcp_sse_bridge", parseCaddyfile)
+	// Before reverse_proxy, so that a site can bridge /sse and /messages and
+	// proxy everything else (such as /mcp for modern clients) without a
+	// global order option.
+	httpcaddyfile.RegisterDirectiveOrder("mcp_sse_bridge", httpcaddyfile.Before, "reverse_proxy")
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(Handler)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	mcp_sse_bridge [<matcher>] [<upstream>] {
+//		upstream <url>
+//		sse_path <path>
+//		message_path <path>
+//		keepalive <duration>
+//		session_ttl <duration>
+//		max_message_size <size>
+//		max_inflight <n>
+//		allowed_origins <origin...>
+//		header_up <field> <value>
+//		header_up -<field>
+//		store memory {
+//			max_sessions <n>
+//			max_pending <n>
+//		}
+//	}
+//
+// The upstream may be given inline or in the block, not both.
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the directive name
+	if d.NextArg() {
+		h.Upstream = d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	seen := map[string]bool{}
+	for d.NextBlock(0) {
+		opt := d.Val()
+		if seen[opt] && opt != "header_up" && opt != "allowed_origins" {
+			return d.Errf("%s specified more than once", opt)
+		}
+		seen[opt] = true
+		switch opt {
+		case "upstream":
+			if h.Upstream != "" {
+				return d.Err("upstream already specified")
+			}
+			if !d.AllArgs(&h.Upstream) {
+				return d.ArgErr()
+			}
+		case "sse_path":
+			if !d.AllArgs(&h.SSEPath) {
+				return d.ArgErr()
+			}
+		case "message_path":
+			if !d.AllArgs(&h.MessagePath) {
+				return d.ArgErr()
+			}
+		case "keepalive", "session_ttl":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur <= 0 {
+				return d.Errf("invalid %s duration %q", opt, v)
+			}
+			if opt == "keepalive" {
+				h.Keepalive = caddy.Duration(dur)
+			} else {
+				h.SessionTTL = caddy.Duration(dur)
+			}
+		case "max_message_size":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			size, err := humanize.ParseBytes(v)
+			if err != nil || size == 0 {
+				return d.Errf("invalid max_message_size %q", v)
+			}
+			h.MaxMessageSize = int64(size)
+		case "max_inflight":
+			if err := parsePositiveInt(d, &h.MaxInflight); err != nil {
+				return err
+			}
+		case "allowed_origins":
+			origins := d.RemainingArgs()
+			if len(origins) == 0 {
+				return d.ArgErr()
+			}
+			h.AllowedOrigins = append(h.AllowedOrigins, origins...)
+		case "header_up":
+			args := d.RemainingArgs()
+			if h.HeaderUp == nil {
+				h.HeaderUp = map[string]string{}
+			}
+			switch {
+			case len(args) == 1 && len(args[0]) > 1 && args[0][0] == '-':
+				h.HeaderUp[args[0]] = ""
+			case len(args) == 2:
+				h.HeaderUp[args[0]] = args[1]
+			default:
+				return d.ArgErr()
+			}
+		case "store":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			name := d.Val()
+			unm, err := caddyfile.UnmarshalModule(d, "http.handlers.mcp_sse_bridge.stores."+name)
+			if err != nil {
+				return err
+			}
+			h.StoreRaw = caddyconfig.JSONModuleObject(unm, "backend", name, nil)
+		default:
+			return d.Errf("unrecognized mcp_sse_bridge option: %s", opt)
+		}
+	}
+	return nil
+}
+
+func parsePositiveInt(d *caddyfile.Dispenser, target *int) error {
+	opt := d.Val()
+	var v string
+	if !d.AllArgs(&v) {
+		return d.ArgErr()
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		return d.Errf("%s must be a positive whole number, got %q", opt, v)
+	}
+	*target = n
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddyfile.Unmarshaler = (*Handler)(nil)
+)

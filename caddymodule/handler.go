@@ -1,0 +1,218 @@
+// Package caddymodule registers the MCP legacy SSE bridge with Caddy: the
+// HTTP handler http.handlers.mcp_sse_bridge, its Caddyfile directive
+// mcp_sse_bridge, and its session store guest modules. Caddy glue only: the
+// protocol lives in package bridge.
+package caddymodule
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/bridge"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Handler serves legacy MCP HTTP+SSE clients (protocol 2024-11-05) from a
+// Streamable HTTP MCP server. GET on sse_path opens a client's event stream;
+// POST on message_path?sessionId=… carries its JSON-RPC messages, which the
+// handler forwards upstream. Requests to other paths go to the next handler.
+//
+// All session state lives in the configured store, so that any replica
+// sharing the store can serve any request.
+type Handler struct {
+	// Upstream is the URL of the Streamable HTTP endpoint of the MCP server,
+	// e.g. "http://127.0.0.1:9000/mcp". Required.
+	Upstream string `json:"upstream,omitempty"`
+
+	// SSEPath is the path of the legacy event stream. Default: "/sse".
+	SSEPath string `json:"sse_path,omitempty"`
+
+	// MessagePath is the path clients POST messages to. Default: "/messages".
+	MessagePath string `json:"message_path,omitempty"`
+
+	// Keepalive is the interval of ': ping' comments on every stream, which
+	// keep proxies and clients from closing idle streams. Default: 15s.
+	Keepalive caddy.Duration `json:"keepalive,omitempty"`
+
+	// SessionTTL is how long a session outlives its stream, so that a client
+	// can come back to it; after that its upstream session is ended with
+	// DELETE. Default: 10m.
+	SessionTTL caddy.Duration `json:"session_ttl,omitempty"`
+
+	// MaxMessageSize is the largest POST body, in bytes; larger ones get 413.
+	// It also bounds one message read from the upstream. Default: 4 MiB.
+	MaxMessageSize int64 `json:"max_message_size,omitempty"`
+
+	// MaxInflight bounds the upstream requests in flight for one session on
+	// one replica; beyond it a POST gets 503. Default: 256.
+	MaxInflight int `json:"max_inflight,omitempty"`
+
+	// AllowedOrigins lists browser origins (e.g. "https://app.example.com")
+	// allowed besides the request's own host; "*" allows any. Requests with
+	// another Origin get 403. Default: none.
+	AllowedOrigins []string `json:"allowed_origins,omitempty"`
+
+	// HeaderUp sets upstream request headers. Values may hold placeholders,
+	// evaluated per request. A field name starting with "-" removes that
+	// header instead. The client's Authorization is always forwarded.
+	HeaderUp map[string]string `json:"header_up,omitempty"`
+
+	// StoreRaw is the session store guest module. Default: memory.
+	StoreRaw json.RawMessage `json:"store,omitempty" caddy:"namespace=http.handlers.mcp_sse_bridge.stores inline_key=backend"`
+
+	bridge *bridge.Bridge
+	store  StoreModule
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.mcp_sse_bridge",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision sets up the store and the bridge.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.StoreRaw != nil {
+		mod, err := ctx.LoadModule(h, "StoreRaw")
+		if err != nil {
+			return fmt.Errorf("loading session store: %w", err)
+		}
+		store, ok := mod.(StoreModule)
+		if !ok {
+			return fmt.Errorf("module %T is not a session store", mod)
+		}
+		h.store = store
+	} else {
+		mem := new(MemoryStore)
+		if err := mem.Provision(ctx); err != nil {
+			return fmt.Errorf("provisioning the memory store: %w", err)
+		}
+		h.store = mem
+	}
+
+	upstream, err := url.Parse(h.Upstream)
+	if err != nil {
+		return fmt.Errorf("parsing upstream %q: %w", h.Upstream, err)
+	}
+	h.bridge, err = bridge.New(bridge.Config{
+		Upstream:       upstream,
+		SSEPath:        h.SSEPath,
+		MessagePath:    h.MessagePath,
+		Keepalive:      time.Duration(h.Keepalive),
+		SessionTTL:     time.Duration(h.SessionTTL),
+		MaxMessageSize: h.MaxMessageSize,
+		MaxInflight:    h.MaxInflight,
+		AllowedOrigins: h.AllowedOrigins,
+		ReplicaID:      replicaID(),
+		HeaderUp:       h.headerUp,
+		OriginalPath:   originalPath,
+		Logger:         h.logger,
+	}, h.store.SessionStore())
+	if err != nil {
+		return fmt.Errorf("setting up the bridge: %w", err)
+	}
+
+	// End streams promptly when Caddy exits (an eternal grace period would
+	// otherwise wait for them forever), but not on a config reload, which
+	// must keep them.
+	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
+		b := h.bridge
+		srv.RegisterOnShutdown(func() {
+			if caddy.Exiting() {
+				b.Shutdown()
+			}
+		})
+	}
+	return nil
+}
+
+// Validate checks the configuration.
+func (h *Handler) Validate() error {
+	if h.Upstream == "" {
+		return fmt.Errorf("upstream is required")
+	}
+	if h.MaxMessageSize < 0 || h.MaxInflight < 0 || h.Keepalive < 0 || h.SessionTTL < 0 {
+		return fmt.Errorf("sizes and durations must not be negative")
+	}
+	for _, p := range []string{h.SSEPath, h.MessagePath} {
+		if p != "" && !strings.HasPrefix(p, "/") {
+			return fmt.Errorf("path %q must start with /", p)
+		}
+	}
+	return nil
+}
+
+// Cleanup stops the bridge's background work. Streams and upstream requests
+// in flight carry on to their end, so that a reload loses nothing.
+func (h *Handler) Cleanup() error {
+	if h.bridge != nil {
+		h.bridge.Close()
+	}
+	return nil
+}
+
+// ServeHTTP serves the bridge's two endpoints and passes other requests on.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if !h.bridge.Handles(r) {
+		return next.ServeHTTP(w, r)
+	}
+	h.bridge.ServeHTTP(w, r)
+	return nil
+}
+
+// headerUp applies header_up to an upstream request's headers.
+func (h *Handler) headerUp(r *http.Request, hdr http.Header) {
+	if len(h.HeaderUp) == 0 {
+		return
+	}
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	for field, value := range h.HeaderUp {
+		if name, ok := strings.CutPrefix(field, "-"); ok {
+			hdr.Del(name)
+			continue
+		}
+		if repl != nil {
+			value = repl.ReplaceAll(value, "")
+		}
+		hdr.Set(field, value)
+	}
+}
+
+// originalPath is the request path before any handle_path or uri strip_prefix.
+func originalPath(r *http.Request) string {
+	if or, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && or.URL != nil {
+		return or.URL.Path
+	}
+	return r.URL.Path
+}
+
+// replicaID names this Caddy process in session ownership records.
+func replicaID() string {
+	if id, err := caddy.InstanceID(); err == nil {
+		return id.String()
+	}
+	return ""
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

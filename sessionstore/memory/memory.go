@@ -1,0 +1,243 @@
+// Package memory is the embedded session store: everything lives in this
+// process, so it serves a single Caddy instance (or several sites in one).
+package memory
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore"
+)
+
+// Options bound the store.
+type Options struct {
+	// MaxSessions caps the number of sessions; Create fails beyond it.
+	MaxSessions int
+	// MaxPending caps the undelivered messages of one mailbox; Append fails
+	// beyond it.
+	MaxPending int
+	// ReplayWindow is how many delivered messages are kept for replay.
+	ReplayWindow int
+}
+
+// Store is an in-process sessionstore.Store.
+type Store struct {
+	opts Options
+
+	mu       sync.Mutex
+	sessions map[string]*entry
+}
+
+type entry struct {
+	session sessionstore.Session
+	// mailbox holds messages with Seq in (base, base+len(mailbox)].
+	mailbox []sessionstore.Message
+	lastSeq uint64
+	acked   uint64
+	// subscribers are woken (non-blocking) on every append.
+	subscribers map[chan struct{}]struct{}
+}
+
+// New returns an empty store.
+func New(opts Options) *Store {
+	if opts.MaxSessions <= 0 {
+		opts.MaxSessions = 10000
+	}
+	if opts.MaxPending <= 0 {
+		opts.MaxPending = 1024
+	}
+	if opts.ReplayWindow < 0 {
+		opts.ReplayWindow = 0
+	}
+	return &Store{opts: opts, sessions: make(map[string]*entry)}
+}
+
+func copySession(s *sessionstore.Session) *sessionstore.Session {
+	c := *s
+	if s.Initialize != nil {
+		c.Initialize = append([]byte(nil), s.Initialize...)
+	}
+	return &c
+}
+
+// Create implements sessionstore.Store.
+func (st *Store) Create(_ context.Context, s *sessionstore.Session) error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if _, ok := st.sessions[s.ID]; ok {
+		return sessionstore.ErrExists
+	}
+	if len(st.sessions) >= st.opts.MaxSessions {
+		return sessionstore.ErrTooManySessions
+	}
+	st.sessions[s.ID] = &entry{session: *copySession(s), subscribers: make(map[chan struct{}]struct{})}
+	return nil
+}
+
+// Get implements sessionstore.Store.
+func (st *Store) Get(_ context.Context, id string) (*sessionstore.Session, error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	e, ok := st.sessions[id]
+	if !ok {
+		return nil, sessionstore.ErrNotFound
+	}
+	return copySession(&e.session), nil
+}
+
+// Update implements sessionstore.Store.
+func (st *Store) Update(_ context.Context, id string, fn func(*sessionstore.Session) error) (*sessionstore.Session, error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	e, ok := st.sessions[id]
+	if !ok {
+		return nil, sessionstore.ErrNotFound
+	}
+	next := copySession(&e.session)
+	if err := fn(next); err != nil {
+		return nil, err
+	}
+	next.ID = id
+	e.session = *copySession(next)
+	return next, nil
+}
+
+// Delete implements sessionstore.Store.
+func (st *Store) Delete(_ context.Context, id string) (bool, error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	e, ok := st.sessions[id]
+	if !ok {
+		return false, nil
+	}
+	delete(st.sessions, id)
+	// Wake subscribers so that they notice the session is gone.
+	for ch := range e.subscribers {
+		wake(ch)
+	}
+	return true, nil
+}
+
+// Expired implements sessionstore.Store.
+func (st *Store) Expired(_ context.Context, now time.Time, limit int) ([]*sessionstore.Session, error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	var out []*sessionstore.Session
+	for _, e := range st.sessions {
+		if len(out) >= limit {
+			break
+		}
+		if e.session.ExpiresAt.Before(now) {
+			out = append(out, copySession(&e.session))
+		}
+	}
+	return out, nil
+}
+
+// Append implements sessionstore.Store.
+func (st *Store) Append(_ context.Context, id string, m sessionstore.Message) (uint64, error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	e, ok := st.sessions[id]
+	if !ok {
+		return 0, sessionstore.ErrNotFound
+	}
+	if e.lastSeq-e.acked >= uint64(st.opts.MaxPending) {
+		return 0, sessionstore.ErrMailboxFull
+	}
+	e.lastSeq++
+	m.Seq = e.lastSeq
+	m.Data = append([]byte(nil), m.Data...)
+	e.mailbox = append(e.mailbox, m)
+	for ch := range e.subscribers {
+		wake(ch)
+	}
+	return m.Seq, nil
+}
+
+// Read implements sessionstore.Store.
+func (st *Store) Read(_ context.Context, id string, after uint64, limit int) ([]sessionstore.Message, error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	e, ok := st.sessions[id]
+	if !ok {
+		return nil, sessionstore.ErrNotFound
+	}
+	if len(e.mailbox) == 0 || after >= e.lastSeq {
+		return nil, nil
+	}
+	first := e.mailbox[0].Seq
+	start := 0
+	if after >= first {
+		start = int(after - first + 1)
+	}
+	end := min(len(e.mailbox), start+limit)
+	out := make([]sessionstore.Message, end-start)
+	copy(out, e.mailbox[start:end])
+	// Data slices are never modified after Append, so sharing them is safe.
+	return out, nil
+}
+
+// Ack implements sessionstore.Store.
+func (st *Store) Ack(_ context.Context, id string, seq uint64) error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	e, ok := st.sessions[id]
+	if !ok {
+		return sessionstore.ErrNotFound
+	}
+	if seq > e.lastSeq {
+		seq = e.lastSeq
+	}
+	if seq <= e.acked {
+		return nil
+	}
+	e.acked = seq
+	// Keep ReplayWindow delivered messages; drop older ones.
+	keepFrom := uint64(0)
+	if seq > uint64(st.opts.ReplayWindow) {
+		keepFrom = seq - uint64(st.opts.ReplayWindow)
+	}
+	drop := 0
+	for drop < len(e.mailbox) && e.mailbox[drop].Seq <= keepFrom {
+		drop++
+	}
+	if drop > 0 {
+		e.mailbox = append(e.mailbox[:0:0], e.mailbox[drop:]...)
+	}
+	return nil
+}
+
+// Subscribe implements sessionstore.Store.
+func (st *Store) Subscribe(_ context.Context, id string) (<-chan struct{}, func(), error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	e, ok := st.sessions[id]
+	if !ok {
+		return nil, nil, sessionstore.ErrNotFound
+	}
+	ch := make(chan struct{}, 1)
+	e.subscribers[ch] = struct{}{}
+	return ch, func() {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		delete(e.subscribers, ch)
+	}, nil
+}
+
+// Len reports the number of sessions, for metrics and tests.
+func (st *Store) Len() int {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return len(st.sessions)
+}
+
+func wake(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+var _ sessionstore.Store = (*Store)(nil)

@@ -1,0 +1,103 @@
+// Package sessionstore defines where the bridge keeps its per-session state so
+// that any replica can serve any request: the session record and the session's
+// mailbox of messages waiting for the client's event stream.
+//
+// The interface speaks the bridge's language, not a database's. Implementations
+// live in sub-packages (memory, redis) and must pass the storetest suite.
+package sessionstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+)
+
+// Errors every implementation returns for the same conditions, so that the
+// bridge can map them to HTTP statuses.
+var (
+	// ErrNotFound: no such session (never created, deleted or expired).
+	ErrNotFound = errors.New("session not found")
+	// ErrExists: Create was given an id that is already taken.
+	ErrExists = errors.New("session already exists")
+	// ErrTooManySessions: the store holds its maximum number of sessions.
+	ErrTooManySessions = errors.New("too many sessions")
+	// ErrMailboxFull: the session's mailbox holds its maximum number of
+	// undelivered messages.
+	ErrMailboxFull = errors.New("session mailbox full")
+	// ErrUnavailable wraps failures of the backing service (network, timeouts);
+	// the bridge answers them with 503 and Retry-After.
+	ErrUnavailable = errors.New("session store unavailable")
+)
+
+// Session is the shared record of one bridge session: one legacy event stream
+// and the upstream session behind it.
+type Session struct {
+	// ID is the bridge session id: the sessionId in the endpoint URL.
+	ID string `json:"id"`
+	// Upstream is the URL of the Streamable HTTP endpoint this session is
+	// bridged to; a POST arriving through a bridge with another upstream is
+	// refused.
+	Upstream string `json:"upstream"`
+	// Fingerprint identifies the caller (a hash of its credentials, never the
+	// credentials themselves).
+	Fingerprint string `json:"fingerprint"`
+	// UpstreamSessionID is the upstream's Mcp-Session-Id, empty for stateless
+	// upstreams and before initialize.
+	UpstreamSessionID string `json:"upstream_session_id,omitempty"`
+	// ProtocolVersion is the version negotiated by initialize.
+	ProtocolVersion string `json:"protocol_version,omitempty"`
+	// Initialize is the client's initialize request, verbatim, replayed when
+	// the upstream loses its session.
+	Initialize json.RawMessage `json:"initialize,omitempty"`
+	// Initialized is set once the upstream accepted notifications/initialized.
+	Initialized bool `json:"initialized,omitempty"`
+	// Owner is the replica holding the client's event stream, empty while the
+	// client is away; OwnerLeaseUntil is when that claim lapses unless renewed.
+	Owner           string    `json:"owner,omitempty"`
+	OwnerLeaseUntil time.Time `json:"owner_lease_until"`
+	// CreatedAt is when the legacy stream first opened.
+	CreatedAt time.Time `json:"created_at"`
+	// ExpiresAt is when the session may be reaped: pushed forward while a
+	// stream holds it, set to disconnect time plus the session TTL after.
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// Message is one entry of a session's mailbox.
+type Message struct {
+	// Seq orders the mailbox; it starts at 1 and only grows.
+	Seq uint64
+	// Control marks bridge-internal entries (for the stream owner, never sent
+	// to the client), such as "the upstream session changed".
+	Control bool
+	// Data is one JSON-RPC message, or the control payload.
+	Data []byte
+}
+
+// Store keeps session records and mailboxes. All methods are safe for
+// concurrent use; every method that changes state is atomic.
+type Store interface {
+	// Create stores a new session.
+	Create(ctx context.Context, s *Session) error
+	// Get returns a copy of the session.
+	Get(ctx context.Context, id string) (*Session, error)
+	// Update applies fn to the current record atomically and stores the result.
+	// fn may run more than once; returning an error aborts the update.
+	Update(ctx context.Context, id string, fn func(*Session) error) (*Session, error)
+	// Delete removes the session and its mailbox. It reports whether this call
+	// removed it, so that exactly one caller acts on an expiry.
+	Delete(ctx context.Context, id string) (bool, error)
+	// Expired lists up to limit sessions whose ExpiresAt is before now.
+	Expired(ctx context.Context, now time.Time, limit int) ([]*Session, error)
+
+	// Append adds a message to the session's mailbox and wakes its readers.
+	Append(ctx context.Context, id string, m Message) (uint64, error)
+	// Read returns up to limit mailbox entries with Seq greater than after.
+	Read(ctx context.Context, id string, after uint64, limit int) ([]Message, error)
+	// Ack tells the store that entries up to seq reached the client; it may
+	// drop them, keeping a short window for replay.
+	Ack(ctx context.Context, id string, seq uint64) error
+	// Subscribe returns a channel that receives a value (coalesced) whenever
+	// the session's mailbox grows, and a function that ends the subscription.
+	Subscribe(ctx context.Context, id string) (<-chan struct{}, func(), error)
+}
