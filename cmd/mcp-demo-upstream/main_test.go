@@ -318,7 +318,7 @@ func TestModes(t *testing.T) {
 				t.Errorf("session id %q, want one: %v", cs.ID(), m.stateful)
 			}
 			testTools(t, cs, m)
-			testProgress(t, cs, m)
+			testProgress(t, u, cs, m)
 			testResourceAndPrompt(t, cs)
 			testHeaders(t, cs, u.url, m)
 		})
@@ -360,17 +360,21 @@ func testTools(t *testing.T, cs *testClient, m mode) {
 		rootsJSON, _ := json.Marshal(testRoots)
 		wantText(t, cs, call("roots", nil), string(rootsJSON))
 	} else {
-		wantToolError(t, cs, call("sample", map[string]any{"prompt": "ping"}), "sampling failed")
-		wantToolError(t, cs, call("elicit", map[string]any{"message": "Who are you?"}), "elicitation failed")
-		wantToolError(t, cs, call("roots", nil), "listing roots failed")
+		wantToolError(t, cs, call("sample", map[string]any{"prompt": "ping"}), "sampling failed: a stateless server cannot send sampling requests")
+		wantToolError(t, cs, call("elicit", map[string]any{"message": "Who are you?"}), "elicitation failed: a stateless server cannot send elicitation requests")
+		wantToolError(t, cs, call("roots", nil), "listing roots failed: a stateless server cannot send roots requests")
 	}
 }
 
-func testProgress(t *testing.T, cs *testClient, m mode) {
+func testProgress(t *testing.T, u *upstream, cs *testClient, m mode) {
 	params := call("progress", map[string]any{"steps": 3, "delayMs": 10})
 	params.SetProgressToken("tok-" + m.name)
 	wantText(t, cs, params, "done")
 	if !m.progress {
+		// The undeliverable notifications are logged once.
+		if n := strings.Count(u.stderr.String(), "progress notifications not delivered"); n != 1 {
+			t.Errorf("server logged %d progress delivery failures, want 1", n)
+		}
 		return
 	}
 	for i := 1; i <= 3; i++ {
@@ -445,6 +449,29 @@ func testHeaders(t *testing.T, cs *testClient, url string, m mode) {
 		if h[k] != v {
 			t.Errorf("headers[%q] = %q, want %q (all: %v)", k, h[k], v, h)
 		}
+	}
+}
+
+// TestMissingCapabilities checks the tool errors of sample, elicit and roots
+// for a client that declares none of those capabilities.
+func TestMissingCapabilities(t *testing.T) {
+	for _, args := range [][]string{nil, {"-mode", "stateless"}} {
+		u := startServer(t, args...)
+		client := mcp.NewClient(&mcp.Implementation{Name: "bare", Version: "v0"}, &mcp.ClientOptions{
+			Capabilities: &mcp.ClientCapabilities{}, // no roots either
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		transport := &mcp.StreamableClientTransport{Endpoint: u.url, HTTPClient: newHTTPClient(t), MaxRetries: -1}
+		cs, err := client.Connect(ctx, transport, nil)
+		if err != nil {
+			t.Fatalf("%v: Connect: %v", args, err)
+		}
+		tc := &testClient{ClientSession: cs}
+		wantToolError(t, tc, call("sample", map[string]any{"prompt": "p"}), "sampling failed: the client did not declare the sampling capability")
+		wantToolError(t, tc, call("elicit", map[string]any{"message": "m"}), "elicitation failed: the client did not declare the elicitation capability")
+		wantToolError(t, tc, call("roots", nil), "listing roots failed: the client did not declare the roots capability")
+		_ = cs.Close()
 	}
 }
 
@@ -583,6 +610,79 @@ func TestEventStore(t *testing.T) {
 		if got := strings.Contains(body, "\nid: ") || strings.HasPrefix(body, "id: "); got != tc.wantID {
 			t.Errorf("%v: event ids present = %v, want %v; body:\n%s", tc.args, got, tc.wantID, body)
 		}
+	}
+}
+
+// sseEvent is one parsed server-sent event.
+type sseEvent struct{ id, data string }
+
+// parseSSE parses a complete text/event-stream body.
+func parseSSE(body string) []sseEvent {
+	var events []sseEvent
+	for _, block := range strings.Split(body, "\n\n") {
+		var e sseEvent
+		for _, line := range strings.Split(block, "\n") {
+			if v, ok := strings.CutPrefix(line, "id: "); ok {
+				e.id = v
+			} else if v, ok := strings.CutPrefix(line, "data: "); ok {
+				e.data += v
+			}
+		}
+		if e.id != "" || e.data != "" {
+			events = append(events, e)
+		}
+	}
+	return events
+}
+
+// TestResumption checks that with -event-store a client can replay a request
+// stream with GET and Last-Event-ID.
+func TestResumption(t *testing.T) {
+	u := startServer(t, "-event-store")
+	resp, body := post(t, u.url, nil, initializeBody("2025-11-25"))
+	sessionID := resp.Header.Get("Mcp-Session-Id")
+	if resp.StatusCode != http.StatusOK || sessionID == "" {
+		t.Fatalf("initialize: %s\n%s", resp.Status, body)
+	}
+	headers := map[string]string{"Mcp-Session-Id": sessionID, "Mcp-Protocol-Version": "2025-11-25"}
+	if resp, body := post(t, u.url, headers, `{"jsonrpc":"2.0","method":"notifications/initialized"}`); resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("initialized: %s\n%s", resp.Status, body)
+	}
+	_, body = post(t, u.url, headers,
+		`{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"progress","arguments":{"steps":2},"_meta":{"progressToken":"p"}}}`)
+	events := parseSSE(body)
+	// A priming event without data, two progress notifications, the result.
+	if len(events) != 4 || events[0].data != "" || !strings.Contains(events[1].data, `"progress":1`) ||
+		!strings.Contains(events[2].data, `"progress":2`) || !strings.Contains(events[3].data, `"text":"done"`) {
+		t.Fatalf("tools/call events = %q", events)
+	}
+	for _, e := range events {
+		if e.id == "" {
+			t.Fatalf("event without id: %q", events)
+		}
+	}
+
+	req, err := http.NewRequest(http.MethodGet, u.url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set("Mcp-Session-Id", sessionID)
+	req.Header.Set("Mcp-Protocol-Version", "2025-11-25")
+	req.Header.Set("Last-Event-ID", events[1].id)
+	resp, err = newHTTPClient(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replayed := parseSSE(string(data))
+	if resp.StatusCode != http.StatusOK || len(replayed) != 2 ||
+		replayed[0] != events[2] || replayed[1] != events[3] {
+		t.Errorf("replay after %s: %s\ngot %q\nwant %q", events[1].id, resp.Status, replayed, events[2:])
 	}
 }
 

@@ -112,7 +112,8 @@ type progressArgs struct {
 // progressTool sends in.Steps progress notifications (progress 1..Steps of
 // total Steps), DelayMs apart, when the call carries a progress token.
 // Notifications that cannot be delivered (for example with -json in stateless
-// mode, where there is no stream to carry them) are logged, not fatal.
+// mode, where there is no stream to carry them) are logged once per call and
+// not sent again; the call still succeeds.
 func progressTool(logger *slog.Logger) mcp.ToolHandlerFor[progressArgs, any] {
 	return func(ctx context.Context, req *mcp.CallToolRequest, in progressArgs) (*mcp.CallToolResult, any, error) {
 		if in.Steps < 0 || in.Steps > 10000 {
@@ -122,13 +123,14 @@ func progressTool(logger *slog.Logger) mcp.ToolHandlerFor[progressArgs, any] {
 			return nil, nil, fmt.Errorf("delayMs must not be negative, got %d", in.DelayMs)
 		}
 		token := req.Params.GetProgressToken()
+		notify := token != nil
 		for i := 1; i <= in.Steps; i++ {
 			if i > 1 {
 				if err := sleep(ctx, time.Duration(in.DelayMs)*time.Millisecond); err != nil {
 					return nil, nil, err
 				}
 			}
-			if token == nil {
+			if !notify {
 				continue
 			}
 			err := req.Session.NotifyProgress(ctx, &mcp.ProgressNotificationParams{
@@ -138,7 +140,8 @@ func progressTool(logger *slog.Logger) mcp.ToolHandlerFor[progressArgs, any] {
 				Message:       fmt.Sprintf("step %d of %d", i, in.Steps),
 			})
 			if err != nil {
-				logger.Warn("progress notification not delivered", "step", i, "error", err)
+				logger.Warn("progress notifications not delivered", "step", i, "error", err)
+				notify = false
 			}
 		}
 		return textResult("done"), nil, nil
@@ -160,6 +163,22 @@ func progressTool(logger *slog.Logger) mcp.ToolHandlerFor[progressArgs, any] {
 // replaces server-to-client requests with multi round-trip results.
 func usesInputRequests(req *mcp.CallToolRequest) bool {
 	return req.ProtocolVersion() >= modernProtocolVersion
+}
+
+// checkClientInput returns an error if the tool cannot ask the client for
+// input of the given kind ("sampling", "elicitation" or "roots") during req.
+func checkClientInput(req *mcp.CallToolRequest, kind string, declared func(*mcp.ClientCapabilities) bool) error {
+	if !usesInputRequests(req) && req.Session.ID() == "" {
+		// A stateless server does not know the capabilities the client
+		// declared at initialization, and its transport rejects outgoing
+		// requests.
+		return fmt.Errorf("a stateless server cannot send %s requests to the client on protocol %s (use protocol %s or a stateful server)",
+			kind, req.ProtocolVersion(), modernProtocolVersion)
+	}
+	if caps := req.ClientCapabilities(); caps == nil || !declared(caps) {
+		return fmt.Errorf("the client did not declare the %s capability", kind)
+	}
+	return nil
 }
 
 // inputResponse returns the response to the tool's input request, if the call
@@ -187,8 +206,8 @@ type sampleArgs struct {
 }
 
 func sampleTool(ctx context.Context, req *mcp.CallToolRequest, in sampleArgs) (*mcp.CallToolResult, any, error) {
-	if caps := req.ClientCapabilities(); caps == nil || caps.Sampling == nil {
-		return nil, nil, errors.New("sampling failed: the client did not declare the sampling capability")
+	if err := checkClientInput(req, "sampling", func(c *mcp.ClientCapabilities) bool { return c.Sampling != nil }); err != nil {
+		return nil, nil, fmt.Errorf("sampling failed: %w", err)
 	}
 	params := &mcp.CreateMessageParams{
 		MaxTokens: 100,
@@ -232,8 +251,8 @@ var nameSchema = map[string]any{
 }
 
 func elicitTool(ctx context.Context, req *mcp.CallToolRequest, in elicitArgs) (*mcp.CallToolResult, any, error) {
-	if caps := req.ClientCapabilities(); caps == nil || caps.Elicitation == nil {
-		return nil, nil, errors.New("elicitation failed: the client did not declare the elicitation capability")
+	if err := checkClientInput(req, "elicitation", func(c *mcp.ClientCapabilities) bool { return c.Elicitation != nil }); err != nil {
+		return nil, nil, fmt.Errorf("elicitation failed: %w", err)
 	}
 	params := &mcp.ElicitParams{Mode: "form", Message: in.Message, RequestedSchema: nameSchema}
 	var res *mcp.ElicitResult
@@ -261,8 +280,8 @@ func elicitTool(ctx context.Context, req *mcp.CallToolRequest, in elicitArgs) (*
 }
 
 func rootsTool(ctx context.Context, req *mcp.CallToolRequest, _ none) (*mcp.CallToolResult, any, error) {
-	if caps := req.ClientCapabilities(); caps == nil || caps.RootsV2 == nil {
-		return nil, nil, errors.New("listing roots failed: the client did not declare the roots capability")
+	if err := checkClientInput(req, "roots", func(c *mcp.ClientCapabilities) bool { return c.RootsV2 != nil }); err != nil {
+		return nil, nil, fmt.Errorf("listing roots failed: %w", err)
 	}
 	var res *mcp.ListRootsResult
 	if usesInputRequests(req) {

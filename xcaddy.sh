@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Builds and runs Caddy with the MCP SSE bridge, and runs the tests.
+#
+#   ./xcaddy.sh build   build ./caddy (xcaddy when on PATH, else go build ./cmd/caddy)
+#   ./xcaddy.sh run     build, then serve Caddyfile.example; without MCP_UPSTREAM
+#                       a demo Streamable HTTP MCP server is started on loopback
+#   ./xcaddy.sh test    build, install the test peers, then go vet and all tests
+#   ./xcaddy.sh bench   the benchmarks
+set -euo pipefail
+cd "$(dirname "$0")"
+
+MODULE=github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge
+CADDY_VERSION=${CADDY_VERSION:-v2.11.9}
+
+build() {
+	if command -v xcaddy >/dev/null 2>&1; then
+		echo "building ./caddy with xcaddy ($CADDY_VERSION)" >&2
+		xcaddy build "$CADDY_VERSION" --output ./caddy --with "$MODULE=."
+	else
+		echo "building ./caddy with go build ./cmd/caddy" >&2
+		go build -o ./caddy ./cmd/caddy
+	fi
+}
+
+node_peers() {
+	if [[ ! -d tests/node/node_modules ]] || [[ tests/node/package-lock.json -nt tests/node/node_modules ]]; then
+		(cd tests/node && npm ci --no-audit --no-fund)
+		touch tests/node/node_modules
+	fi
+}
+
+run() {
+	build
+	local demo_pid=""
+	if [[ -z ${MCP_UPSTREAM:-} ]]; then
+		mkdir -p .bin
+		go build -o .bin/mcp-demo-upstream ./cmd/mcp-demo-upstream
+		local fifo
+		fifo=$(mktemp -u)
+		mkfifo "$fifo"
+		.bin/mcp-demo-upstream -addr 127.0.0.1:0 -mode stateful >"$fifo" &
+		demo_pid=$!
+		trap 'kill $demo_pid 2>/dev/null || true' EXIT
+		local line
+		read -r line <"$fifo"
+		rm -f "$fifo"
+		MCP_UPSTREAM=${line#listening on }
+		echo "demo upstream (go-sdk, stateful) at $MCP_UPSTREAM" >&2
+	fi
+	export MCP_UPSTREAM
+	if [[ -z ${MCP_UPSTREAM_ADDR:-} ]]; then
+		local rest=${MCP_UPSTREAM#*://}
+		export MCP_UPSTREAM_ADDR=${rest%%/*}
+	fi
+	export BRIDGE_SITE=${BRIDGE_SITE:-http://127.0.0.1:8080}
+	echo "legacy MCP clients connect to: ${BRIDGE_SITE%/}/sse" >&2
+	echo "modern MCP clients connect to: ${BRIDGE_SITE%/}/mcp" >&2
+	./caddy run --config Caddyfile.example --adapter caddyfile
+}
+
+test_all() {
+	build
+	node_peers
+	go vet ./...
+	CADDY_BIN="$PWD/caddy" go test -race -count=1 -timeout 30m ./...
+}
+
+bench() {
+	go test -run '^$' -bench . -benchmem ./bridge/ ./sessionstore/...
+}
+
+case ${1:-} in
+build) build ;;
+run) run ;;
+test) test_all ;;
+bench) bench ;;
+*)
+	echo "usage: $0 build|run|test|bench" >&2
+	exit 2
+	;;
+esac
