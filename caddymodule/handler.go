@@ -73,7 +73,10 @@ type Handler struct {
 
 	bridge *bridge.Bridge
 	store  StoreModule
-	logger *zap.Logger
+	// defaultStore is the memory store made when none is configured; Caddy
+	// cleans up loaded guest modules, but this one is ours to clean up.
+	defaultStore *MemoryStore
+	logger       *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -102,7 +105,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err := mem.Provision(ctx); err != nil {
 			return fmt.Errorf("provisioning the memory store: %w", err)
 		}
-		h.store = mem
+		h.store, h.defaultStore = mem, mem
 	}
 
 	upstream, err := url.Parse(h.Upstream)
@@ -162,6 +165,9 @@ func (h *Handler) Validate() error {
 func (h *Handler) Cleanup() error {
 	if h.bridge != nil {
 		h.bridge.Close()
+	}
+	if h.defaultStore != nil {
+		return h.defaultStore.Cleanup()
 	}
 	return nil
 }

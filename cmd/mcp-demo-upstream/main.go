@@ -14,12 +14,14 @@
 //		loopback port). The MCP endpoint is served at path /mcp.
 //	-mode stateful|stateless
 //		Session handling (default "stateful"). "stateless" sets the SDK's
-//		StreamableHTTPOptions.Stateless: no Mcp-Session-Id, no GET stream,
-//		and no server-to-client requests on the legacy protocol.
+//		StreamableHTTPOptions.Stateless: no Mcp-Session-Id and no GET
+//		stream. Only stateless servers speak protocol 2026-07-28, which the
+//		go-sdk client prefers; stateful ones negotiate 2025-11-25 or older.
 //	-json
 //		Answer POSTs with application/json instead of text/event-stream
 //		(StreamableHTTPOptions.JSONResponse). Notifications and requests sent
-//		while handling a call then go to the standalone GET stream.
+//		while handling a call then go to the standalone GET stream, so in
+//		stateless mode progress notifications are dropped (and logged).
 //	-modern-only
 //		Support only MCP protocol version 2026-07-28
 //		(ServerOptions.SupportedProtocolVersions). The SDK serves that version
@@ -42,7 +44,11 @@
 //
 // The server offers the tools echo, add, progress, sample, elicit, roots,
 // blob, slow, headers and fail, the resource demo://greeting and the prompt
-// greet; see tools.go.
+// greet; see tools.go. The sample, elicit and roots tools ask the client for
+// input: with a server-to-client request on protocols up to 2025-11-25, which
+// a stateless server cannot send (the tool then returns a tool error), and
+// with an input-required result that the client answers by retrying the call
+// on 2026-07-28 (multi round-trip requests), which works in either mode.
 package main
 
 import (
