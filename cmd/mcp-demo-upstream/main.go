@@ -45,10 +45,11 @@
 // The server offers the tools echo, add, progress, sample, elicit, roots,
 // blob, slow, headers and fail, the resource demo://greeting and the prompt
 // greet; see tools.go. The sample, elicit and roots tools ask the client for
-// input: with a server-to-client request on protocols up to 2025-11-25, which
-// a stateless server cannot send (the tool then returns a tool error), and
-// with an input-required result that the client answers by retrying the call
-// on 2026-07-28 (multi round-trip requests), which works in either mode.
+// input. On protocols up to 2025-11-25 they send it a request, which a
+// stateless server cannot do (the tool then returns a tool error). On
+// 2026-07-28, which only a stateless server speaks, they return an
+// input-required result that the client answers by retrying the call (multi
+// round-trip requests), so they work there too.
 package main
 
 import (
