@@ -54,6 +54,9 @@ type Bridge struct {
 	credentials map[string]http.Header
 	// reinit serialises upstream re-initialisation per session.
 	reinit map[string]*sync.Mutex
+	// ownTransport is the transport New made (nil when Config gave one);
+	// its idle connections are closed with the bridge.
+	ownTransport *http.Transport
 }
 
 // New returns a bridge over store. Call Close when the configuration that
@@ -66,8 +69,10 @@ func New(cfg Config, store sessionstore.Store) (*Bridge, error) {
 		cfg.ReplicaID = randomID()
 	}
 	transport := cfg.Transport
+	var own *http.Transport
 	if transport == nil {
-		transport = newUpstreamTransport()
+		own = newUpstreamTransport()
+		transport = own
 	}
 	bg, cancel := context.WithCancel(context.Background())
 	b := &Bridge{
@@ -83,6 +88,7 @@ func New(cfg Config, store sessionstore.Store) (*Bridge, error) {
 		cancelled:    make(map[string]map[string]struct{}),
 		credentials:  make(map[string]http.Header),
 		reinit:       make(map[string]*sync.Mutex),
+		ownTransport: own,
 	}
 	b.wg.Add(1)
 	go b.runJanitor()
@@ -95,6 +101,7 @@ func New(cfg Config, store sessionstore.Store) (*Bridge, error) {
 func (b *Bridge) Close() {
 	b.closeOnce.Do(func() { close(b.stopJanitor) })
 	b.wg.Wait()
+	b.closeIdleConnections()
 }
 
 // Shutdown ends every open stream with a final comment, so that clients
@@ -104,6 +111,15 @@ func (b *Bridge) Shutdown() {
 		close(b.shuttingDown)
 		b.cancelBG()
 	})
+	b.closeIdleConnections()
+}
+
+// closeIdleConnections releases pooled upstream connections; connections in
+// use (streams, requests in flight) stay until their requests end.
+func (b *Bridge) closeIdleConnections() {
+	if b.ownTransport != nil {
+		b.ownTransport.CloseIdleConnections()
+	}
 }
 
 // Handles reports whether the request path is one of the bridge's endpoints.

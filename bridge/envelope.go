@@ -89,7 +89,9 @@ func PeekEnvelope(msg []byte) (Envelope, error) {
 	if !bytes.Equal(version, []byte(`"2.0"`)) {
 		return env, errors.New(`jsonrpc member must be "2.0"`)
 	}
-	if hasID && !validID(env.ID) {
+	// A response may carry a null id (servers answer unparseable requests
+	// so); requests and notifications may not.
+	if hasID && !validID(env.ID) && (hasMethod || !bytes.Equal(env.ID, []byte("null"))) {
 		return env, errors.New("id must be a string or a number")
 	}
 	switch {

@@ -81,6 +81,7 @@ func (b *Bridge) serveMessage(w http.ResponseWriter, r *http.Request) {
 	// whatever happens later reaches the client on its stream.
 	timer := time.NewTimer(defaultAcceptWait)
 	defer timer.Stop()
+wait:
 	for _, ch := range statuses {
 		select {
 		case st := <-ch:
@@ -95,7 +96,9 @@ func (b *Bridge) serveMessage(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		case <-timer.C:
+			break wait
 		case <-r.Context().Done():
+			break wait
 		}
 	}
 	w.WriteHeader(http.StatusAccepted)

@@ -2,12 +2,15 @@ package bridge
 
 import (
 	"context"
+	"errors"
 	"io"
 	"mime"
 	"net/http"
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore"
 )
 
 // Bounds of the upstream GET stream's reconnection.
@@ -52,6 +55,11 @@ func (b *Bridge) runPump(ctx context.Context, id string) {
 			return
 		}
 		resp, err := b.do(ctx, http.MethodGet, sess, b.credentialsFor(id), nil, lastID)
+		if ctx.Err() == nil {
+			// Connected, refused or unreachable: either way requests need
+			// not wait for this stream any longer.
+			b.markStreamReady(ctx, id, sess.UpstreamSessionID)
+		}
 		if err != nil {
 			failures++
 		} else {
@@ -101,6 +109,49 @@ func (b *Bridge) runPump(ctx context.Context, id string) {
 		}
 		backoff = min(2*backoff, pumpMaxBackoff)
 	}
+}
+
+// streamReadyMark is the Session.StreamReadyFor value for an upstream session.
+func streamReadyMark(upstreamSessionID string) string { return "s:" + upstreamSessionID }
+
+func (b *Bridge) markStreamReady(ctx context.Context, id, upstreamSessionID string) {
+	mark := streamReadyMark(upstreamSessionID)
+	_, err := b.store.Update(ctx, id, func(s *sessionstore.Session) error {
+		if s.UpstreamSessionID != upstreamSessionID || s.StreamReadyFor == mark {
+			return errStale
+		}
+		s.StreamReadyFor = mark
+		return nil
+	})
+	if err != nil && !errors.Is(err, errStale) && !errors.Is(err, sessionstore.ErrNotFound) {
+		b.log.Debug("marking the upstream GET stream ready", zap.String("session", id), zap.Error(err))
+	}
+}
+
+var errStale = errors.New("stale update")
+
+// streamReadyWait bounds how long a request waits for the owner to connect
+// the upstream GET stream after (re)initialisation.
+const streamReadyWait = 3 * time.Second
+
+// awaitStream holds a request until the session's upstream GET stream is
+// connected, so that an upstream in JSON-response mode has somewhere to send
+// the requests it makes of the client while serving this one. Only the first
+// requests of an upstream session wait, and only while a stream owner lives.
+func (b *Bridge) awaitStream(ctx context.Context, sess *sessionstore.Session) *sessionstore.Session {
+	deadline := time.Now().Add(streamReadyWait)
+	for sess.Initialized && sess.StreamReadyFor != streamReadyMark(sess.UpstreamSessionID) &&
+		sess.Owner != "" && sess.OwnerLeaseUntil.After(b.now()) && time.Now().Before(deadline) {
+		if !sleepCtx(ctx, 10*time.Millisecond) {
+			break
+		}
+		next, err := b.store.Get(ctx, sess.ID)
+		if err != nil {
+			break
+		}
+		sess = next
+	}
+	return sess
 }
 
 func drain(resp *http.Response) {

@@ -28,7 +28,10 @@ func (b *Bridge) serveStream(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	rc := http.NewResponseController(w)
 
-	sess, after, err := b.openSession(ctx, r)
+	// Each stream owns its session under its own name, so that a stream
+	// replaced by a newer one (even on this replica) notices and ends.
+	owner := b.cfg.ReplicaID + "/" + randomID()[:12]
+	sess, after, err := b.openSession(ctx, r, owner)
 	if err != nil {
 		b.storeError(w, err)
 		return
@@ -42,7 +45,7 @@ func (b *Bridge) serveStream(w http.ResponseWriter, r *http.Request) {
 	defer unsubscribe()
 
 	b.rememberCredentials(id, r)
-	defer b.releaseStream(id)
+	defer b.releaseStream(id, owner)
 
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
@@ -109,7 +112,13 @@ func (b *Bridge) serveStream(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		if len(msgs) > 0 {
-			if err := b.store.Ack(ctx, id, after); err != nil && ctx.Err() == nil {
+			err := b.store.Ack(ctx, id, owner, after)
+			switch {
+			case errors.Is(err, sessionstore.ErrNotOwner), errors.Is(err, sessionstore.ErrNotFound):
+				// Taken over by a newer stream (which replays from its own
+				// position), or gone.
+				return
+			case err != nil && ctx.Err() == nil:
 				b.log.Debug("acknowledging mailbox", zap.String("session", id), zap.Error(err))
 			}
 		}
@@ -125,7 +134,9 @@ func (b *Bridge) serveStream(w http.ResponseWriter, r *http.Request) {
 			if err := rc.Flush(); err != nil {
 				return
 			}
-			b.renewLease(ctx, id)
+			if !b.renewLease(ctx, id, owner) {
+				return
+			}
 		case <-ctx.Done():
 			return
 		case <-b.shuttingDown:
@@ -139,11 +150,11 @@ func (b *Bridge) serveStream(w http.ResponseWriter, r *http.Request) {
 // openSession creates the session for a new stream, or resumes the one named
 // by Last-Event-ID, and makes this replica its owner. It returns the mailbox
 // position to stream from.
-func (b *Bridge) openSession(ctx context.Context, r *http.Request) (*sessionstore.Session, uint64, error) {
+func (b *Bridge) openSession(ctx context.Context, r *http.Request, owner string) (*sessionstore.Session, uint64, error) {
 	fp := fingerprint(r)
 	now := b.now()
 	if id, seq, ok := parseEventID(r.Header.Get("Last-Event-ID")); ok {
-		sess, err := b.claim(ctx, id, fp)
+		sess, err := b.claim(ctx, id, fp, owner)
 		if err == nil {
 			return sess, seq, nil
 		}
@@ -151,11 +162,22 @@ func (b *Bridge) openSession(ctx context.Context, r *http.Request) (*sessionstor
 			return nil, 0, err
 		}
 	}
+	// A client that initialised earlier and now reconnects without
+	// Last-Event-ID (the TypeScript SDK's SSEClientTransport does, and never
+	// initialises again) still sends MCP-Protocol-Version, which a new
+	// client cannot: give it back its most recent session.
+	if pv := r.Header.Get("MCP-Protocol-Version"); pv != "" {
+		if sess, err := b.adopt(ctx, fp, pv, owner); err == nil {
+			return sess, sess.Delivered, nil
+		} else if !errors.Is(err, sessionstore.ErrNotFound) {
+			return nil, 0, err
+		}
+	}
 	sess := &sessionstore.Session{
 		ID:              randomID(),
 		Upstream:        b.cfg.Upstream.String(),
 		Fingerprint:     fp,
-		Owner:           b.cfg.ReplicaID,
+		Owner:           owner,
 		OwnerLeaseUntil: now.Add(b.lease()),
 		CreatedAt:       now,
 		ExpiresAt:       now.Add(b.lease() + b.cfg.SessionTTL),
@@ -166,62 +188,103 @@ func (b *Bridge) openSession(ctx context.Context, r *http.Request) (*sessionstor
 	return sess, 0, nil
 }
 
-// claim makes this replica the owner of an existing session of the caller.
-func (b *Bridge) claim(ctx context.Context, id, fp string) (*sessionstore.Session, error) {
+// claim makes a new stream the owner of an existing session of the caller;
+// a stream that held it before ends at its next keepalive.
+func (b *Bridge) claim(ctx context.Context, id, fp, owner string) (*sessionstore.Session, error) {
 	now := b.now()
 	return b.store.Update(ctx, id, func(s *sessionstore.Session) error {
 		if s.Fingerprint != fp || s.Upstream != b.cfg.Upstream.String() {
 			return sessionstore.ErrNotFound
 		}
-		s.Owner = b.cfg.ReplicaID
+		s.Owner = owner
 		s.OwnerLeaseUntil = now.Add(b.lease())
 		s.ExpiresAt = now.Add(b.lease() + b.cfg.SessionTTL)
 		return nil
 	})
+}
+
+// adopt claims the caller's most recently released session for the
+// protocol version. Another stream may claim the same one at the same time;
+// the loser tries the next candidate.
+func (b *Bridge) adopt(ctx context.Context, fp, protocolVersion, owner string) (*sessionstore.Session, error) {
+	for range 3 {
+		now := b.now()
+		cand, err := b.store.Adoptable(ctx, fp, b.cfg.Upstream.String(), protocolVersion, now)
+		if err != nil {
+			return nil, err
+		}
+		sess, err := b.store.Update(ctx, cand.ID, func(s *sessionstore.Session) error {
+			if s.Owner != "" && s.OwnerLeaseUntil.After(now) {
+				return sessionstore.ErrNotOwner
+			}
+			s.Owner = owner
+			s.OwnerLeaseUntil = now.Add(b.lease())
+			s.ExpiresAt = now.Add(b.lease() + b.cfg.SessionTTL)
+			return nil
+		})
+		if err == nil {
+			b.log.Info("stream adopted its caller's previous session", zap.String("session", sess.ID))
+			return sess, nil
+		}
+		if !errors.Is(err, sessionstore.ErrNotOwner) && !errors.Is(err, sessionstore.ErrNotFound) {
+			return nil, err
+		}
+	}
+	return nil, sessionstore.ErrNotFound
 }
 
 // lease is how long an owner's claim lasts without renewal: a few keepalive
 // intervals, renewed on every keepalive.
 func (b *Bridge) lease() time.Duration { return 3 * b.cfg.Keepalive }
 
-func (b *Bridge) renewLease(ctx context.Context, id string) {
-	if _, err := b.claimOwned(ctx, id); err != nil && ctx.Err() == nil {
-		b.log.Debug("renewing lease", zap.String("session", id), zap.Error(err))
-	}
-}
-
-func (b *Bridge) claimOwned(ctx context.Context, id string) (*sessionstore.Session, error) {
+// renewLease extends the stream's claim on its session. It reports false
+// when the stream must end: another stream took the session over, or the
+// session is gone. A store failure keeps the stream (the store may be back
+// before the lease lapses).
+func (b *Bridge) renewLease(ctx context.Context, id, owner string) bool {
 	now := b.now()
-	return b.store.Update(ctx, id, func(s *sessionstore.Session) error {
-		s.Owner = b.cfg.ReplicaID
+	_, err := b.store.Update(ctx, id, func(s *sessionstore.Session) error {
+		if s.Owner != owner {
+			return sessionstore.ErrNotOwner
+		}
 		s.OwnerLeaseUntil = now.Add(b.lease())
 		s.ExpiresAt = now.Add(b.lease() + b.cfg.SessionTTL)
 		return nil
 	})
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, sessionstore.ErrNotOwner), errors.Is(err, sessionstore.ErrNotFound):
+		b.log.Debug("stream lost its session", zap.String("session", id), zap.Error(err))
+		return false
+	default:
+		if ctx.Err() == nil {
+			b.log.Warn("renewing lease", zap.String("session", id), zap.Error(err))
+		}
+		return true
+	}
 }
 
 // releaseStream marks the session as without a stream: it stays resumable
 // for the session TTL.
-func (b *Bridge) releaseStream(id string) {
+func (b *Bridge) releaseStream(id, owner string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	now := b.now()
 	_, err := b.store.Update(ctx, id, func(s *sessionstore.Session) error {
-		if s.Owner != b.cfg.ReplicaID {
-			return errNotOwner
+		if s.Owner != owner {
+			return sessionstore.ErrNotOwner
 		}
 		s.Owner = ""
 		s.OwnerLeaseUntil = time.Time{}
 		s.ExpiresAt = now.Add(b.cfg.SessionTTL)
 		return nil
 	})
-	if err != nil && !errors.Is(err, errNotOwner) && !errors.Is(err, sessionstore.ErrNotFound) {
+	if err != nil && !errors.Is(err, sessionstore.ErrNotOwner) && !errors.Is(err, sessionstore.ErrNotFound) {
 		b.log.Warn("releasing session", zap.String("session", id), zap.Error(err))
 	}
 	b.log.Debug("stream closed", zap.String("session", id))
 }
-
-var errNotOwner = errors.New("another replica owns the session")
 
 // endpointURL is the absolute path of the message endpoint for the session,
 // under the same prefix as the stream's original request path.

@@ -96,6 +96,9 @@ func (b *Bridge) forward(c *call) {
 		sess.UpstreamSessionID, sess.ProtocolVersion = "", ""
 	}
 	for attempt := 0; ; attempt++ {
+		if c.env.Kind == KindRequest && !isInit {
+			sess = b.awaitStream(ctx, sess)
+		}
 		resp, err := b.do(ctx, http.MethodPost, sess, c.client, c.msg, "")
 		if err != nil {
 			b.fail(c, fmt.Sprintf("forwarding to upstream: %v", err))

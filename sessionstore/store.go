@@ -25,6 +25,8 @@ var (
 	// ErrMailboxFull: the session's mailbox holds its maximum number of
 	// undelivered messages.
 	ErrMailboxFull = errors.New("session mailbox full")
+	// ErrNotOwner: the session is owned by another stream.
+	ErrNotOwner = errors.New("session owned by another stream")
 	// ErrUnavailable wraps failures of the backing service (network, timeouts);
 	// the bridge answers them with 503 and Retry-After.
 	ErrUnavailable = errors.New("session store unavailable")
@@ -52,10 +54,18 @@ type Session struct {
 	Initialize json.RawMessage `json:"initialize,omitempty"`
 	// Initialized is set once the upstream accepted notifications/initialized.
 	Initialized bool `json:"initialized,omitempty"`
+	// StreamReadyFor is the UpstreamSessionID for which the owner's upstream
+	// GET stream is connected (or known to be unavailable), prefixed with
+	// "s:"; requests wait for it, because an upstream in JSON-response mode
+	// can send its requests to the client (sampling, elicitation) only there.
+	StreamReadyFor string `json:"stream_ready_for,omitempty"`
 	// Owner is the replica holding the client's event stream, empty while the
 	// client is away; OwnerLeaseUntil is when that claim lapses unless renewed.
 	Owner           string    `json:"owner,omitempty"`
 	OwnerLeaseUntil time.Time `json:"owner_lease_until"`
+	// Delivered is the mailbox position the client's stream has reached
+	// (updated by Ack); a stream that adopts the session resumes after it.
+	Delivered uint64 `json:"delivered,omitempty"`
 	// CreatedAt is when the legacy stream first opened.
 	CreatedAt time.Time `json:"created_at"`
 	// ExpiresAt is when the session may be reaped: pushed forward while a
@@ -89,14 +99,24 @@ type Store interface {
 	Delete(ctx context.Context, id string) (bool, error)
 	// Expired lists up to limit sessions whose ExpiresAt is before now.
 	Expired(ctx context.Context, now time.Time, limit int) ([]*Session, error)
+	// Adoptable returns the initialised session of the given caller, upstream
+	// and protocol version that has no live owner (Owner empty or its lease
+	// lapsed before now) and was released most recently (latest ExpiresAt),
+	// or ErrNotFound. A client that reconnects without Last-Event-ID gets it
+	// back this way.
+	Adoptable(ctx context.Context, fingerprint, upstream, protocolVersion string, now time.Time) (*Session, error)
 
 	// Append adds a message to the session's mailbox and wakes its readers.
 	Append(ctx context.Context, id string, m Message) (uint64, error)
 	// Read returns up to limit mailbox entries with Seq greater than after.
 	Read(ctx context.Context, id string, after uint64, limit int) ([]Message, error)
-	// Ack tells the store that entries up to seq reached the client; it may
-	// drop them, keeping a short window for replay.
-	Ack(ctx context.Context, id string, seq uint64) error
+	// Ack tells the store that entries up to seq reached the client, records
+	// seq as the session's Delivered position, and may drop those entries,
+	// keeping a short window for replay. If owner is not empty and not the
+	// session's Owner, nothing changes and Ack returns ErrNotOwner: a stream
+	// that was replaced must neither trim what its successor still has to
+	// send nor keep sending.
+	Ack(ctx context.Context, id, owner string, seq uint64) error
 	// Subscribe returns a channel that receives a value (coalesced) whenever
 	// the session's mailbox grows, and a function that ends the subscription.
 	Subscribe(ctx context.Context, id string) (<-chan struct{}, func(), error)

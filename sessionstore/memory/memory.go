@@ -135,6 +135,27 @@ func (st *Store) Expired(_ context.Context, now time.Time, limit int) ([]*sessio
 	return out, nil
 }
 
+// Adoptable implements sessionstore.Store.
+func (st *Store) Adoptable(_ context.Context, fingerprint, upstream, protocolVersion string, now time.Time) (*sessionstore.Session, error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	var best *sessionstore.Session
+	for _, e := range st.sessions {
+		s := &e.session
+		if s.Fingerprint != fingerprint || s.Upstream != upstream || s.ProtocolVersion != protocolVersion ||
+			!s.Initialized || (s.Owner != "" && s.OwnerLeaseUntil.After(now)) {
+			continue
+		}
+		if best == nil || s.ExpiresAt.After(best.ExpiresAt) {
+			best = s
+		}
+	}
+	if best == nil {
+		return nil, sessionstore.ErrNotFound
+	}
+	return copySession(best), nil
+}
+
 // Append implements sessionstore.Store.
 func (st *Store) Append(_ context.Context, id string, m sessionstore.Message) (uint64, error) {
 	st.mu.Lock()
@@ -164,7 +185,7 @@ func (st *Store) Read(_ context.Context, id string, after uint64, limit int) ([]
 	if !ok {
 		return nil, sessionstore.ErrNotFound
 	}
-	if len(e.mailbox) == 0 || after >= e.lastSeq {
+	if len(e.mailbox) == 0 || after >= e.lastSeq || limit <= 0 {
 		return nil, nil
 	}
 	first := e.mailbox[0].Seq
@@ -180,12 +201,15 @@ func (st *Store) Read(_ context.Context, id string, after uint64, limit int) ([]
 }
 
 // Ack implements sessionstore.Store.
-func (st *Store) Ack(_ context.Context, id string, seq uint64) error {
+func (st *Store) Ack(_ context.Context, id, owner string, seq uint64) error {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	e, ok := st.sessions[id]
 	if !ok {
 		return sessionstore.ErrNotFound
+	}
+	if owner != "" && e.session.Owner != owner {
+		return sessionstore.ErrNotOwner
 	}
 	if seq > e.lastSeq {
 		seq = e.lastSeq
@@ -194,6 +218,7 @@ func (st *Store) Ack(_ context.Context, id string, seq uint64) error {
 		return nil
 	}
 	e.acked = seq
+	e.session.Delivered = seq
 	// Keep ReplayWindow delivered messages; drop older ones.
 	keepFrom := uint64(0)
 	if seq > uint64(st.opts.ReplayWindow) {
@@ -201,11 +226,12 @@ func (st *Store) Ack(_ context.Context, id string, seq uint64) error {
 	}
 	drop := 0
 	for drop < len(e.mailbox) && e.mailbox[drop].Seq <= keepFrom {
+		e.mailbox[drop].Data = nil // let the payload go now
 		drop++
 	}
-	if drop > 0 {
-		e.mailbox = append(e.mailbox[:0:0], e.mailbox[drop:]...)
-	}
+	// Reslicing keeps this O(dropped); append reallocates (copying only the
+	// live entries) when the array's tail is used up.
+	e.mailbox = e.mailbox[drop:]
 	return nil
 }
 

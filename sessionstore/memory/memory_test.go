@@ -1,0 +1,326 @@
+package memory_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore"
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore/memory"
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore/storetest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func TestContract(t *testing.T) {
+	for _, window := range []int{0, 3, 64} {
+		t.Run("ReplayWindow="+strconv.Itoa(window), func(t *testing.T) {
+			storetest.Run(t, func(t *testing.T) sessionstore.Store {
+				return memory.New(memory.Options{
+					MaxSessions:  storetest.MinSessions,
+					MaxPending:   storetest.MaxPending,
+					ReplayWindow: window,
+				})
+			})
+		})
+	}
+}
+
+func session(id string) *sessionstore.Session {
+	now := time.Now()
+	return &sessionstore.Session{
+		ID:          id,
+		Upstream:    "http://upstream.example/mcp",
+		Fingerprint: "fp",
+		CreatedAt:   now,
+		ExpiresAt:   now.Add(time.Minute),
+	}
+}
+
+func create(t testing.TB, st *memory.Store, id string) {
+	t.Helper()
+	if err := st.Create(context.Background(), session(id)); err != nil {
+		t.Fatalf("Create(%s): %v", id, err)
+	}
+}
+
+func appendN(t testing.TB, st *memory.Store, id string, n int) {
+	t.Helper()
+	for i := range n {
+		if _, err := st.Append(context.Background(), id, sessionstore.Message{Data: []byte(`{"n":` + strconv.Itoa(i) + `}`)}); err != nil {
+			t.Fatalf("Append #%d: %v", i+1, err)
+		}
+	}
+}
+
+func seqs(t *testing.T, st *memory.Store, id string, after uint64) []uint64 {
+	t.Helper()
+	msgs, err := st.Read(context.Background(), id, after, 1000)
+	if err != nil {
+		t.Fatalf("Read: %v", err)
+	}
+	out := []uint64{}
+	for _, m := range msgs {
+		out = append(out, m.Seq)
+	}
+	return out
+}
+
+func TestMaxSessions(t *testing.T) {
+	ctx := context.Background()
+	st := memory.New(memory.Options{MaxSessions: 3})
+	for i := range 3 {
+		create(t, st, "s"+strconv.Itoa(i))
+	}
+	if err := st.Create(ctx, session("s3")); !errors.Is(err, sessionstore.ErrTooManySessions) {
+		t.Fatalf("fourth Create: %v, want ErrTooManySessions", err)
+	}
+	// An id that exists is reported as such even when the store is full.
+	if err := st.Create(ctx, session("s0")); !errors.Is(err, sessionstore.ErrExists) {
+		t.Errorf("Create(existing id) on a full store: %v, want ErrExists", err)
+	}
+	if n := st.Len(); n != 3 {
+		t.Errorf("Len = %d, want 3", n)
+	}
+	if ok, err := st.Delete(ctx, "s1"); !ok || err != nil {
+		t.Fatalf("Delete: (%v, %v)", ok, err)
+	}
+	if err := st.Create(ctx, session("s3")); err != nil {
+		t.Errorf("Create after a Delete made room: %v", err)
+	}
+	if n := st.Len(); n != 3 {
+		t.Errorf("Len = %d, want 3", n)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	ctx := context.Background()
+	st := memory.New(memory.Options{})
+	create(t, st, "a")
+	appendN(t, st, "a", 1024)
+	if _, err := st.Append(ctx, "a", sessionstore.Message{Data: []byte(`{}`)}); !errors.Is(err, sessionstore.ErrMailboxFull) {
+		t.Errorf("Append #1025 with the default MaxPending: %v, want ErrMailboxFull", err)
+	}
+	// The default keeps no delivered messages.
+	if err := st.Ack(ctx, "a", "", 1000); err != nil {
+		t.Fatal(err)
+	}
+	if got := seqs(t, st, "a", 0); len(got) != 24 || got[0] != 1001 {
+		t.Errorf("after Ack(1000) with the default ReplayWindow, Read(0) returned %d entries from %v", len(got), got[:min(1, len(got))])
+	}
+	// A negative ReplayWindow is treated as zero.
+	st = memory.New(memory.Options{ReplayWindow: -5})
+	create(t, st, "b")
+	appendN(t, st, "b", 4)
+	if err := st.Ack(ctx, "b", "", 2); err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(seqs(t, st, "b", 0)); got != "[3 4]" {
+		t.Errorf("ReplayWindow -5: Read(0) after Ack(2) = %s, want [3 4]", got)
+	}
+}
+
+func TestMaxPending(t *testing.T) {
+	ctx := context.Background()
+	st := memory.New(memory.Options{MaxPending: 2, ReplayWindow: 10})
+	create(t, st, "a")
+	appendN(t, st, "a", 2)
+	if seq, err := st.Append(ctx, "a", sessionstore.Message{Data: []byte(`{}`)}); !errors.Is(err, sessionstore.ErrMailboxFull) {
+		t.Fatalf("third Append with MaxPending 2: (%d, %v), want ErrMailboxFull", seq, err)
+	}
+	// Delivered messages kept for replay do not count.
+	if err := st.Ack(ctx, "a", "", 1); err != nil {
+		t.Fatal(err)
+	}
+	if seq, err := st.Append(ctx, "a", sessionstore.Message{Data: []byte(`{}`)}); err != nil || seq != 3 {
+		t.Fatalf("Append after Ack(1): (%d, %v), want (3, nil)", seq, err)
+	}
+	if _, err := st.Append(ctx, "a", sessionstore.Message{Data: []byte(`{}`)}); !errors.Is(err, sessionstore.ErrMailboxFull) {
+		t.Errorf("Append beyond MaxPending again: %v, want ErrMailboxFull", err)
+	}
+	if got := fmt.Sprint(seqs(t, st, "a", 0)); got != "[1 2 3]" {
+		t.Errorf("Read(0) = %s, want [1 2 3] (1 kept for replay)", got)
+	}
+}
+
+func TestReplayWindow(t *testing.T) {
+	ctx := context.Background()
+	cases := []struct {
+		window int
+		ack    uint64
+		want   string
+	}{
+		{0, 8, "[9 10]"},
+		{2, 8, "[7 8 9 10]"},
+		{2, 10, "[9 10]"},
+		{8, 8, "[1 2 3 4 5 6 7 8 9 10]"},
+		{100, 10, "[1 2 3 4 5 6 7 8 9 10]"},
+	}
+	for _, c := range cases {
+		t.Run(fmt.Sprintf("window=%d,ack=%d", c.window, c.ack), func(t *testing.T) {
+			st := memory.New(memory.Options{ReplayWindow: c.window})
+			create(t, st, "a")
+			appendN(t, st, "a", 10)
+			if err := st.Ack(ctx, "a", "", c.ack); err != nil {
+				t.Fatal(err)
+			}
+			if got := fmt.Sprint(seqs(t, st, "a", 0)); got != c.want {
+				t.Errorf("Read(0) = %s, want %s", got, c.want)
+			}
+			// Reading after a position inside the window replays from there.
+			if c.ack >= 2 {
+				firstKept := c.ack + 1 - min(uint64(c.window), c.ack)
+				want := fmt.Sprint(seqRange(max(c.ack-1, firstKept), 10))
+				if got := fmt.Sprint(seqs(t, st, "a", c.ack-2)); got != want {
+					t.Errorf("Read(%d) = %s, want %s", c.ack-2, got, want)
+				}
+			}
+		})
+	}
+
+	// Trimming carries on as more is delivered.
+	st := memory.New(memory.Options{ReplayWindow: 2})
+	create(t, st, "a")
+	for round := range 5 {
+		appendN(t, st, "a", 3)
+		last := uint64(3 * (round + 1))
+		if err := st.Ack(ctx, "a", "", last); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := fmt.Sprint(seqs(t, st, "a", 0)), fmt.Sprint(seqRange(last-1, last)); got != want {
+			t.Errorf("round %d: Read(0) = %s, want %s", round, got, want)
+		}
+	}
+}
+
+func seqRange(from, to uint64) []uint64 {
+	out := []uint64{}
+	for s := from; s <= to; s++ {
+		out = append(out, s)
+	}
+	return out
+}
+
+// TestReadNonPositiveLimit: a limit of zero or less returns nothing; it must
+// not panic the process.
+func TestReadNonPositiveLimit(t *testing.T) {
+	st := memory.New(memory.Options{})
+	create(t, st, "a")
+	appendN(t, st, "a", 3)
+	for _, limit := range []int{0, -1} {
+		func() {
+			defer func() {
+				if r := recover(); r != nil {
+					t.Errorf("Read(0, %d) panicked: %v", limit, r)
+				}
+			}()
+			msgs, err := st.Read(context.Background(), "a", 0, limit)
+			if err != nil {
+				t.Errorf("Read(0, %d): %v", limit, err)
+			}
+			if len(msgs) != 0 {
+				t.Errorf("Read(0, %d) returned %d messages", limit, len(msgs))
+			}
+		}()
+	}
+}
+
+func TestExpiredNonPositiveLimit(t *testing.T) {
+	st := memory.New(memory.Options{})
+	s := session("a")
+	s.ExpiresAt = time.Now().Add(-time.Minute)
+	if err := st.Create(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	for _, limit := range []int{0, -1} {
+		got, err := st.Expired(context.Background(), time.Now(), limit)
+		if err != nil || len(got) != 0 {
+			t.Errorf("Expired(limit %d) = (%d sessions, %v), want none", limit, len(got), err)
+		}
+	}
+}
+
+func TestUnsubscribe(t *testing.T) {
+	ctx := context.Background()
+	st := memory.New(memory.Options{})
+	create(t, st, "a")
+	ch, cancel, err := st.Subscribe(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	cancel() // twice is harmless
+	appendN(t, st, "a", 1)
+	select {
+	case <-ch:
+		t.Error("an ended subscription was woken")
+	default:
+	}
+	// Ending a subscription after its session is gone is harmless too.
+	_, cancel, err = st.Subscribe(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Delete(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+}
+
+func BenchmarkAppendRead(b *testing.B) {
+	ctx := context.Background()
+	st := memory.New(memory.Options{ReplayWindow: 64})
+	create(b, st, "bench")
+	data := []byte(`{"jsonrpc":"2.0","id":42,"result":{"content":[{"type":"text","text":"hello, world"}]}}`)
+	var after uint64
+	b.ReportAllocs()
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		if _, err := st.Append(ctx, "bench", sessionstore.Message{Data: data}); err != nil {
+			b.Fatal(err)
+		}
+		msgs, err := st.Read(ctx, "bench", after, 64)
+		if err != nil || len(msgs) != 1 {
+			b.Fatalf("Read: (%d, %v)", len(msgs), err)
+		}
+		after = msgs[0].Seq
+		if err := st.Ack(ctx, "bench", "", after); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkAppendReadParallel(b *testing.B) {
+	ctx := context.Background()
+	st := memory.New(memory.Options{MaxSessions: 1 << 16, ReplayWindow: 64})
+	data := []byte(`{"jsonrpc":"2.0","id":42,"result":{}}`)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		id := fmt.Sprintf("bench-%p", pb)
+		if err := st.Create(ctx, session(id)); err != nil {
+			b.Error(err)
+			return
+		}
+		var after uint64
+		for pb.Next() {
+			if _, err := st.Append(ctx, id, sessionstore.Message{Data: data}); err != nil {
+				b.Error(err)
+				return
+			}
+			msgs, err := st.Read(ctx, id, after, 64)
+			if err != nil || len(msgs) == 0 {
+				b.Errorf("Read: (%d, %v)", len(msgs), err)
+				return
+			}
+			after = msgs[len(msgs)-1].Seq
+			_ = st.Ack(ctx, id, "", after)
+		}
+	})
+}

@@ -1,0 +1,57 @@
+package tests
+
+import (
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// summaryRe is legacy-client.mjs's last line.
+var summaryRe = regexp.MustCompile(`^(\d+) passed, (\d+) failed$`)
+
+// TestTypeScriptLegacyClient runs the official TypeScript SDK's legacy
+// HTTP+SSE client (tests/node/legacy-client.mjs, every scenario that applies)
+// through Caddy against each upstream, and expects every scenario to pass.
+func TestTypeScriptLegacyClient(t *testing.T) {
+	requireNode(t)
+	for _, spec := range allUpstreams {
+		t.Run(spec.name, func(t *testing.T) {
+			up := startUpstream(t, spec)
+			cd := startCaddy(t, up.url)
+
+			args := []string{"legacy-client.mjs",
+				"--url", cd.sseURL(),
+				"--upstream", spec.scriptUpstream(),
+				"--timeout", "15000",
+			}
+			if f := spec.features(); f != "" {
+				args = append(args, "--features", f)
+			}
+			if spec.kind == kindGo {
+				// The headers scenario checks that these reach the upstream;
+				// the bridge forwards the client's Authorization.
+				args = append(args, "--header", "Authorization: Bearer e2e-"+spec.name)
+			}
+			start := time.Now()
+			p := startProc(t, "legacy-client.mjs", procOptions{dir: nodeDir}, nodeBin, args...)
+			err := p.wait(t, 3*time.Minute)
+			out := p.out.String()
+			t.Logf("legacy-client.mjs took %v", time.Since(start).Round(time.Millisecond))
+			if err != nil {
+				t.Fatalf("legacy-client.mjs failed: %v\n%s", err, out)
+			}
+			last := lastLine(out)
+			m := summaryRe.FindStringSubmatch(last)
+			if m == nil {
+				t.Fatalf("last line %q is not a summary\n%s", last, out)
+			}
+			passed, _ := strconv.Atoi(m[1])
+			failed, _ := strconv.Atoi(m[2])
+			if failed != 0 || passed == 0 {
+				t.Fatalf("want N passed (N > 0), 0 failed; got %q\n%s", last, out)
+			}
+			t.Logf("legacy-client.mjs output:\n%s", out)
+		})
+	}
+}
