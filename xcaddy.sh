@@ -31,7 +31,6 @@ node_peers() {
 
 run() {
 	build
-	local demo_pid=""
 	if [[ -z ${MCP_UPSTREAM:-} ]]; then
 		mkdir -p .bin
 		go build -o .bin/mcp-demo-upstream ./cmd/mcp-demo-upstream
@@ -39,8 +38,8 @@ run() {
 		fifo=$(mktemp -u)
 		mkfifo "$fifo"
 		.bin/mcp-demo-upstream -addr 127.0.0.1:0 -mode stateful >"$fifo" &
-		demo_pid=$!
-		trap 'kill $demo_pid 2>/dev/null || true' EXIT
+		DEMO_PID=$!
+		trap 'kill "$DEMO_PID" 2>/dev/null || true' EXIT
 		local line
 		read -r line <"$fifo"
 		rm -f "$fifo"
