@@ -11,7 +11,7 @@ import (
 // expiryBatch bounds the sessions reaped per janitor pass.
 const expiryBatch = 256
 
-// runJanitor reaps expired sessions: it removes them from the store and
+// runJanitor beats this replica's heartbeat and reaps expired sessions: it removes them from the store and
 // ends their upstream sessions with DELETE. Whichever replica's janitor
 // deletes a session first does the DELETE; the others see it gone.
 func (b *Bridge) runJanitor() {
@@ -19,8 +19,13 @@ func (b *Bridge) runJanitor() {
 	interval := min(max(b.cfg.SessionTTL/10, time.Second), 30*time.Second)
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	beat := time.NewTicker(b.cfg.Keepalive)
+	defer beat.Stop()
+	b.heartbeat()
 	for {
 		select {
+		case <-beat.C:
+			b.heartbeat()
 		case <-t.C:
 			b.reapExpired()
 		case <-b.stopJanitor:

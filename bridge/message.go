@@ -169,19 +169,28 @@ func (b *Bridge) release(id string) {
 	}
 }
 
-// deliver appends a message for the client to the session's mailbox. A full
-// mailbox is retried for a while: the stream may be catching up.
+// deliver appends a message for the client to the session's mailbox.
 func (b *Bridge) deliver(sessionID string, data []byte) {
 	data = oneLine(data)
+	b.retryAppend(sessionID, func() error {
+		_, err := b.store.Append(b.background, sessionID, sessionstore.Message{Data: data})
+		return err
+	})
+}
+
+// retryAppend runs an append until it succeeds. A full mailbox or a store
+// failure is retried with backoff for up to the session TTL (the stream may
+// be catching up, the store may be back); a session that is gone ends it.
+func (b *Bridge) retryAppend(sessionID string, appendOnce func() error) {
 	backoff := 10 * time.Millisecond
 	deadline := time.Now().Add(b.cfg.SessionTTL)
 	for {
-		_, err := b.store.Append(b.background, sessionID, sessionstore.Message{Data: data})
+		err := appendOnce()
 		switch {
 		case err == nil:
 			return
 		case errors.Is(err, sessionstore.ErrNotFound):
-			b.log.Debug("dropping message for a session that is gone", zap.String("session", sessionID))
+			b.log.Debug("dropping a message for a session that is gone", zap.String("session", sessionID))
 			return
 		case time.Now().After(deadline) || b.background.Err() != nil:
 			b.log.Error("message for the client lost", zap.String("session", sessionID), zap.Error(err))

@@ -71,7 +71,7 @@ func (b *Bridge) runPump(ctx context.Context, id string) {
 					retry time.Duration
 					id2   string
 				)
-				id2, retry, err = b.relayEvents(resp.Body, func(msg []byte) {
+				id2, retry, err = b.relayEvents(resp.Body, func(msg []byte, _ string) {
 					got = true
 					b.deliver(id, msg)
 				})

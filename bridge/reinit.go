@@ -89,7 +89,7 @@ func (b *Bridge) initializeResult(resp *http.Response) (*initializeResult, error
 		return nil, fmt.Errorf("upstream answered HTTP %d", resp.StatusCode)
 	}
 	var found []byte
-	onMessage := func(msg []byte) {
+	onMessage := func(msg []byte, _ string) {
 		if env, err := PeekEnvelope(msg); err == nil && env.Kind == KindResponse && found == nil {
 			found = append([]byte(nil), msg...)
 		}
@@ -106,7 +106,7 @@ func (b *Bridge) initializeResult(resp *http.Response) (*initializeResult, error
 			return nil, err
 		}
 		if json.Valid(body) {
-			onMessage(body)
+			onMessage(body, "")
 		}
 	}
 	if found == nil {

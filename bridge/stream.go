@@ -81,6 +81,7 @@ func (b *Bridge) serveStream(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 
+	b.recoverOrphans(ctx, id)
 	keepalive := time.NewTicker(b.cfg.Keepalive)
 	defer keepalive.Stop()
 	for {
@@ -137,6 +138,7 @@ func (b *Bridge) serveStream(w http.ResponseWriter, r *http.Request) {
 			if !b.renewLease(ctx, id, owner) {
 				return
 			}
+			b.recoverOrphans(ctx, id)
 		case <-ctx.Done():
 			return
 		case <-b.shuttingDown:

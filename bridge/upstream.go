@@ -65,6 +65,26 @@ type call struct {
 	status    chan *upstreamStatus
 	reported  bool
 	answered  bool
+	// key names the request in the store's requests in flight; tracked is
+	// set once it is recorded there.
+	key     string
+	tracked bool
+}
+
+// track records a request in flight, so that another replica answers it if
+// this one dies. Without the record (store trouble) the request still goes.
+func (b *Bridge) track(ctx context.Context, c *call, sess *sessionstore.Session) {
+	c.key = string(c.env.ID)
+	err := b.store.TrackRequest(ctx, c.sessionID, c.key, sessionstore.Request{
+		ID:                c.env.ID,
+		Replica:           b.cfg.ReplicaID,
+		UpstreamSessionID: sess.UpstreamSessionID,
+	})
+	if err != nil {
+		b.log.Warn("recording a request in flight", zap.String("session", c.sessionID), zap.Error(err))
+		return
+	}
+	c.tracked = true
 }
 
 func (c *call) report(st *upstreamStatus) {
@@ -96,8 +116,11 @@ func (b *Bridge) forward(c *call) {
 		sess.UpstreamSessionID, sess.ProtocolVersion = "", ""
 	}
 	for attempt := 0; ; attempt++ {
-		if c.env.Kind == KindRequest && !isInit {
-			sess = b.awaitStream(ctx, sess)
+		if c.env.Kind == KindRequest {
+			if !isInit {
+				sess = b.awaitStream(ctx, sess)
+			}
+			b.track(ctx, c, sess)
 		}
 		resp, err := b.do(ctx, http.MethodPost, sess, c.client, c.msg, "")
 		if err != nil {
@@ -156,7 +179,7 @@ func upstreamSessionLost(sess *sessionstore.Session, status int, body []byte) bo
 func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, c *call, resp *http.Response, isInit bool) {
 	defer resp.Body.Close()
 	upstreamSessionID := resp.Header.Get("Mcp-Session-Id")
-	onMessage := func(msg []byte) {
+	onMessage := func(msg []byte, eventID string) {
 		env, err := PeekEnvelope(msg)
 		if err != nil {
 			b.log.Warn("dropping an invalid upstream message", zap.String("session", c.sessionID), zap.Error(err))
@@ -170,39 +193,24 @@ func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, 
 			}
 			// The response on a request's own stream answers that request;
 			// give it the client's id byte for byte.
-			msg = ReplaceID(msg, env, c.env.ID)
-			c.answered = true
+			b.answer(c, ReplaceID(msg, env, c.env.ID))
+			return
 		}
 		b.deliver(c.sessionID, msg)
+		if eventID != "" && c.tracked {
+			// Where another replica would resume this stream, should this
+			// one die before the response.
+			if err := b.store.SetRequestEventID(ctx, c.sessionID, c.key, eventID); err != nil {
+				b.log.Debug("recording the upstream event id", zap.String("session", c.sessionID), zap.Error(err))
+			}
+		}
 	}
 
 	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	switch {
 	case mt == "text/event-stream":
-		lastID, retry, err := b.relayEvents(resp.Body, onMessage)
-		for resumes := 0; !c.answered && c.env.Kind == KindRequest && lastID != "" && resumes < maxStreamResumes; resumes++ {
-			if err != nil {
-				b.log.Debug("upstream response stream broke", zap.String("session", c.sessionID), zap.Error(err))
-			}
-			if !sleepCtx(ctx, max(retry, 100*time.Millisecond)) {
-				break
-			}
-			var r *http.Response
-			r, err = b.do(ctx, http.MethodGet, sess, c.client, nil, lastID)
-			if err != nil {
-				continue
-			}
-			if r.StatusCode != http.StatusOK {
-				r.Body.Close()
-				break
-			}
-			var id string
-			id, retry, err = b.relayEvents(r.Body, onMessage)
-			r.Body.Close()
-			if id != "" {
-				lastID = id
-			}
-		}
+		answered := func() bool { return c.answered || c.env.Kind != KindRequest }
+		b.relayStream(ctx, sess, c.client, resp.Body, "", answered, onMessage)
 	case mt == "application/json":
 		body, err := io.ReadAll(io.LimitReader(resp.Body, b.cfg.MaxMessageSize+1))
 		switch {
@@ -219,10 +227,10 @@ func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, 
 			}
 		case isArray(body):
 			for _, m := range SplitBatch(body) {
-				onMessage(m)
+				onMessage(m, "")
 			}
 		default:
-			onMessage(body)
+			onMessage(body, "")
 		}
 	}
 	if c.env.Kind == KindRequest && !c.answered {
@@ -230,10 +238,52 @@ func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, 
 	}
 }
 
-// relayEvents reads an upstream event stream and passes each message on.
-// Events with empty data (priming), other event names and comments are
-// dropped. It returns the last event id seen and the last retry hint.
-func (b *Bridge) relayEvents(body io.Reader, onMessage func([]byte)) (string, time.Duration, error) {
+// relayStream relays an upstream response stream (body, or nothing when nil)
+// and, while the request is unanswered, resumes the stream with GET and
+// Last-Event-ID when it ends early, a bounded number of times.
+func (b *Bridge) relayStream(ctx context.Context, sess *sessionstore.Session, client http.Header, body io.Reader,
+	lastID string, answered func() bool, onMessage func(msg []byte, eventID string)) {
+	var (
+		retry time.Duration
+		err   error
+	)
+	if body != nil {
+		var id string
+		id, retry, err = b.relayEvents(body, onMessage)
+		if id != "" {
+			lastID = id
+		}
+	}
+	for resumes := 0; !answered() && lastID != "" && resumes < maxStreamResumes; resumes++ {
+		if err != nil {
+			b.log.Debug("upstream response stream broke", zap.String("session", sess.ID), zap.Error(err))
+		}
+		if !sleepCtx(ctx, max(retry, 100*time.Millisecond)) {
+			return
+		}
+		var r *http.Response
+		r, err = b.do(ctx, http.MethodGet, sess, client, nil, lastID)
+		if err != nil {
+			continue
+		}
+		if r.StatusCode != http.StatusOK {
+			drain(r)
+			return
+		}
+		var id string
+		id, retry, err = b.relayEvents(r.Body, onMessage)
+		r.Body.Close()
+		if id != "" {
+			lastID = id
+		}
+	}
+}
+
+// relayEvents reads an upstream event stream and passes each message on,
+// with the id of the event that carried it. Events with empty data
+// (priming), other event names and comments are dropped. It returns the last
+// event id seen and the last retry hint.
+func (b *Bridge) relayEvents(body io.Reader, onMessage func(msg []byte, eventID string)) (string, time.Duration, error) {
 	er := NewEventReader(body, int(b.cfg.MaxMessageSize)+4096)
 	var (
 		lastID string
@@ -262,11 +312,11 @@ func (b *Bridge) relayEvents(body io.Reader, onMessage func([]byte)) (string, ti
 		}
 		if isArray(ev.Data) {
 			for _, m := range SplitBatch(ev.Data) {
-				onMessage(m)
+				onMessage(m, lastID)
 			}
 			continue
 		}
-		onMessage(ev.Data)
+		onMessage(ev.Data, lastID)
 	}
 }
 
@@ -338,11 +388,7 @@ func (b *Bridge) fail(c *call, message string) {
 			zap.String("session", c.sessionID), zap.String("method", c.env.Method), zap.String("reason", message))
 		return
 	}
-	if c.answered || b.wasCancelled(c.sessionID, c.env.ID) {
-		return
-	}
-	c.answered = true
-	b.deliver(c.sessionID, errorMessage(c.env.ID, codeInternalError, message))
+	b.answer(c, errorMessage(c.env.ID, codeInternalError, message))
 }
 
 // failFromHTTP answers a request the upstream refused with an HTTP error:
@@ -351,9 +397,8 @@ func (b *Bridge) fail(c *call, message string) {
 func (b *Bridge) failFromHTTP(c *call, status int, body []byte) {
 	if c.env.Kind == KindRequest && json.Valid(body) && !isArray(body) {
 		if env, err := PeekEnvelope(body); err == nil && env.Kind == KindResponse {
-			if e := env.ErrorMember(body); e != nil && !b.wasCancelled(c.sessionID, c.env.ID) {
-				c.answered = true
-				b.deliver(c.sessionID, errorResponse(c.env.ID, e))
+			if e := env.ErrorMember(body); e != nil {
+				b.answer(c, errorResponse(c.env.ID, e))
 				return
 			}
 		}
@@ -367,6 +412,34 @@ func (b *Bridge) failFromHTTP(c *call, status int, body []byte) {
 		msg += ": " + text
 	}
 	b.fail(c, msg)
+}
+
+// answer delivers the one answer to a client request: exactly once, even
+// when another replica has claimed the request meanwhile (then it answers).
+// A request the client cancelled gets no answer.
+func (b *Bridge) answer(c *call, msg []byte) {
+	if c.answered {
+		return
+	}
+	c.answered = true
+	if b.wasCancelled(c.sessionID, c.env.ID) {
+		if c.tracked {
+			_, _ = b.store.ClaimRequest(b.background, c.sessionID, c.key)
+		}
+		return
+	}
+	if !c.tracked {
+		b.deliver(c.sessionID, msg)
+		return
+	}
+	data := oneLine(msg)
+	b.retryAppend(c.sessionID, func() error {
+		done, err := b.store.FinishRequest(b.background, c.sessionID, c.key, sessionstore.Message{Data: data})
+		if err == nil && !done {
+			b.log.Debug("another replica answered the request", zap.String("session", c.sessionID))
+		}
+		return err
+	})
 }
 
 // noteCancelled remembers a request id the client cancelled.

@@ -5,11 +5,14 @@
 package caddymodule
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -207,13 +210,19 @@ func originalPath(r *http.Request) string {
 	return r.URL.Path
 }
 
-// replicaID names this Caddy process in session ownership records.
-func replicaID() string {
+// replicaID names this Caddy process in session ownership and request
+// records: its instance id plus a per-process suffix, so that a restarted
+// process is never taken for its dead predecessor, whose requests in flight
+// other replicas must answer. Computed once; never changes.
+var replicaID = sync.OnceValue(func() string {
+	var suffix [6]byte
+	_, _ = rand.Read(suffix[:])
+	name := hex.EncodeToString(suffix[:])
 	if id, err := caddy.InstanceID(); err == nil {
-		return id.String()
+		name = id.String() + "-" + name
 	}
-	return ""
-}
+	return name
+})
 
 // Interface guards
 var (

@@ -84,9 +84,16 @@ type Message struct {
 	Data []byte
 }
 
-// Store keeps session records and mailboxes. All methods are safe for
-// concurrent use; every method that changes state is atomic.
+// Store is everything the bridge keeps outside its process. All methods are
+// safe for concurrent use; every method that changes state is atomic.
 type Store interface {
+	Sessions
+	Mailboxes
+	Requests
+}
+
+// Sessions keeps the session records.
+type Sessions interface {
 	// Create stores a new session.
 	Create(ctx context.Context, s *Session) error
 	// Get returns a copy of the session.
@@ -94,8 +101,9 @@ type Store interface {
 	// Update applies fn to the current record atomically and stores the result.
 	// fn may run more than once; returning an error aborts the update.
 	Update(ctx context.Context, id string, fn func(*Session) error) (*Session, error)
-	// Delete removes the session and its mailbox. It reports whether this call
-	// removed it, so that exactly one caller acts on an expiry.
+	// Delete removes the session, its mailbox and its requests. It reports
+	// whether this call removed it, so that exactly one caller acts on an
+	// expiry.
 	Delete(ctx context.Context, id string) (bool, error)
 	// Expired lists up to limit sessions whose ExpiresAt is before now.
 	Expired(ctx context.Context, now time.Time, limit int) ([]*Session, error)
@@ -105,7 +113,10 @@ type Store interface {
 	// or ErrNotFound. A client that reconnects without Last-Event-ID gets it
 	// back this way.
 	Adoptable(ctx context.Context, fingerprint, upstream, protocolVersion string, now time.Time) (*Session, error)
+}
 
+// Mailboxes keeps each session's messages for its stream.
+type Mailboxes interface {
 	// Append adds a message to the session's mailbox and wakes its readers.
 	Append(ctx context.Context, id string, m Message) (uint64, error)
 	// Read returns up to limit mailbox entries with Seq greater than after.
@@ -120,4 +131,42 @@ type Store interface {
 	// Subscribe returns a channel that receives a value (coalesced) whenever
 	// the session's mailbox grows, and a function that ends the subscription.
 	Subscribe(ctx context.Context, id string) (<-chan struct{}, func(), error)
+}
+
+// Request is a client request in flight upstream. It is recorded so that,
+// should the replica forwarding it die, another one answers it: by resuming
+// the upstream response stream, or with a JSON-RPC error.
+type Request struct {
+	// ID is the request's JSON-RPC id exactly as the client sent it.
+	ID json.RawMessage `json:"id"`
+	// Replica is the replica forwarding the request.
+	Replica string `json:"replica"`
+	// UpstreamSessionID is the upstream session the request went to.
+	UpstreamSessionID string `json:"upstream_session_id,omitempty"`
+	// LastEventID is the id of the last event relayed from the request's
+	// upstream response stream, for resumption with Last-Event-ID.
+	LastEventID string `json:"last_event_id,omitempty"`
+}
+
+// Requests tracks requests in flight and which replicas are alive.
+type Requests interface {
+	// TrackRequest records a request in flight under key (unique within the
+	// session), replacing any record with that key.
+	TrackRequest(ctx context.Context, sessionID, key string, r Request) error
+	// SetRequestEventID records the last event id relayed for the request; a
+	// missing record is not an error.
+	SetRequestEventID(ctx context.Context, sessionID, key, eventID string) error
+	// FinishRequest removes the request's record and appends its answer to the
+	// mailbox in one step. It reports false, and appends nothing, when the
+	// record is gone: another replica claimed the request and answers it.
+	FinishRequest(ctx context.Context, sessionID, key string, answer Message) (bool, error)
+	// ClaimRequest removes the request's record and reports whether this call
+	// removed it: the caller then owes the client the answer.
+	ClaimRequest(ctx context.Context, sessionID, key string) (bool, error)
+	// ListRequests returns the session's requests in flight, by key.
+	ListRequests(ctx context.Context, sessionID string) (map[string]Request, error)
+	// Heartbeat marks the replica alive for ttl.
+	Heartbeat(ctx context.Context, replica string, ttl time.Duration) error
+	// ReplicaAlive reports whether the replica's last heartbeat is still valid.
+	ReplicaAlive(ctx context.Context, replica string) (bool, error)
 }

@@ -4,6 +4,7 @@ package memory
 
 import (
 	"context"
+	"encoding/json"
 	"sync"
 	"time"
 
@@ -27,6 +28,8 @@ type Store struct {
 
 	mu       sync.Mutex
 	sessions map[string]*entry
+	// replicas maps a replica to the end of its heartbeat.
+	replicas map[string]time.Time
 }
 
 type entry struct {
@@ -37,6 +40,8 @@ type entry struct {
 	acked   uint64
 	// subscribers are woken (non-blocking) on every append.
 	subscribers map[chan struct{}]struct{}
+	// requests are the session's requests in flight, by key.
+	requests map[string]sessionstore.Request
 }
 
 // New returns an empty store.
@@ -50,7 +55,7 @@ func New(opts Options) *Store {
 	if opts.ReplayWindow < 0 {
 		opts.ReplayWindow = 0
 	}
-	return &Store{opts: opts, sessions: make(map[string]*entry)}
+	return &Store{opts: opts, sessions: make(map[string]*entry), replicas: make(map[string]time.Time)}
 }
 
 func copySession(s *sessionstore.Session) *sessionstore.Session {
@@ -71,7 +76,11 @@ func (st *Store) Create(_ context.Context, s *sessionstore.Session) error {
 	if len(st.sessions) >= st.opts.MaxSessions {
 		return sessionstore.ErrTooManySessions
 	}
-	st.sessions[s.ID] = &entry{session: *copySession(s), subscribers: make(map[chan struct{}]struct{})}
+	st.sessions[s.ID] = &entry{
+		session:     *copySession(s),
+		subscribers: make(map[chan struct{}]struct{}),
+		requests:    make(map[string]sessionstore.Request),
+	}
 	return nil
 }
 
@@ -164,6 +173,10 @@ func (st *Store) Append(_ context.Context, id string, m sessionstore.Message) (u
 	if !ok {
 		return 0, sessionstore.ErrNotFound
 	}
+	return st.appendLocked(e, m)
+}
+
+func (st *Store) appendLocked(e *entry, m sessionstore.Message) (uint64, error) {
 	if e.lastSeq-e.acked >= uint64(st.opts.MaxPending) {
 		return 0, sessionstore.ErrMailboxFull
 	}
@@ -250,6 +263,101 @@ func (st *Store) Subscribe(_ context.Context, id string) (<-chan struct{}, func(
 		defer st.mu.Unlock()
 		delete(e.subscribers, ch)
 	}, nil
+}
+
+// TrackRequest implements sessionstore.Store.
+func (st *Store) TrackRequest(_ context.Context, sessionID, key string, r sessionstore.Request) error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	e, ok := st.sessions[sessionID]
+	if !ok {
+		return sessionstore.ErrNotFound
+	}
+	r.ID = append(json.RawMessage(nil), r.ID...)
+	e.requests[key] = r
+	return nil
+}
+
+// SetRequestEventID implements sessionstore.Store.
+func (st *Store) SetRequestEventID(_ context.Context, sessionID, key, eventID string) error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if e, ok := st.sessions[sessionID]; ok {
+		if r, ok := e.requests[key]; ok {
+			r.LastEventID = eventID
+			e.requests[key] = r
+		}
+	}
+	return nil
+}
+
+// FinishRequest implements sessionstore.Store.
+func (st *Store) FinishRequest(_ context.Context, sessionID, key string, answer sessionstore.Message) (bool, error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	e, ok := st.sessions[sessionID]
+	if !ok {
+		return false, sessionstore.ErrNotFound
+	}
+	if _, ok := e.requests[key]; !ok {
+		return false, nil
+	}
+	if _, err := st.appendLocked(e, answer); err != nil {
+		return false, err
+	}
+	delete(e.requests, key)
+	return true, nil
+}
+
+// ClaimRequest implements sessionstore.Store.
+func (st *Store) ClaimRequest(_ context.Context, sessionID, key string) (bool, error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	e, ok := st.sessions[sessionID]
+	if !ok {
+		return false, sessionstore.ErrNotFound
+	}
+	if _, ok := e.requests[key]; !ok {
+		return false, nil
+	}
+	delete(e.requests, key)
+	return true, nil
+}
+
+// ListRequests implements sessionstore.Store.
+func (st *Store) ListRequests(_ context.Context, sessionID string) (map[string]sessionstore.Request, error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	e, ok := st.sessions[sessionID]
+	if !ok {
+		return nil, sessionstore.ErrNotFound
+	}
+	out := make(map[string]sessionstore.Request, len(e.requests))
+	for k, r := range e.requests {
+		out[k] = r
+	}
+	return out, nil
+}
+
+// Heartbeat implements sessionstore.Store.
+func (st *Store) Heartbeat(_ context.Context, replica string, ttl time.Duration) error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	now := time.Now()
+	st.replicas[replica] = now.Add(ttl)
+	for r, until := range st.replicas {
+		if until.Before(now) {
+			delete(st.replicas, r)
+		}
+	}
+	return nil
+}
+
+// ReplicaAlive implements sessionstore.Store.
+func (st *Store) ReplicaAlive(_ context.Context, replica string) (bool, error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.replicas[replica].After(time.Now()), nil
 }
 
 // Len reports the number of sessions, for metrics and tests.

@@ -86,7 +86,7 @@ func Run(t *testing.T, newStore func(t *testing.T) sessionstore.Store) {
 		{"Adoptable", testAdoptable},
 		{"AdoptableNone", testAdoptableNone},
 	}
-	for _, tc := range tests {
+	for _, tc := range append(tests, requestTests...) {
 		t.Run(tc.name, func(t *testing.T) {
 			st := newStore(t)
 			if st == nil {

@@ -1,0 +1,74 @@
+package bridge
+
+import (
+	"context"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore"
+)
+
+// heartbeat marks this replica alive for three keepalive intervals; it
+// beats every keepalive.
+func (b *Bridge) heartbeat() {
+	ctx, cancel := context.WithTimeout(b.background, b.cfg.Keepalive)
+	defer cancel()
+	if err := b.store.Heartbeat(ctx, b.cfg.ReplicaID, 3*b.cfg.Keepalive); err != nil {
+		b.log.Warn("replica heartbeat", zap.Error(err))
+	}
+}
+
+// recoverOrphans answers the session's requests whose forwarding replica
+// died: the stream owner claims each one (so that exactly one replica
+// answers), then resumes its upstream response stream from the last event id
+// relayed, or answers it with a JSON-RPC error.
+func (b *Bridge) recoverOrphans(ctx context.Context, sessionID string) {
+	reqs, err := b.store.ListRequests(ctx, sessionID)
+	if err != nil {
+		return
+	}
+	for key, r := range reqs {
+		if r.Replica == b.cfg.ReplicaID {
+			continue
+		}
+		alive, err := b.store.ReplicaAlive(ctx, r.Replica)
+		if err != nil || alive {
+			continue
+		}
+		claimed, err := b.store.ClaimRequest(ctx, sessionID, key)
+		if err != nil || !claimed {
+			continue
+		}
+		b.log.Info("answering a request whose replica died",
+			zap.String("session", sessionID), zap.String("replica", r.Replica), zap.Bool("resumable", r.LastEventID != ""))
+		go b.answerOrphan(sessionID, r)
+	}
+}
+
+func (b *Bridge) answerOrphan(sessionID string, r sessionstore.Request) {
+	ctx := b.background
+	answered := false
+	sess, err := b.store.Get(ctx, sessionID)
+	if err != nil {
+		return
+	}
+	if r.LastEventID != "" && r.UpstreamSessionID == sess.UpstreamSessionID {
+		b.relayStream(ctx, sess, b.credentialsFor(sessionID), nil, r.LastEventID,
+			func() bool { return answered },
+			func(msg []byte, _ string) {
+				env, err := PeekEnvelope(msg)
+				if err != nil || answered {
+					return
+				}
+				if env.Kind == KindResponse {
+					msg = ReplaceID(msg, env, r.ID)
+					answered = true
+				}
+				b.deliver(sessionID, msg)
+			})
+	}
+	if !answered {
+		b.deliver(sessionID, errorMessage(r.ID, codeInternalError,
+			"the bridge replica forwarding this request stopped before the upstream answered"))
+	}
+}

@@ -1,0 +1,206 @@
+package storetest
+
+import (
+	"bytes"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore"
+)
+
+// requestTests are the contract of sessionstore.Requests.
+var requestTests = []struct {
+	name string
+	fn   func(t *testing.T, st sessionstore.Store)
+}{
+	{"TrackListClaim", testTrackListClaim},
+	{"FinishAppendsOnce", testFinishAppendsOnce},
+	{"FinishOrClaimExactlyOnce", testFinishOrClaimExactlyOnce},
+	{"RequestsGoWithSession", testRequestsGoWithSession},
+	{"Heartbeat", testHeartbeat},
+}
+
+func testTrackListClaim(t *testing.T, st sessionstore.Store) {
+	ctx := ctxFor(t)
+	id := newSession(t, ctx, st)
+	r := sessionstore.Request{ID: []byte(`"req-ü-1"`), Replica: "replica-b", UpstreamSessionID: "up-1"}
+	if err := st.TrackRequest(ctx, id, `"req-ü-1"`, r); err != nil {
+		t.Fatalf("TrackRequest: %v", err)
+	}
+	if err := st.TrackRequest(ctx, id, "12345678901234567890", sessionstore.Request{ID: []byte("12345678901234567890"), Replica: "replica-c"}); err != nil {
+		t.Fatalf("TrackRequest: %v", err)
+	}
+	if err := st.SetRequestEventID(ctx, id, `"req-ü-1"`, "stream-1_7"); err != nil {
+		t.Fatalf("SetRequestEventID: %v", err)
+	}
+	if err := st.SetRequestEventID(ctx, id, "no-such-request", "x"); err != nil {
+		t.Errorf("SetRequestEventID on a missing request: %v, want nil", err)
+	}
+	got, err := st.ListRequests(ctx, id)
+	if err != nil {
+		t.Fatalf("ListRequests: %v", err)
+	}
+	if len(got) != 2 {
+		t.Fatalf("ListRequests returned %d requests, want 2: %v", len(got), got)
+	}
+	g := got[`"req-ü-1"`]
+	if !bytes.Equal(g.ID, r.ID) || g.Replica != "replica-b" || g.UpstreamSessionID != "up-1" || g.LastEventID != "stream-1_7" {
+		t.Errorf("request read back as %+v", g)
+	}
+	if string(got["12345678901234567890"].ID) != "12345678901234567890" {
+		t.Errorf("numeric id read back as %s", got["12345678901234567890"].ID)
+	}
+	claimed, err := st.ClaimRequest(ctx, id, `"req-ü-1"`)
+	if err != nil || !claimed {
+		t.Fatalf("ClaimRequest = %v, %v; want true", claimed, err)
+	}
+	if claimed, err = st.ClaimRequest(ctx, id, `"req-ü-1"`); err != nil || claimed {
+		t.Fatalf("second ClaimRequest = %v, %v; want false", claimed, err)
+	}
+	if got, _ = st.ListRequests(ctx, id); len(got) != 1 {
+		t.Errorf("after a claim ListRequests returned %d requests, want 1", len(got))
+	}
+	if _, err := st.ListRequests(ctx, "storetest-missing"); !errors.Is(err, sessionstore.ErrNotFound) {
+		t.Errorf("ListRequests of a missing session: %v, want ErrNotFound", err)
+	}
+}
+
+func testFinishAppendsOnce(t *testing.T, st sessionstore.Store) {
+	ctx := ctxFor(t)
+	id := newSession(t, ctx, st)
+	if err := st.TrackRequest(ctx, id, "1", sessionstore.Request{ID: []byte("1"), Replica: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	answer := sessionstore.Message{Data: []byte(`{"jsonrpc":"2.0","id":1,"result":{}}`)}
+	done, err := st.FinishRequest(ctx, id, "1", answer)
+	if err != nil || !done {
+		t.Fatalf("FinishRequest = %v, %v; want true", done, err)
+	}
+	if done, err = st.FinishRequest(ctx, id, "1", answer); err != nil || done {
+		t.Fatalf("second FinishRequest = %v, %v; want false", done, err)
+	}
+	msgs, err := st.Read(ctx, id, 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msgs) != 1 || !bytes.Equal(msgs[0].Data, answer.Data) {
+		t.Fatalf("mailbox after two FinishRequest calls: %v, want the answer once", msgs)
+	}
+	if got, _ := st.ListRequests(ctx, id); len(got) != 0 {
+		t.Errorf("a finished request is still listed: %v", got)
+	}
+}
+
+// testFinishOrClaimExactlyOnce races the forwarding replica's FinishRequest
+// against another replica's ClaimRequest: exactly one of them wins.
+func testFinishOrClaimExactlyOnce(t *testing.T, st sessionstore.Store) {
+	ctx := ctxFor(t)
+	id := newSession(t, ctx, st)
+	const n = 20
+	for i := range n {
+		key := string(rune('a' + i))
+		if err := st.TrackRequest(ctx, id, key, sessionstore.Request{ID: []byte(`"` + key + `"`), Replica: "a"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var (
+		wg              sync.WaitGroup
+		mu              sync.Mutex
+		finished, taken int
+	)
+	for i := range n {
+		key := string(rune('a' + i))
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			done, err := st.FinishRequest(ctx, id, key, sessionstore.Message{Data: []byte(`{"k":"` + key + `"}`)})
+			if err != nil {
+				t.Error(err)
+			}
+			if done {
+				mu.Lock()
+				finished++
+				mu.Unlock()
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			claimed, err := st.ClaimRequest(ctx, id, key)
+			if err != nil {
+				t.Error(err)
+			}
+			if claimed {
+				mu.Lock()
+				taken++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if finished+taken != n {
+		t.Fatalf("%d finished + %d claimed, want exactly %d in all", finished, taken, n)
+	}
+	msgs, err := st.Read(ctx, id, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msgs) != finished {
+		t.Errorf("%d answers appended, want %d (one per finished request)", len(msgs), finished)
+	}
+}
+
+func testRequestsGoWithSession(t *testing.T, st sessionstore.Store) {
+	ctx := ctxFor(t)
+	id := newSession(t, ctx, st)
+	if err := st.TrackRequest(ctx, id, "1", sessionstore.Request{ID: []byte("1"), Replica: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Delete(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.TrackRequest(ctx, id, "2", sessionstore.Request{ID: []byte("2")}); !errors.Is(err, sessionstore.ErrNotFound) {
+		t.Errorf("TrackRequest on a deleted session: %v, want ErrNotFound", err)
+	}
+	if _, err := st.FinishRequest(ctx, id, "1", sessionstore.Message{Data: []byte("{}")}); !errors.Is(err, sessionstore.ErrNotFound) {
+		t.Errorf("FinishRequest on a deleted session: %v, want ErrNotFound", err)
+	}
+	// A session created again under the same id starts with no requests.
+	mustCreate(t, ctx, st, sampleSession(id))
+	if got, err := st.ListRequests(ctx, id); err != nil || len(got) != 0 {
+		t.Errorf("requests of a re-created session: %v, %v; want none", got, err)
+	}
+}
+
+func testHeartbeat(t *testing.T, st sessionstore.Store) {
+	ctx := ctxFor(t)
+	replica := newID("replica")
+	if alive, err := st.ReplicaAlive(ctx, replica); err != nil || alive {
+		t.Fatalf("ReplicaAlive before any heartbeat = %v, %v; want false", alive, err)
+	}
+	if err := st.Heartbeat(ctx, replica, time.Minute); err != nil {
+		t.Fatalf("Heartbeat: %v", err)
+	}
+	if alive, err := st.ReplicaAlive(ctx, replica); err != nil || !alive {
+		t.Fatalf("ReplicaAlive after a heartbeat = %v, %v; want true", alive, err)
+	}
+	short := newID("replica")
+	if err := st.Heartbeat(ctx, short, 50*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		alive, err := st.ReplicaAlive(ctx, short)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !alive {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a heartbeat with a 50ms TTL still counts after 5s")
+		}
+		time.Sleep(20 * time.Millisecond) // waiting for a TTL to pass is waiting for time itself
+	}
+}
