@@ -54,6 +54,10 @@ func (b *Bridge) runPump(ctx context.Context, id string) {
 		if err != nil || !sess.Initialized {
 			return
 		}
+		if lastID == "" {
+			// After a takeover: resume where the previous owner stopped.
+			lastID = sess.StreamLastEventID
+		}
 		resp, err := b.do(ctx, http.MethodGet, sess, b.credentialsFor(id), nil, lastID)
 		if ctx.Err() == nil {
 			// Connected, refused or unreachable: either way requests need
@@ -71,9 +75,12 @@ func (b *Bridge) runPump(ctx context.Context, id string) {
 					retry time.Duration
 					id2   string
 				)
-				id2, retry, err = b.relayEvents(resp.Body, func(msg []byte, _ string) {
+				id2, retry, err = b.relayEvents(resp.Body, func(msg []byte, eventID string) {
 					got = true
 					b.deliver(id, msg)
+					if eventID != "" {
+						b.recordStreamEventID(ctx, id, sess.UpstreamSessionID, eventID)
+					}
 				})
 				if id2 != "" {
 					lastID = id2
@@ -108,6 +115,21 @@ func (b *Bridge) runPump(ctx context.Context, id string) {
 			return
 		}
 		backoff = min(2*backoff, pumpMaxBackoff)
+	}
+}
+
+// recordStreamEventID keeps the upstream GET stream's position in the store
+// for a future owner.
+func (b *Bridge) recordStreamEventID(ctx context.Context, id, upstreamSessionID, eventID string) {
+	_, err := b.store.Update(ctx, id, func(s *sessionstore.Session) error {
+		if s.UpstreamSessionID != upstreamSessionID {
+			return errStale
+		}
+		s.StreamLastEventID = eventID
+		return nil
+	})
+	if err != nil && !errors.Is(err, errStale) && !errors.Is(err, sessionstore.ErrNotFound) {
+		b.log.Debug("recording the upstream GET stream position", zap.String("session", id), zap.Error(err))
 	}
 }
 

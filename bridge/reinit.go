@@ -69,6 +69,7 @@ func (b *Bridge) reinitialize(ctx context.Context, stale *sessionstore.Session, 
 		s.UpstreamSessionID = fresh.UpstreamSessionID
 		s.ProtocolVersion = fresh.ProtocolVersion
 		s.Initialized = true
+		s.StreamLastEventID = ""
 		return nil
 	})
 	if err != nil {

@@ -339,6 +339,7 @@ func (b *Bridge) recordInitialize(ctx context.Context, c *call, upstreamSessionI
 		s.ProtocolVersion = result.Result.ProtocolVersion
 		s.Initialize = c.msg
 		s.Initialized = false
+		s.StreamLastEventID = ""
 		return nil
 	})
 	return err

@@ -59,6 +59,10 @@ type Session struct {
 	// "s:"; requests wait for it, because an upstream in JSON-response mode
 	// can send its requests to the client (sampling, elicitation) only there.
 	StreamReadyFor string `json:"stream_ready_for,omitempty"`
+	// StreamLastEventID is the id of the last event relayed from the
+	// upstream GET stream of UpstreamSessionID, so that a new owner resumes
+	// that stream where the old one stopped.
+	StreamLastEventID string `json:"stream_last_event_id,omitempty"`
 	// Owner is the replica holding the client's event stream, empty while the
 	// client is away; OwnerLeaseUntil is when that claim lapses unless renewed.
 	Owner           string    `json:"owner,omitempty"`

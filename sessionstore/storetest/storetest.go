@@ -129,6 +129,8 @@ func sampleSession(id string) *sessionstore.Session {
 		ProtocolVersion:   "2025-06-18",
 		Initialize:        []byte(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}`),
 		Initialized:       true,
+		StreamReadyFor:    "s:upstream-session-1",
+		StreamLastEventID: "stream-0_3",
 		Owner:             "replica-a",
 		OwnerLeaseUntil:   now.Add(45 * time.Second),
 		CreatedAt:         now,
@@ -159,6 +161,7 @@ func equalSessions(a, b *sessionstore.Session) bool {
 		bytes.Equal(a.Initialize, b.Initialize) &&
 		a.Initialized == b.Initialized &&
 		a.StreamReadyFor == b.StreamReadyFor &&
+		a.StreamLastEventID == b.StreamLastEventID &&
 		a.Owner == b.Owner &&
 		a.OwnerLeaseUntil.Equal(b.OwnerLeaseUntil) &&
 		a.Delivered == b.Delivered &&
