@@ -44,11 +44,9 @@ func (b *Bridge) reapExpired() {
 		b.log.Warn("listing expired sessions", zap.Error(err))
 		return
 	}
-	upstream := b.cfg.Upstream.String()
 	for _, s := range expired {
-		if s.Upstream != upstream {
-			continue // another bridge's session; its janitor reaps it
-		}
+		// Sessions of other bridges sharing the store are reaped too: the
+		// record names its upstream.
 		deleted, err := b.store.Delete(ctx, s.ID)
 		if err != nil || !deleted {
 			continue

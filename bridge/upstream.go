@@ -351,7 +351,11 @@ func (b *Bridge) do(ctx context.Context, method string, sess *sessionstore.Sessi
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, b.cfg.Upstream.String(), rd)
+	target := sess.Upstream // the session's own upstream (the janitor reaps any bridge's sessions)
+	if target == "" {
+		target = b.cfg.Upstream.String()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, target, rd)
 	if err != nil {
 		return nil, err
 	}

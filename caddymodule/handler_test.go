@@ -82,3 +82,32 @@ func TestMemoryStoreIsSharedAcrossReloads(t *testing.T) {
 		t.Fatal("two configs with the same memory store settings got different stores")
 	}
 }
+
+func TestRedisStoreNeedsAnAddress(t *testing.T) {
+	if err := (&RedisStore{}).Validate(); err == nil {
+		t.Fatal("a redis store without addresses validated")
+	}
+	if err := (&RedisStore{Addresses: []string{"127.0.0.1:6379"}, DB: -1}).Validate(); err == nil {
+		t.Fatal("a negative db validated")
+	}
+}
+
+func TestRedisStoreProvisionsWithoutRedis(t *testing.T) {
+	// Redis down at start-up must not stop Caddy: the bridge answers 503
+	// until it is back. Nothing listens on port 1.
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
+	defer cancel()
+	r := &RedisStore{Addresses: []string{"redis://127.0.0.1:1/0"}, Password: "{env.MCPBRIDGE_TEST_UNSET}"}
+	if err := r.Provision(ctx); err != nil {
+		t.Fatalf("provision with Redis down: %v", err)
+	}
+	if r.SessionStore() == nil {
+		t.Fatal("no store")
+	}
+	if err := r.Cleanup(); err != nil {
+		t.Fatalf("cleanup: %v", err)
+	}
+	if n, ok := stores.References(r.key); ok || n != 0 {
+		t.Fatalf("store pool holds %d references after cleanup", n)
+	}
+}
