@@ -53,6 +53,11 @@ type RedisStore struct {
 	// MaxPending caps the undelivered messages of one session's mailbox.
 	// Default: 1024.
 	MaxPending int `json:"max_pending,omitempty"`
+	// PoolSize caps the connections of this replica's Redis client (per
+	// Cluster node), besides the one Pub/Sub connection for wake-ups. Store
+	// operations are short, so a few connections serve many sessions.
+	// Default: 6.
+	PoolSize int `json:"pool_size,omitempty"`
 
 	key   string
 	store *redisstore.Store
@@ -65,6 +70,10 @@ func (RedisStore) CaddyModule() caddy.ModuleInfo {
 		New: func() caddy.Module { return new(RedisStore) },
 	}
 }
+
+// defaultRedisPoolSize keeps a replica within 8 Redis connections, wake-up
+// subscription included.
+const defaultRedisPoolSize = 6
 
 type pooledRedis struct {
 	client goredis.UniversalClient
@@ -95,6 +104,10 @@ func (r *RedisStore) Provision(ctx caddy.Context) error {
 		ReadTimeout:  3 * time.Second,
 		WriteTimeout: 3 * time.Second,
 		PoolTimeout:  4 * time.Second,
+		PoolSize:     r.PoolSize,
+	}
+	if opts.PoolSize == 0 {
+		opts.PoolSize = defaultRedisPoolSize
 	}
 	useTLS := r.TLS
 	for _, a := range r.Addresses {
@@ -125,7 +138,7 @@ func (r *RedisStore) Provision(ctx caddy.Context) error {
 	}
 
 	// The pool key identifies the configuration without holding the secret.
-	fingerprint, _ := json.Marshal([]any{opts.Addrs, opts.Username, opts.Password, opts.DB, opts.MasterName, useTLS, r.KeyPrefix, r.MaxSessions, r.MaxPending})
+	fingerprint, _ := json.Marshal([]any{opts.Addrs, opts.Username, opts.Password, opts.DB, opts.MasterName, useTLS, r.KeyPrefix, r.MaxSessions, r.MaxPending, opts.PoolSize})
 	sum := sha256.Sum256(fingerprint)
 	r.key = "redis/" + hex.EncodeToString(sum[:])
 
@@ -163,8 +176,8 @@ func (r *RedisStore) Validate() error {
 	if len(r.Addresses) == 0 {
 		return fmt.Errorf("redis store: at least one address is required")
 	}
-	if r.DB < 0 || r.MaxSessions < 0 || r.MaxPending < 0 {
-		return fmt.Errorf("redis store: db, max_sessions and max_pending must not be negative")
+	if r.DB < 0 || r.MaxSessions < 0 || r.MaxPending < 0 || r.PoolSize < 0 {
+		return fmt.Errorf("redis store: db, max_sessions, max_pending and pool_size must not be negative")
 	}
 	return nil
 }
@@ -193,6 +206,7 @@ func (r *RedisStore) SessionStore() sessionstore.Store { return r.store }
 //		key_prefix <prefix>
 //		max_sessions <n>
 //		max_pending <n>
+//		pool_size <n>
 //	}
 func (r *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the store name
@@ -241,6 +255,10 @@ func (r *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "max_pending":
 			if err := parsePositiveInt(d, &r.MaxPending); err != nil {
+				return err
+			}
+		case "pool_size":
+			if err := parsePositiveInt(d, &r.PoolSize); err != nil {
 				return err
 			}
 		default:
