@@ -65,7 +65,26 @@ test_all() {
 }
 
 bench() {
-	go test -run '^$' -bench . -benchmem ./bridge/ ./sessionstore/...
+	# End-to-end benchmark (cmd/mcp-bench), then the Go benchmarks of the hot
+	# paths. Flags for mcp-bench come from BENCH_FLAGS, for example
+	#   BENCH_FLAGS=-quick ./xcaddy.sh bench
+	#   BENCH_FLAGS='-duration 5s -sessions 1,4,8 -pprof .bin/pprof' ./xcaddy.sh bench
+	# (-quick also shortens the Go benchmarks to -benchtime 100ms).
+	build
+	mkdir -p .bin
+	go build -o .bin/mcp-demo-upstream ./cmd/mcp-demo-upstream
+	go build -o .bin/mcp-bench ./cmd/mcp-bench
+	local flags=() benchtime=1s status=0
+	read -r -a flags <<<"${BENCH_FLAGS:-}"
+	if [[ " ${BENCH_FLAGS:-} " == *" -quick "* ]]; then
+		benchtime=100ms
+	fi
+	MCP_BENCH_VIA="BENCH_FLAGS='${BENCH_FLAGS:-}' ./xcaddy.sh bench" \
+		.bin/mcp-bench -caddy ./caddy -upstream-bin .bin/mcp-demo-upstream "${flags[@]}" || status=$?
+	echo
+	echo "---- Go benchmarks of the hot paths (go test -run '^\$' -bench . -benchmem -benchtime $benchtime) ----"
+	go test -run '^$' -bench . -benchmem -benchtime "$benchtime" ./bridge/ ./sessionstore/... || status=$?
+	return "$status"
 }
 
 case ${1:-} in
