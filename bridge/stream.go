@@ -23,6 +23,9 @@ var (
 // readBatch is how many mailbox entries the owner reads at once.
 const readBatch = 64
 
+// maxKeptBuffer bounds the write buffer a stream keeps between batches.
+const maxKeptBuffer = 64 << 10
+
 // serveStream serves GET sse_path: the legacy event stream.
 func (b *Bridge) serveStream(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
@@ -110,6 +113,9 @@ func (b *Bridge) serveStream(w http.ResponseWriter, r *http.Request) {
 			}
 			if err := rc.Flush(); err != nil {
 				return
+			}
+			if cap(buf) > maxKeptBuffer {
+				buf = nil // a large message's buffer is not kept for the stream's life
 			}
 		}
 		if len(msgs) > 0 {

@@ -59,6 +59,7 @@ type upstreamStatus struct {
 // call is one client message on its way upstream.
 type call struct {
 	sessionID string
+	session   *sessionstore.Session
 	msg       []byte
 	env       Envelope
 	client    http.Header
@@ -102,11 +103,9 @@ func (b *Bridge) forward(c *call) {
 		defer b.release(c.sessionID)
 	}
 	ctx := b.background
-	sess, err := b.store.Get(ctx, c.sessionID)
-	if err != nil {
-		b.fail(c, fmt.Sprintf("loading session: %v", err))
-		return
-	}
+	// The session as the POST loaded it; each message works on its own copy.
+	sessCopy := *c.session
+	sess := &sessCopy
 	if c.env.Kind == KindNotification && c.env.Method == "notifications/cancelled" {
 		b.noteCancelled(c.sessionID, c.msg)
 	}
@@ -212,7 +211,7 @@ func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, 
 		answered := func() bool { return c.answered || c.env.Kind != KindRequest }
 		b.relayStream(ctx, sess, c.client, resp.Body, "", answered, onMessage)
 	case mt == "application/json":
-		body, err := io.ReadAll(io.LimitReader(resp.Body, b.cfg.MaxMessageSize+1))
+		body, err := readBody(io.LimitReader(resp.Body, b.cfg.MaxMessageSize+1), resp.ContentLength, b.cfg.MaxMessageSize)
 		switch {
 		case err != nil:
 			b.fail(c, fmt.Sprintf("reading upstream response: %v", err))
