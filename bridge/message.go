@@ -1,7 +1,6 @@
 package bridge
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"io"
@@ -106,16 +105,19 @@ wait:
 	w.WriteHeader(http.StatusAccepted)
 }
 
-// readBody reads a body whose announced length (-1 if unknown) is used to
-// size the buffer once, instead of growing it by doubling: a 1 MiB message
-// then costs 1 MiB, not up to 2.
+// readBody reads a body into a buffer sized once from its announced length
+// (-1 if unknown; net/http holds a body to its Content-Length), instead of
+// one grown by doubling: a 1 MiB message then costs 1 MiB, not up to 2.
 func readBody(r io.Reader, length, limit int64) ([]byte, error) {
 	if length < 0 || length > limit {
 		return io.ReadAll(r)
 	}
-	buf := bytes.NewBuffer(make([]byte, 0, length+1)) // +1: ReadFrom sees EOF without growing
-	_, err := buf.ReadFrom(r)
-	return buf.Bytes(), err
+	buf := make([]byte, length)
+	n, err := io.ReadFull(r, buf)
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		err = nil
+	}
+	return buf[:n], err
 }
 
 // parseMessages validates a POST body and splits a batch into messages.
