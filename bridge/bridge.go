@@ -228,3 +228,26 @@ func (b *Bridge) storeError(w http.ResponseWriter, err error) {
 }
 
 func (b *Bridge) now() time.Time { return time.Now() }
+
+// storeRetryBudget bounds how long a request retries a store that is out of
+// reach before it is answered 503: it bridges the moment after the store
+// comes back in which its client has not reconnected yet (go-redis probes a
+// failed server once a second).
+const storeRetryBudget = 1500 * time.Millisecond
+
+// retryUnavailable runs op until it succeeds, fails for another reason than
+// sessionstore.ErrUnavailable, or storeRetryBudget has passed.
+func (b *Bridge) retryUnavailable(ctx context.Context, op func() error) error {
+	deadline := time.Now().Add(storeRetryBudget)
+	backoff := 50 * time.Millisecond
+	for {
+		err := op()
+		if err == nil || !errors.Is(err, sessionstore.ErrUnavailable) || time.Now().Add(backoff).After(deadline) {
+			return err
+		}
+		if !sleepCtx(ctx, backoff) {
+			return err
+		}
+		backoff = min(2*backoff, 400*time.Millisecond)
+	}
+}

@@ -35,7 +35,11 @@ func (b *Bridge) serveMessage(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, "reading body: "+err.Error())
 		return
 	}
-	sess, err := b.store.Get(r.Context(), id)
+	var sess *sessionstore.Session
+	err = b.retryUnavailable(r.Context(), func() (err error) {
+		sess, err = b.store.Get(r.Context(), id)
+		return err
+	})
 	if err != nil {
 		b.storeError(w, err)
 		return

@@ -34,7 +34,14 @@ func (b *Bridge) serveStream(w http.ResponseWriter, r *http.Request) {
 	// Each stream owns its session under its own name, so that a stream
 	// replaced by a newer one (even on this replica) notices and ends.
 	owner := b.cfg.ReplicaID + "/" + randomID()[:12]
-	sess, after, err := b.openSession(ctx, r, owner)
+	var (
+		sess  *sessionstore.Session
+		after uint64
+	)
+	err := b.retryUnavailable(ctx, func() (err error) {
+		sess, after, err = b.openSession(ctx, r, owner)
+		return err
+	})
 	if err != nil {
 		b.storeError(w, err)
 		return
