@@ -112,7 +112,21 @@ func (b *Bridge) serveStream(w http.ResponseWriter, r *http.Request) {
 				startPump()
 				continue
 			}
-			buf = appendEvent(buf, id+"-"+strconv.FormatUint(m.Seq, 10), "message", m.Data)
+			eventID := id + "-" + strconv.FormatUint(m.Seq, 10)
+			if len(m.Data) > maxKeptBuffer {
+				// A large message goes out without being copied into buf.
+				buf = appendEvent(buf, eventID, "message", nil)
+				buf = buf[:len(buf)-2] // up to "data: "
+				if _, err := w.Write(buf); err != nil {
+					return
+				}
+				if _, err := w.Write(m.Data); err != nil {
+					return
+				}
+				buf = append(buf[:0], '\n', '\n')
+				continue
+			}
+			buf = appendEvent(buf, eventID, "message", m.Data)
 		}
 		if len(buf) > 0 {
 			if _, err := w.Write(buf); err != nil {

@@ -109,6 +109,8 @@ func (r *RedisStore) Provision(ctx caddy.Context) error {
 	if opts.PoolSize == 0 {
 		opts.PoolSize = defaultRedisPoolSize
 	}
+	// PoolSize alone does not cap the connections go-redis opens under load.
+	opts.MaxActiveConns = opts.PoolSize
 	useTLS := r.TLS
 	for _, a := range r.Addresses {
 		a = repl.ReplaceAll(a, "")
