@@ -109,8 +109,11 @@ func (r *RedisStore) Provision(ctx caddy.Context) error {
 	if opts.PoolSize == 0 {
 		opts.PoolSize = defaultRedisPoolSize
 	}
-	// PoolSize alone does not cap the connections go-redis opens under load.
+	// PoolSize alone does not cap the connections go-redis opens: cap the
+	// active ones, and let pipelines share the pool rather than open a
+	// dedicated pipeline pool of their own.
 	opts.MaxActiveConns = opts.PoolSize
+	opts.PipelinePoolSize = -1
 	useTLS := r.TLS
 	for _, a := range r.Addresses {
 		a = repl.ReplaceAll(a, "")
