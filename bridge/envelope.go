@@ -71,7 +71,7 @@ func PeekEnvelope(msg []byte) (Envelope, error) {
 		valStart := i
 		i = skipValue(msg, i)
 		val := msg[valStart:i]
-		switch unquoteKey(key) {
+		switch string(memberName(key)) {
 		case "jsonrpc":
 			version = val
 		case "method":
@@ -99,7 +99,12 @@ func PeekEnvelope(msg []byte) (Envelope, error) {
 		if hasResult || hasError {
 			return env, errors.New("a message cannot have both method and result or error")
 		}
-		if err := json.Unmarshal(methodRaw, &env.Method); err != nil || env.Method == "" {
+		if len(methodRaw) < 3 || methodRaw[0] != '"' {
+			return env, errors.New("method must be a non-empty string")
+		}
+		if bytes.IndexByte(methodRaw, '\\') < 0 {
+			env.Method = string(methodRaw[1 : len(methodRaw)-1])
+		} else if err := json.Unmarshal(methodRaw, &env.Method); err != nil || env.Method == "" {
 			return env, errors.New("method must be a non-empty string")
 		}
 		if hasID {
@@ -147,18 +152,20 @@ func validID(id []byte) bool {
 	return c == '"' || c == '-' || (c >= '0' && c <= '9')
 }
 
-func unquoteKey(key []byte) string {
+// memberName returns a member name without its quotes, unescaped only when
+// it holds escapes (rare), so that the common case allocates nothing.
+func memberName(key []byte) []byte {
 	if len(key) < 2 {
-		return ""
+		return nil
 	}
 	if bytes.IndexByte(key, '\\') < 0 {
-		return string(key[1 : len(key)-1])
+		return key[1 : len(key)-1]
 	}
 	var s string
 	if json.Unmarshal(key, &s) != nil {
-		return ""
+		return nil
 	}
-	return s
+	return []byte(s)
 }
 
 func skipSpace(b []byte, i int) int {
