@@ -275,52 +275,9 @@ func TestUnsubscribe(t *testing.T) {
 }
 
 func BenchmarkAppendRead(b *testing.B) {
-	ctx := context.Background()
-	st := memory.New(memory.Options{ReplayWindow: 64})
-	create(b, st, "bench")
-	data := []byte(`{"jsonrpc":"2.0","id":42,"result":{"content":[{"type":"text","text":"hello, world"}]}}`)
-	var after uint64
-	b.ReportAllocs()
-	b.SetBytes(int64(len(data)))
-	for b.Loop() {
-		if _, err := st.Append(ctx, "bench", sessionstore.Message{Data: data}); err != nil {
-			b.Fatal(err)
-		}
-		msgs, err := st.Read(ctx, "bench", after, 64)
-		if err != nil || len(msgs) != 1 {
-			b.Fatalf("Read: (%d, %v)", len(msgs), err)
-		}
-		after = msgs[0].Seq
-		if err := st.Ack(ctx, "bench", "", after); err != nil {
-			b.Fatal(err)
-		}
-	}
+	storetest.BenchmarkAppendRead(b, memory.New(memory.Options{ReplayWindow: 64}))
 }
 
 func BenchmarkAppendReadParallel(b *testing.B) {
-	ctx := context.Background()
-	st := memory.New(memory.Options{MaxSessions: 1 << 16, ReplayWindow: 64})
-	data := []byte(`{"jsonrpc":"2.0","id":42,"result":{}}`)
-	b.ReportAllocs()
-	b.RunParallel(func(pb *testing.PB) {
-		id := fmt.Sprintf("bench-%p", pb)
-		if err := st.Create(ctx, session(id)); err != nil {
-			b.Error(err)
-			return
-		}
-		var after uint64
-		for pb.Next() {
-			if _, err := st.Append(ctx, id, sessionstore.Message{Data: data}); err != nil {
-				b.Error(err)
-				return
-			}
-			msgs, err := st.Read(ctx, id, after, 64)
-			if err != nil || len(msgs) == 0 {
-				b.Errorf("Read: (%d, %v)", len(msgs), err)
-				return
-			}
-			after = msgs[len(msgs)-1].Seq
-			_ = st.Ack(ctx, id, "", after)
-		}
-	})
+	storetest.BenchmarkAppendReadParallel(b, memory.New(memory.Options{MaxSessions: 1 << 16, ReplayWindow: 64}))
 }

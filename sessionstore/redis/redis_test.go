@@ -928,57 +928,9 @@ func TestRequestBytes(t *testing.T) {
 }
 
 func BenchmarkAppendRead(b *testing.B) {
-	ctx := context.Background()
-	st := newStore(b, newSingleClient(b), Options{ReplayWindow: 64})
-	create(b, st, "bench")
-	data := []byte(`{"jsonrpc":"2.0","id":42,"result":{"content":[{"type":"text","text":"hello, world"}]}}`)
-	var after uint64
-	b.ReportAllocs()
-	b.SetBytes(int64(len(data)))
-	for b.Loop() {
-		if _, err := st.Append(ctx, "bench", sessionstore.Message{Data: data}); err != nil {
-			b.Fatal(err)
-		}
-		msgs, err := st.Read(ctx, "bench", after, 64)
-		if err != nil || len(msgs) != 1 {
-			b.Fatalf("Read: (%d, %v)", len(msgs), err)
-		}
-		after = msgs[0].Seq
-		if err := st.Ack(ctx, "bench", "", after); err != nil {
-			b.Fatal(err)
-		}
-	}
+	storetest.BenchmarkAppendRead(b, newStore(b, newSingleClient(b), Options{ReplayWindow: 64}))
 }
 
 func BenchmarkAppendReadParallel(b *testing.B) {
-	ctx := context.Background()
-	st := newStore(b, newSingleClient(b), Options{ReplayWindow: 64})
-	data := []byte(`{"jsonrpc":"2.0","id":42,"result":{}}`)
-	b.ReportAllocs()
-	var n sync.Mutex
-	next := 0
-	b.RunParallel(func(pb *testing.PB) {
-		n.Lock()
-		next++
-		id := "bench-" + strconv.Itoa(next)
-		n.Unlock()
-		if err := st.Create(ctx, session(id)); err != nil {
-			b.Error(err)
-			return
-		}
-		var after uint64
-		for pb.Next() {
-			if _, err := st.Append(ctx, id, sessionstore.Message{Data: data}); err != nil {
-				b.Error(err)
-				return
-			}
-			msgs, err := st.Read(ctx, id, after, 64)
-			if err != nil || len(msgs) == 0 {
-				b.Errorf("Read: (%d, %v)", len(msgs), err)
-				return
-			}
-			after = msgs[len(msgs)-1].Seq
-			_ = st.Ack(ctx, id, "", after)
-		}
-	})
+	storetest.BenchmarkAppendReadParallel(b, newStore(b, newSingleClient(b), Options{ReplayWindow: 64}))
 }
