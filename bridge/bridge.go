@@ -221,9 +221,17 @@ func (b *Bridge) storeError(w http.ResponseWriter, err error) {
 	case errors.Is(err, sessionstore.ErrNotFound):
 		httpError(w, http.StatusNotFound, "session not found")
 	default:
+		// The details (addresses, causes) go to the log, not to the client.
+		msg := "session store unavailable"
+		switch {
+		case errors.Is(err, sessionstore.ErrTooManySessions):
+			msg = "too many sessions"
+		case errors.Is(err, sessionstore.ErrMailboxFull):
+			msg = "session mailbox full"
+		}
 		b.log.Warn("session store failed", zap.Error(err))
 		w.Header().Set("Retry-After", "1")
-		httpError(w, http.StatusServiceUnavailable, "session store unavailable: "+err.Error())
+		httpError(w, http.StatusServiceUnavailable, msg)
 	}
 }
 
