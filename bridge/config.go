@@ -39,7 +39,7 @@ type Config struct {
 	SessionTTL time.Duration
 	// MaxMessageSize bounds a legacy POST body and one upstream message.
 	MaxMessageSize int64
-	// MaxInflight bounds the upstream requests in flight for one session.
+	// MaxInflight bounds the messages in flight upstream for one session.
 	MaxInflight int
 	// AllowedOrigins are browser origins allowed besides the request's own
 	// host; "*" allows any.

@@ -56,15 +56,11 @@ func (b *Bridge) serveMessage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	requests := 0
-	for _, env := range envs {
-		if env.Kind == KindRequest {
-			requests++
-		}
-	}
-	if !b.acquire(id, requests) {
+	// Every message in flight holds a slot (each is a goroutine and an
+	// upstream request), notifications and responses included.
+	if !b.acquire(id, len(msgs)) {
 		w.Header().Set("Retry-After", "1")
-		httpError(w, http.StatusServiceUnavailable, "too many requests in flight for this session")
+		httpError(w, http.StatusServiceUnavailable, "too many messages in flight for this session")
 		return
 	}
 
@@ -165,11 +161,8 @@ func (b *Bridge) upstreamHeaders(r *http.Request) http.Header {
 	return h
 }
 
-// acquire reserves n in-flight request slots for the session.
+// acquire reserves n in-flight message slots for the session.
 func (b *Bridge) acquire(id string, n int) bool {
-	if n == 0 {
-		return true
-	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.inflight[id]+n > b.cfg.MaxInflight {

@@ -99,9 +99,7 @@ func (c *call) report(st *upstreamStatus) {
 // upstream answers to the session's mailbox.
 func (b *Bridge) forward(c *call) {
 	defer c.report(nil)
-	if c.env.Kind == KindRequest {
-		defer b.release(c.sessionID)
-	}
+	defer b.release(c.sessionID)
 	ctx := b.background
 	// The session as the POST loaded it; each message works on its own copy.
 	sessCopy := *c.session

@@ -57,7 +57,7 @@ type Handler struct {
 	// It also bounds one message read from the upstream. Default: 4 MiB.
 	MaxMessageSize int64 `json:"max_message_size,omitempty"`
 
-	// MaxInflight bounds the upstream requests in flight for one session on
+	// MaxInflight bounds the messages in flight upstream for one session on
 	// one replica; beyond it a POST gets 503. Default: 256.
 	MaxInflight int `json:"max_inflight,omitempty"`
 
