@@ -51,7 +51,7 @@ type Bridge struct {
 	cancelled map[string]map[string]struct{}
 	// credentials remembers, per session streamed here, the headers needed
 	// for background upstream requests (GET stream, DELETE). Never stored.
-	credentials map[string]http.Header
+	credentials map[string]*credential
 	// reinit serialises upstream re-initialisation per session.
 	reinit map[string]*sync.Mutex
 	// ownTransport is the transport New made (nil when Config gave one);
@@ -86,7 +86,7 @@ func New(cfg Config, store sessionstore.Store) (*Bridge, error) {
 		stopJanitor:  make(chan struct{}),
 		inflight:     make(map[string]int),
 		cancelled:    make(map[string]map[string]struct{}),
-		credentials:  make(map[string]http.Header),
+		credentials:  make(map[string]*credential),
 		reinit:       make(map[string]*sync.Mutex),
 		ownTransport: own,
 	}

@@ -28,6 +28,7 @@ func (b *Bridge) runJanitor() {
 			b.heartbeat()
 		case <-t.C:
 			b.reapExpired()
+			b.pruneCredentials()
 		case <-b.stopJanitor:
 			return
 		case <-b.background.Done():

@@ -54,7 +54,8 @@ func (b *Bridge) serveStream(w http.ResponseWriter, r *http.Request) {
 	}
 	defer unsubscribe()
 
-	b.rememberCredentials(id, r)
+	cred := b.rememberCredentials(id, r)
+	defer b.streamEnded(id, cred)
 	defer b.releaseStream(id, owner)
 
 	h := w.Header()
