@@ -19,7 +19,6 @@ import (
 	"net/http"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -69,47 +68,6 @@ func TestMultiReplicaScenarios(t *testing.T) {
 				})
 			}
 		})
-	}
-}
-
-// runLegacyClientScript runs legacy-client.mjs, every scenario that applies
-// to spec, against sseURL, and expects all to pass and no answer to arrive
-// for an unknown (already answered) request.
-func runLegacyClientScript(t *testing.T, spec upstreamSpec, sseURL string) {
-	t.Helper()
-	requireNode(t)
-	args := []string{"legacy-client.mjs",
-		"--url", sseURL,
-		"--upstream", spec.scriptUpstream(),
-		"--timeout", "15000",
-		"--verbose", // logs every client error, duplicates included
-	}
-	if f := spec.features(); f != "" {
-		args = append(args, "--features", f)
-	}
-	if spec.kind == kindGo {
-		args = append(args, "--header", "Authorization: Bearer e2e-multi-"+spec.name)
-	}
-	start := time.Now()
-	p := startProc(t, "legacy-client.mjs", procOptions{dir: nodeDir}, nodeBin, args...)
-	err := p.wait(t, 3*time.Minute)
-	out := p.out.String()
-	t.Logf("legacy-client.mjs took %v", time.Since(start).Round(time.Millisecond))
-	if err != nil {
-		t.Fatalf("legacy-client.mjs failed: %v\n%s", err, out)
-	}
-	last := lastLine(out)
-	m := summaryRe.FindStringSubmatch(last)
-	if m == nil {
-		t.Fatalf("last line %q is not a summary\n%s", last, out)
-	}
-	passed, _ := strconv.Atoi(m[1])
-	failed, _ := strconv.Atoi(m[2])
-	if failed != 0 || passed == 0 {
-		t.Fatalf("want N passed (N > 0), 0 failed; got %q\n%s", last, out)
-	}
-	if n := strings.Count(out, "unknown message ID"); n > 0 {
-		t.Fatalf("the client got %d answer(s) to requests it no longer waited for (duplicates or late answers):\n%s", n, out)
 	}
 }
 
