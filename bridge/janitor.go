@@ -19,7 +19,7 @@ func (b *Bridge) runJanitor() {
 	interval := min(max(b.cfg.SessionTTL/10, time.Second), 30*time.Second)
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	beat := time.NewTicker(b.cfg.Keepalive)
+	beat := time.NewTicker(b.heartbeatInterval())
 	defer beat.Stop()
 	b.heartbeat()
 	for {

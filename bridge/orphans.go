@@ -2,18 +2,27 @@ package bridge
 
 import (
 	"context"
+	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore"
 )
 
-// heartbeat marks this replica alive for three keepalive intervals; it
-// beats every keepalive.
+// heartbeatInterval is how often this replica beats: often, because other
+// replicas take over its sessions and requests once its heartbeat lapses
+// (a client whose stream died with a replica reconnects after about 3 s),
+// and cheap, one store write per replica.
+func (b *Bridge) heartbeatInterval() time.Duration { return min(b.cfg.Keepalive, time.Second) }
+
+// heartbeatTTL is how long a beat counts: three intervals.
+func (b *Bridge) heartbeatTTL() time.Duration { return 3 * b.heartbeatInterval() }
+
+// heartbeat marks this replica alive.
 func (b *Bridge) heartbeat() {
-	ctx, cancel := context.WithTimeout(b.background, b.cfg.Keepalive)
+	ctx, cancel := context.WithTimeout(b.background, b.heartbeatTTL())
 	defer cancel()
-	if err := b.store.Heartbeat(ctx, b.cfg.ReplicaID, 3*b.cfg.Keepalive); err != nil {
+	if err := b.store.Heartbeat(ctx, b.cfg.ReplicaID, b.heartbeatTTL()); err != nil {
 		b.log.Warn("replica heartbeat", zap.Error(err))
 	}
 }

@@ -197,10 +197,20 @@ func (b *Bridge) openSession(ctx context.Context, r *http.Request, owner string)
 	// initialises again) still sends MCP-Protocol-Version, which a new
 	// client cannot: give it back its most recent session.
 	if pv := r.Header.Get("MCP-Protocol-Version"); pv != "" {
-		if sess, err := b.adopt(ctx, fp, pv, owner); err == nil {
-			return sess, sess.Delivered, nil
-		} else if !errors.Is(err, sessionstore.ErrNotFound) {
-			return nil, 0, err
+		// The session may still be held by the replica that just died with
+		// the client's stream: wait, briefly, for its heartbeat to lapse.
+		deadline := time.Now().Add(b.heartbeatTTL() + b.heartbeatInterval())
+		for {
+			sess, err := b.adopt(ctx, fp, pv, owner)
+			if err == nil {
+				return sess, sess.Delivered, nil
+			}
+			if !errors.Is(err, sessionstore.ErrNotFound) {
+				return nil, 0, err
+			}
+			if time.Now().After(deadline) || !sleepCtx(ctx, 250*time.Millisecond) {
+				break
+			}
 		}
 	}
 	sess := &sessionstore.Session{
@@ -243,8 +253,15 @@ func (b *Bridge) adopt(ctx context.Context, fp, protocolVersion, owner string) (
 		if err != nil {
 			return nil, err
 		}
+		// Adoptable offers a session whose owner's lease still runs only when
+		// that owner's replica died; the claim may then take it from exactly
+		// that owner.
+		deadOwner := ""
+		if cand.Owner != "" && cand.OwnerLeaseUntil.After(now) {
+			deadOwner = cand.Owner
+		}
 		sess, err := b.store.Update(ctx, cand.ID, func(s *sessionstore.Session) error {
-			if s.Owner != "" && s.OwnerLeaseUntil.After(now) {
+			if s.Owner != "" && s.OwnerLeaseUntil.After(now) && s.Owner != deadOwner {
 				return sessionstore.ErrNotOwner
 			}
 			s.Owner = owner

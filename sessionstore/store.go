@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"time"
 )
 
@@ -63,8 +64,10 @@ type Session struct {
 	// upstream GET stream of UpstreamSessionID, so that a new owner resumes
 	// that stream where the old one stopped.
 	StreamLastEventID string `json:"stream_last_event_id,omitempty"`
-	// Owner is the replica holding the client's event stream, empty while the
-	// client is away; OwnerLeaseUntil is when that claim lapses unless renewed.
+	// Owner names the stream holding the client's event stream as
+	// "<replica>/<stream>", empty while the client is away; OwnerLeaseUntil
+	// is when that claim lapses unless renewed. A claim also lapses when the
+	// replica's heartbeat (Requests.Heartbeat) does.
 	Owner           string    `json:"owner,omitempty"`
 	OwnerLeaseUntil time.Time `json:"owner_lease_until"`
 	// Delivered is the mailbox position the client's stream has reached
@@ -112,9 +115,9 @@ type Sessions interface {
 	// Expired lists up to limit sessions whose ExpiresAt is before now.
 	Expired(ctx context.Context, now time.Time, limit int) ([]*Session, error)
 	// Adoptable returns the initialised session of the given caller, upstream
-	// and protocol version that has no live owner (Owner empty or its lease
-	// lapsed before now) and was released most recently (latest ExpiresAt),
-	// or ErrNotFound. A client that reconnects without Last-Event-ID gets it
+	// and protocol version that has no live owner (Owner empty, its lease
+	// lapsed before now, or no live heartbeat of the replica named in Owner)
+	// and was released most recently (latest ExpiresAt), or ErrNotFound. A client that reconnects without Last-Event-ID gets it
 	// back this way.
 	Adoptable(ctx context.Context, fingerprint, upstream, protocolVersion string, now time.Time) (*Session, error)
 }
@@ -150,6 +153,12 @@ type Request struct {
 	// LastEventID is the id of the last event relayed from the request's
 	// upstream response stream, for resumption with Last-Event-ID.
 	LastEventID string `json:"last_event_id,omitempty"`
+}
+
+// OwnerReplica returns the replica part of a Session.Owner value.
+func OwnerReplica(owner string) string {
+	replica, _, _ := strings.Cut(owner, "/")
+	return replica
 }
 
 // Requests tracks requests in flight and which replicas are alive.

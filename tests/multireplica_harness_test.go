@@ -296,6 +296,12 @@ type cluster struct {
 // the load balancer.
 func startCluster(t testing.TB, n int, upstreamURL string, redis *redisServer) *cluster {
 	t.Helper()
+	return startClusterKeepalive(t, n, upstreamURL, redis, time.Second)
+}
+
+// startClusterKeepalive is startCluster with the replicas' keepalive.
+func startClusterKeepalive(t testing.TB, n int, upstreamURL string, redis *redisServer, keepalive time.Duration) *cluster {
+	t.Helper()
 	requireRedisModule(t)
 	if redis == nil {
 		redis = startRedis(t)
@@ -308,7 +314,7 @@ func startCluster(t testing.TB, n int, upstreamURL string, redis *redisServer) *
 			adminPort: freePort(t),
 			dir:       t.TempDir(),
 			cluster:   c,
-			keepalive: time.Second,
+			keepalive: keepalive,
 		}
 		c.replicas = append(c.replicas, r)
 	}

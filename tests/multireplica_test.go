@@ -122,6 +122,15 @@ func TestMultiReplicaReplicaDies(t *testing.T) {
 		}
 	})
 
+	// The same with the default keepalive (15s): the owner's lease (three
+	// keepalives) outlasts the client's 3 s reconnect, so the takeover rests
+	// on the dead replica's heartbeat, which lapses within seconds.
+	t.Run("stream holder killed, default keepalive", func(t *testing.T) {
+		up := startUpstream(t, specGoStatefulSSEEvents)
+		cl := startClusterKeepalive(t, 2, up.url, redis, 15*time.Second)
+		testStreamHolderKilled(t, cl, true)
+	})
+
 	// The Go SDK client's stream stays up (another replica holds it); the
 	// replica that forwarded the long call dies. The stream's owner finds
 	// the orphaned request once the dead replica's heartbeat lapses.

@@ -152,7 +152,7 @@ func (st *Store) Adoptable(_ context.Context, fingerprint, upstream, protocolVer
 	for _, e := range st.sessions {
 		s := &e.session
 		if s.Fingerprint != fingerprint || s.Upstream != upstream || s.ProtocolVersion != protocolVersion ||
-			!s.Initialized || (s.Owner != "" && s.OwnerLeaseUntil.After(now)) {
+			!s.Initialized || st.liveOwnerLocked(s, now) {
 			continue
 		}
 		if best == nil || s.ExpiresAt.After(best.ExpiresAt) {
@@ -163,6 +163,13 @@ func (st *Store) Adoptable(_ context.Context, fingerprint, upstream, protocolVer
 		return nil, sessionstore.ErrNotFound
 	}
 	return copySession(best), nil
+}
+
+// liveOwnerLocked reports whether a stream holds the session: its lease
+// runs and its replica's heartbeat too.
+func (st *Store) liveOwnerLocked(s *sessionstore.Session, now time.Time) bool {
+	return s.Owner != "" && s.OwnerLeaseUntil.After(now) &&
+		st.replicas[sessionstore.OwnerReplica(s.Owner)].After(time.Now())
 }
 
 // Append implements sessionstore.Store.

@@ -621,7 +621,7 @@ func (s *Store) Adoptable(ctx context.Context, fingerprint, upstream, protocolVe
 			case sess == nil || sess.Fingerprint != fingerprint:
 				drop = append(drop, ids[i])
 			case sess.Upstream != upstream || sess.ProtocolVersion != protocolVersion || !sess.Initialized:
-			case sess.Owner != "" && sess.OwnerLeaseUntil.After(now):
+			case sess.Owner != "" && sess.OwnerLeaseUntil.After(now) && s.replicaAliveOr(ctx, sess.Owner):
 			case best == nil || sess.ExpiresAt.After(best.ExpiresAt):
 				best = sess
 			}
@@ -636,6 +636,14 @@ func (s *Store) Adoptable(ctx context.Context, fingerprint, upstream, protocolVe
 		}
 	}
 	return nil, sessionstore.ErrNotFound
+}
+
+// replicaAliveOr reports whether the replica named in owner has a live
+// heartbeat; when Redis cannot say, it assumes so (a live owner is never
+// robbed of its session for want of an answer).
+func (s *Store) replicaAliveOr(ctx context.Context, owner string) bool {
+	alive, err := s.ReplicaAlive(ctx, sessionstore.OwnerReplica(owner))
+	return alive || err != nil
 }
 
 // Append implements sessionstore.Store.

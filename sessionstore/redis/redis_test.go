@@ -838,6 +838,9 @@ func TestAdoptableSkipsStale(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if err := st.Heartbeat(ctx, "o", time.Hour); err != nil {
+		t.Fatal(err)
+	}
 	mk("free", time.Minute, false)
 	for i := range 2*adoptPage + 3 {
 		mk("owned"+strconv.Itoa(i), time.Hour+time.Duration(i)*time.Second, true)

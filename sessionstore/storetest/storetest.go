@@ -1169,6 +1169,12 @@ func testAdoptable(t *testing.T, st sessionstore.Store) {
 		mustCreate(t, ctx, st, s)
 		return s.ID
 	}
+	// The replicas holding streams are alive; "replica-gone" is not.
+	for _, r := range []string{"replica-a", "replica-b"} {
+		if err := st.Heartbeat(ctx, r, 10*time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
 	mk("released-early", func(s *sessionstore.Session) { s.ExpiresAt = now.Add(time.Minute) })
 	mk("released-later", func(s *sessionstore.Session) { s.ExpiresAt = now.Add(2 * time.Minute) })
 	// Not candidates, although they would win on ExpiresAt.
@@ -1222,6 +1228,21 @@ func testAdoptable(t *testing.T, st sessionstore.Store) {
 	if !strings.Contains(got.ID, "released-later") {
 		t.Errorf("Adoptable picked %s, want the released-later session", got.ID)
 	}
+	// A session whose lease runs but whose replica died (no heartbeat) has
+	// no live owner either, and it wins on ExpiresAt.
+	crashed := mk("crashed-owner", func(s *sessionstore.Session) {
+		s.Owner, s.OwnerLeaseUntil, s.ExpiresAt = "replica-gone/7", now.Add(time.Minute), now.Add(4*time.Minute)
+	})
+	got, err = st.Adoptable(ctx, fp, up, pv, now)
+	if err != nil {
+		t.Fatalf("Adoptable with a crashed owner: %v", err)
+	}
+	if got.ID != crashed {
+		t.Errorf("Adoptable picked %s, want %s (its replica has no heartbeat)", got.ID, crashed)
+	}
+	if _, err := st.Delete(ctx, crashed); err != nil {
+		t.Fatal(err)
+	}
 	// Time moves on and the live owner's lease lapses: it becomes the best.
 	got, err = st.Adoptable(ctx, fp, up, pv, now.Add(5*time.Minute))
 	if err != nil {
@@ -1237,6 +1258,9 @@ func testAdoptableNone(t *testing.T, st sessionstore.Store) {
 	now := time.Now()
 	if s, err := st.Adoptable(ctx, "fp-none", "http://u/", "2025-06-18", now); !errors.Is(err, sessionstore.ErrNotFound) {
 		t.Errorf("Adoptable on an empty store: (%v, %v), want ErrNotFound", s, err)
+	}
+	if err := st.Heartbeat(ctx, "replica-a", time.Minute); err != nil {
+		t.Fatal(err)
 	}
 	s := sampleSession(newID("owned"))
 	s.Fingerprint, s.Owner, s.OwnerLeaseUntil = "fp-none", "replica-a/1", now.Add(time.Minute)
