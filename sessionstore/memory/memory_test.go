@@ -247,33 +247,6 @@ func TestExpiredNonPositiveLimit(t *testing.T) {
 	}
 }
 
-func TestUnsubscribe(t *testing.T) {
-	ctx := context.Background()
-	st := memory.New(memory.Options{})
-	create(t, st, "a")
-	ch, cancel, err := st.Subscribe(ctx, "a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cancel()
-	cancel() // twice is harmless
-	appendN(t, st, "a", 1)
-	select {
-	case <-ch:
-		t.Error("an ended subscription was woken")
-	default:
-	}
-	// Ending a subscription after its session is gone is harmless too.
-	_, cancel, err = st.Subscribe(ctx, "a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := st.Delete(ctx, "a"); err != nil {
-		t.Fatal(err)
-	}
-	cancel()
-}
-
 func BenchmarkAppendRead(b *testing.B) {
 	storetest.BenchmarkAppendRead(b, memory.New(memory.Options{ReplayWindow: 64}))
 }

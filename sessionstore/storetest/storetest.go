@@ -77,6 +77,7 @@ func Run(t *testing.T, newStore func(t *testing.T) sessionstore.Store) {
 		{"SubscribeWakesOnAppend", testSubscribeWakesOnAppend},
 		{"SubscribeWakesAllSubscribers", testSubscribeWakesAll},
 		{"DeleteWakesSubscribers", testDeleteWakesSubscribers},
+		{"Unsubscribe", testUnsubscribe},
 		{"ControlRoundTrip", testControlRoundTrip},
 		{"ConcurrentAppend", testConcurrentAppend},
 		{"DataCopied", testDataCopied},
@@ -905,6 +906,39 @@ func testSubscribeWakesAll(t *testing.T, st sessionstore.Store) {
 	for i, ch := range chans {
 		awaitWake(t, ch, fmt.Sprintf("subscriber %d after another unsubscribed", i))
 	}
+}
+
+// testUnsubscribe: an ended subscription is not woken any more; ending it
+// twice, or after its session is gone, is harmless.
+func testUnsubscribe(t *testing.T, st sessionstore.Store) {
+	ctx := ctxFor(t)
+	id := newSession(t, ctx, st)
+	ch, cancel, err := st.Subscribe(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	cancel() // twice is harmless
+	appendN(t, ctx, st, id, 1, 1)
+	// A wake-up of a subscription made after that Append, by a second one,
+	// proves that the first Append's wake-up has been dispatched (stores
+	// may dispatch asynchronously).
+	later := subscribe(t, ctx, st, id)
+	appendN(t, ctx, st, id, 2, 1)
+	awaitWake(t, later, "a subscription made after the first Append")
+	select {
+	case <-ch:
+		t.Error("an ended subscription was woken")
+	default:
+	}
+	_, cancel, err = st.Subscribe(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Delete(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
 }
 
 func testDeleteWakesSubscribers(t *testing.T, st sessionstore.Store) {
