@@ -120,33 +120,19 @@ func (c *child) logTail(lines int) string {
 }
 
 // killAll kills every child still running.
-func (cs *children) killAll() {
-	cs.mu.Lock()
-	list := append([]*child(nil), cs.list...)
-	cs.mu.Unlock()
-	var wg sync.WaitGroup
-	for _, c := range list {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c.kill()
-		}()
-	}
-	wg.Wait()
-}
+func (cs *children) killAll() { cs.each((*child).kill) }
 
 // stopAll stops every child still running, politely first.
-func (cs *children) stopAll() {
+func (cs *children) stopAll() { cs.each((*child).stop) }
+
+// each runs f on every child at once and waits for all.
+func (cs *children) each(f func(*child)) {
 	cs.mu.Lock()
 	list := append([]*child(nil), cs.list...)
 	cs.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, c := range list {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c.stop()
-		}()
+		wg.Go(func() { f(c) })
 	}
 	wg.Wait()
 }
