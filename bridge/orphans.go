@@ -36,12 +36,19 @@ func (b *Bridge) recoverOrphans(ctx context.Context, sessionID string) {
 	if err != nil {
 		return
 	}
+	// One liveness look-up per replica, however many of its requests.
+	dead := map[string]bool{}
 	for key, r := range reqs {
 		if r.Replica == b.cfg.ReplicaID {
 			continue
 		}
-		alive, err := b.store.ReplicaAlive(ctx, r.Replica)
-		if err != nil || alive {
+		isDead, known := dead[r.Replica]
+		if !known {
+			alive, err := b.store.ReplicaAlive(ctx, r.Replica)
+			isDead = err == nil && !alive
+			dead[r.Replica] = isDead
+		}
+		if !isDead {
 			continue
 		}
 		claimed, err := b.store.ClaimRequest(ctx, sessionID, key)

@@ -512,11 +512,19 @@ func TestShutdownWithOpenStreams(t *testing.T) {
 		u := startServer(t, args...)
 		cs := connect(t, u.url, "")
 		callDone := make(chan error, 1)
+		// A long progress call: its first notification shows that the call
+		// is running on the server.
+		params := call("progress", map[string]any{"steps": 600, "delayMs": 100})
+		params.SetProgressToken("shutdown")
 		go func() {
-			_, err := cs.CallTool(context.Background(), call("slow", map[string]any{"ms": 60000}))
+			_, err := cs.CallTool(context.Background(), params)
 			callDone <- err
 		}()
-		time.Sleep(100 * time.Millisecond) // let the call reach the server
+		select {
+		case <-cs.progress:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%v: the call never reached the server", args)
+		}
 		start := time.Now()
 		if err := u.shutdown(3 * time.Second); err != nil {
 			t.Fatalf("%v: %v", args, err)
