@@ -1152,6 +1152,9 @@ func TestSessionExpiry(t *testing.T) {
 func TestUpstreamHeaders(t *testing.T) {
 	up := newMCPUpstream(t, statefulSSE)
 	e := newEnv(t, up.URL, nil, &Config{
+		// A short keepalive shortens the wait of a GET that carries
+		// MCP-Protocol-Version for a session to adopt.
+		Keepalive: 200 * time.Millisecond,
 		HeaderUp: func(r *http.Request, h http.Header) {
 			h.Set("X-Bridge-Test", "up")
 			h.Set("X-Client-Method", r.Method)
@@ -1740,7 +1743,9 @@ func TestMaxInflight(t *testing.T) {
 // gets a new session.
 func TestAdoptOnReconnect(t *testing.T) {
 	up := newMCPUpstream(t, statefulSSE)
-	e := newEnv(t, up.URL, memory.New(memory.Options{ReplayWindow: 16}), nil)
+	// A short keepalive shortens the wait of the GETs that find nothing to
+	// adopt (they wait for a crashed owner's heartbeat to lapse).
+	e := newEnv(t, up.URL, memory.New(memory.Options{ReplayWindow: 16}), &Config{Keepalive: 200 * time.Millisecond})
 	auth := http.Header{"Authorization": {"Bearer adopt"}}
 	a := openStream(t, e, auth)
 	a.initialize(t)
