@@ -1870,3 +1870,37 @@ func TestTakeoverDoesNotSplitMessages(t *testing.T) {
 		t.Errorf("new stream got %d of %d answers", len(got), len(ids))
 	}
 }
+
+// TestFullMailboxLosesNothing: while the client is away its mailbox fills up
+// (MaxPending 2); further answers wait for room instead of being dropped,
+// and all of them arrive, in order of room, once the client resumes.
+func TestFullMailboxLosesNothing(t *testing.T) {
+	up := newMCPUpstream(t, statefulSSE)
+	store := memory.New(memory.Options{MaxPending: 2, ReplayWindow: 4})
+	e := newEnv(t, up.URL, store, nil)
+	auth := http.Header{"Authorization": {"Bearer full"}}
+	a := openStream(t, e, auth)
+	initEv := a.initialize(t)
+	a.close()
+	awaitReleased(t, e, a.sessionID)
+
+	// Two answers fill the mailbox (the initialize result was acknowledged);
+	// the next two must wait for room.
+	for i := 2; i <= 5; i++ {
+		a.mustPost(t, echoCall(strconv.Itoa(i), "m"+strconv.Itoa(i)))
+	}
+	b := openStream(t, e, http.Header{"Authorization": {"Bearer full"}, "Last-Event-Id": {initEv.id}})
+	if b.sessionID != a.sessionID {
+		t.Fatalf("resumed stream is session %s, want %s", b.sessionID, a.sessionID)
+	}
+	got, others := b.awaitResponses(t, `2`, `3`, `4`, `5`)
+	for id, ev := range got {
+		if text := resultText(t, ev.data); text != "echo: m"+id {
+			t.Errorf("answer %s: %q", id, text)
+		}
+	}
+	for _, ev := range others {
+		t.Errorf("unexpected message: %s", ev.data)
+	}
+	awaitIdle(t, e.bridge, a.sessionID)
+}
