@@ -54,6 +54,9 @@ type Bridge struct {
 	credentials map[string]*credential
 	// reinit serialises upstream re-initialisation per session.
 	reinit map[string]*sync.Mutex
+	// seen holds the upstream event ids relayed per session, so that an
+	// upstream replaying them on resume is not relayed twice.
+	seen map[string]*seenEvents
 	// ownTransport is the transport New made (nil when Config gave one);
 	// its idle connections are closed with the bridge.
 	ownTransport *http.Transport
@@ -88,6 +91,7 @@ func New(cfg Config, store sessionstore.Store) (*Bridge, error) {
 		cancelled:    make(map[string]map[string]struct{}),
 		credentials:  make(map[string]*credential),
 		reinit:       make(map[string]*sync.Mutex),
+		seen:         make(map[string]*seenEvents),
 		ownTransport: own,
 	}
 	b.wg.Add(1)

@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"time"
@@ -17,11 +18,29 @@ const (
 	DefaultSessionTTL     = 10 * time.Minute
 	DefaultMaxMessageSize = 4 << 20
 	DefaultMaxInflight    = 256
+	DefaultAdoptHold      = 2 * time.Second
+	DefaultInitializeTTL  = 24 * time.Hour
 	// acceptWait caps how long a legacy POST waits for the upstream's status
 	// line before it is answered 202 anyway (JSON-mode upstreams send their
 	// status only with the result; holding the POST longer would deadlock
 	// clients that POST one message at a time).
 	defaultAcceptWait = 2 * time.Second
+)
+
+// AdoptMode says which callers may get an earlier session back without
+// proving it with Last-Event-ID (see docs/design.md, "Continuity").
+type AdoptMode string
+
+// Adoption modes.
+const (
+	// AdoptAny: every caller, anonymous ones included (the default).
+	AdoptAny AdoptMode = "any"
+	// AdoptAuthenticated: only callers that send Authorization, whose
+	// sessions are then never shared with other credentials.
+	AdoptAuthenticated AdoptMode = "authenticated"
+	// AdoptOff: never; a reconnecting client without Last-Event-ID gets a
+	// new session (revived on its first call).
+	AdoptOff AdoptMode = "off"
 )
 
 // Config is the bridge's configuration. The Caddy module fills it from the
@@ -41,6 +60,15 @@ type Config struct {
 	MaxMessageSize int64
 	// MaxInflight bounds the messages in flight upstream for one session.
 	MaxInflight int
+	// Adopt says which callers may adopt their released sessions.
+	Adopt AdoptMode
+	// AdoptHold is how long an adopted session's messages are held back
+	// so that a new client can show it is new (by POSTing initialize)
+	// before anything of an earlier client reaches it.
+	AdoptHold time.Duration
+	// InitializeTTL is how long a caller's latest initialize is remembered
+	// to revive its sessions once they are gone; at least SessionTTL.
+	InitializeTTL time.Duration
 	// AllowedOrigins are browser origins allowed besides the request's own
 	// host; "*" allows any.
 	AllowedOrigins []string
@@ -85,6 +113,20 @@ func (c *Config) setDefaults() error {
 	if c.MaxMessageSize <= 0 {
 		c.MaxMessageSize = DefaultMaxMessageSize
 	}
+	switch c.Adopt {
+	case "":
+		c.Adopt = AdoptAny
+	case AdoptAny, AdoptAuthenticated, AdoptOff:
+	default:
+		return fmt.Errorf("adopt must be any, authenticated or off, not %q", c.Adopt)
+	}
+	if c.AdoptHold <= 0 {
+		c.AdoptHold = DefaultAdoptHold
+	}
+	if c.InitializeTTL <= 0 {
+		c.InitializeTTL = DefaultInitializeTTL
+	}
+	c.InitializeTTL = max(c.InitializeTTL, c.SessionTTL)
 	if c.MaxInflight <= 0 {
 		c.MaxInflight = DefaultMaxInflight
 	}

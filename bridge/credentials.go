@@ -54,6 +54,12 @@ func (b *Bridge) pruneCredentials() {
 			b.forgetLocked(id)
 		}
 	}
+	// Sessions whose requests passed through here, whoever streams them.
+	for id, seen := range b.seen {
+		if seen.last.Add(b.cfg.SessionTTL).Before(now) {
+			delete(b.seen, id)
+		}
+	}
 }
 
 // forget drops what this process remembers of a session.
@@ -67,4 +73,5 @@ func (b *Bridge) forgetLocked(id string) {
 	delete(b.credentials, id)
 	delete(b.cancelled, id)
 	delete(b.reinit, id)
+	delete(b.seen, id)
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -35,26 +36,17 @@ func (b *Bridge) serveMessage(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, "reading body: "+err.Error())
 		return
 	}
-	var sess *sessionstore.Session
-	err = b.retryUnavailable(r.Context(), func() (err error) {
-		sess, err = b.store.Get(r.Context(), id)
-		return err
-	})
-	if err != nil {
-		b.storeError(w, err)
-		return
-	}
-	if sess.Fingerprint != fingerprint(r) || sess.Upstream != b.cfg.Upstream.String() {
-		// Another caller's session looks exactly like a missing one.
-		httpError(w, http.StatusNotFound, "session not found")
-		return
-	}
-
 	msgs, envs, errMsg := parseMessages(body)
 	if errMsg != "" {
 		httpError(w, http.StatusBadRequest, "invalid message: "+errMsg)
 		return
 	}
+	sess, err := b.postTarget(r.Context(), r, id, slices.ContainsFunc(envs, isInitialize))
+	if err != nil {
+		b.storeError(w, err)
+		return
+	}
+	id = sess.ID
 
 	// Every message in flight holds a slot (each is a goroutine and an
 	// upstream request), notifications and responses included.
@@ -69,12 +61,13 @@ func (b *Bridge) serveMessage(w http.ResponseWriter, r *http.Request) {
 	for i := range msgs {
 		statuses[i] = make(chan *upstreamStatus, 1)
 		go b.forward(&call{
-			sessionID: id,
-			session:   sess,
-			msg:       msgs[i],
-			env:       envs[i],
-			client:    client,
-			status:    statuses[i],
+			sessionID:     id,
+			session:       sess,
+			msg:           msgs[i],
+			env:           envs[i],
+			client:        client,
+			clientVersion: r.Header.Get("MCP-Protocol-Version"),
+			status:        statuses[i],
 		})
 	}
 
@@ -103,6 +96,10 @@ wait:
 		}
 	}
 	w.WriteHeader(http.StatusAccepted)
+}
+
+func isInitialize(env Envelope) bool {
+	return env.Kind == KindRequest && env.Method == "initialize"
 }
 
 // readBody reads a body into a buffer sized once from its announced length

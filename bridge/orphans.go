@@ -69,19 +69,20 @@ func (b *Bridge) answerOrphan(sessionID string, r sessionstore.Request) {
 		return
 	}
 	if r.LastEventID != "" && r.UpstreamSessionID == sess.UpstreamSessionID {
+		orphan := &call{sessionID: sessionID, env: Envelope{Kind: KindRequest, ID: r.ID}}
 		b.relayStream(ctx, sess, b.credentialsFor(sessionID), nil, r.LastEventID,
 			func() bool { return answered },
-			func(msg []byte, _ string) {
+			func(msg []byte, _ bool) {
 				env, err := PeekEnvelope(msg)
-				if err != nil || answered {
-					return
-				}
-				if env.Kind == KindResponse {
-					msg = ReplaceID(msg, env, r.ID)
+				switch {
+				case err != nil || answered:
+				case env.Kind == KindResponse && answersCall(env, orphan):
 					answered = true
+					b.deliver(sessionID, ReplaceID(msg, env, r.ID))
+				default:
+					b.relayOther(ctx, sessionID, msg, env)
 				}
-				b.deliver(sessionID, msg)
-			})
+			}, nil)
 	}
 	if !answered {
 		b.deliver(sessionID, errorMessage(r.ID, codeInternalError,

@@ -13,11 +13,13 @@ import (
 	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore"
 )
 
-// Bounds of the upstream GET stream's reconnection.
+// Pace of the upstream GET stream's reconnection when the upstream gives no
+// retry hint: it doubles while streams bring nothing, and a stream that
+// delivered something or stayed open for pumpMaxBackoff resets it. The
+// stream is kept for as long as the session lives.
 const (
-	pumpMinBackoff     = 500 * time.Millisecond
-	pumpMaxBackoff     = 30 * time.Second
-	pumpMaxConsecutive = 8
+	pumpMinBackoff = 500 * time.Millisecond
+	pumpMaxBackoff = 30 * time.Second
 )
 
 // upstreamPump relays the session's upstream GET stream (server-initiated
@@ -45,11 +47,10 @@ func (b *Bridge) startPump(parent context.Context, id string) *upstreamPump {
 
 func (b *Bridge) runPump(ctx context.Context, id string) {
 	var (
-		lastID   string
-		failures int
-		backoff  = pumpMinBackoff
+		lastID  string
+		backoff = pumpMinBackoff
 	)
-	for ctx.Err() == nil && failures < pumpMaxConsecutive {
+	for ctx.Err() == nil {
 		sess, err := b.store.Get(ctx, id)
 		if err != nil || !sess.Initialized {
 			return
@@ -58,64 +59,75 @@ func (b *Bridge) runPump(ctx context.Context, id string) {
 			// After a takeover: resume where the previous owner stopped.
 			lastID = sess.StreamLastEventID
 		}
+		opened := time.Now()
 		resp, err := b.do(ctx, http.MethodGet, sess, b.credentialsFor(id), nil, lastID)
 		if ctx.Err() == nil {
 			// Connected, refused or unreachable: either way requests need
 			// not wait for this stream any longer.
 			b.markStreamReady(ctx, id, sess.UpstreamSessionID)
 		}
-		if err != nil {
-			failures++
-		} else {
-			mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
-			switch {
-			case resp.StatusCode == http.StatusOK && mt == "text/event-stream":
-				var (
-					got   bool
-					retry time.Duration
-					id2   string
-				)
-				id2, retry, err = b.relayEvents(resp.Body, func(msg []byte, eventID string) {
-					got = true
-					b.deliver(id, msg)
-					if eventID != "" {
-						b.recordStreamEventID(ctx, id, sess.UpstreamSessionID, eventID)
-					}
-				})
-				if id2 != "" {
-					lastID = id2
-				}
-				if retry > 0 {
-					backoff = retry
-				}
-				if got {
-					failures, backoff = 0, max(retry, pumpMinBackoff)
-				} else {
-					failures++
-				}
-				if err != nil && ctx.Err() == nil {
-					b.log.Debug("upstream GET stream broke", zap.String("session", id), zap.Error(err))
-				}
-			case resp.StatusCode == http.StatusConflict, resp.StatusCode >= 500:
-				// A previous GET is still open upstream, or a passing fault.
-				failures++
-			default:
-				// 405: the upstream has no GET stream; 404: its session is
-				// gone (the next POST re-initialises and signals us again);
-				// anything else: not a stream we can use.
-				if resp.StatusCode != http.StatusMethodNotAllowed {
-					b.log.Debug("no upstream GET stream", zap.String("session", id), zap.Int("status", resp.StatusCode))
-				}
-				drain(resp)
+		var (
+			progressed bool
+			retry      time.Duration
+		)
+		if err == nil {
+			var keep bool
+			progressed, retry, lastID, keep = b.pumpOnce(ctx, sess, resp, lastID)
+			if !keep {
 				return
 			}
-			drain(resp)
+		}
+		switch {
+		case retry > 0:
+			backoff = retry // the server's own pace
+		case progressed || time.Since(opened) >= pumpMaxBackoff:
+			backoff = pumpMinBackoff
 		}
 		if !sleepCtx(ctx, backoff) {
 			return
 		}
-		backoff = min(2*backoff, pumpMaxBackoff)
+		if retry == 0 {
+			backoff = min(2*backoff, pumpMaxBackoff)
+		}
 	}
+}
+
+// pumpOnce relays one upstream GET response. It reports whether a message
+// came, the retry hint, the stream's last event id, and whether to go on
+// (false when the upstream has no GET stream for us: 405, or 404 for a
+// session that is gone, which the next POST re-initialises and signals).
+func (b *Bridge) pumpOnce(ctx context.Context, sess *sessionstore.Session, resp *http.Response, lastID string) (bool, time.Duration, string, bool) {
+	defer drain(resp)
+	id := sess.ID
+	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	switch {
+	case resp.StatusCode == http.StatusOK && mt == "text/event-stream":
+	case resp.StatusCode == http.StatusConflict, resp.StatusCode >= 500:
+		// A previous GET is still open upstream, or a passing fault.
+		return false, 0, lastID, true
+	default:
+		if resp.StatusCode != http.StatusMethodNotAllowed {
+			b.log.Debug("no upstream GET stream", zap.String("session", id), zap.Int("status", resp.StatusCode))
+		}
+		return false, 0, lastID, false
+	}
+	onMessage := func(msg []byte) {
+		env, err := PeekEnvelope(msg)
+		if err != nil {
+			b.log.Debug("dropping an invalid upstream message", zap.String("session", id), zap.Error(err))
+			return
+		}
+		b.relayOther(ctx, id, msg, env)
+	}
+	onEventID := func(eventID string) { b.recordStreamEventID(ctx, id, sess.UpstreamSessionID, eventID) }
+	last, retry, got, err := b.relayEvents(resp.Body, id, onMessage, onEventID)
+	if err != nil && ctx.Err() == nil {
+		b.log.Debug("upstream GET stream broke", zap.String("session", id), zap.Error(err))
+	}
+	if last != "" {
+		lastID = last
+	}
+	return got, retry, lastID, true
 }
 
 // recordStreamEventID keeps the upstream GET stream's position in the store

@@ -38,13 +38,21 @@ func (b *Bridge) reinitialize(ctx context.Context, stale *sessionstore.Session, 
 	if len(cur.Initialize) == 0 {
 		return nil, errors.New("the client never sent initialize")
 	}
-	env, err := PeekEnvelope(cur.Initialize)
+	return b.openUpstreamSession(ctx, cur, cur.Initialize, client)
+}
+
+// openUpstreamSession opens a new upstream session for the bridge session
+// with the initialize request init (the bridge's own request: its result
+// never reaches the client) and notifications/initialized, records it, and
+// tells the stream owner to (re)open the upstream GET stream.
+func (b *Bridge) openUpstreamSession(ctx context.Context, cur *sessionstore.Session, init []byte, client http.Header) (*sessionstore.Session, error) {
+	env, err := PeekEnvelope(init)
 	if err != nil {
 		return nil, fmt.Errorf("stored initialize: %w", err)
 	}
 	fresh := *cur
 	fresh.UpstreamSessionID, fresh.ProtocolVersion = "", ""
-	resp, err := b.do(ctx, http.MethodPost, &fresh, client, ReplaceID(cur.Initialize, env, reinitID), "")
+	resp, err := b.do(ctx, http.MethodPost, &fresh, client, ReplaceID(init, env, reinitID), "")
 	if err != nil {
 		return nil, fmt.Errorf("replaying initialize: %w", err)
 	}
@@ -59,8 +67,7 @@ func (b *Bridge) reinitialize(ctx context.Context, stale *sessionstore.Session, 
 	if err != nil {
 		return nil, fmt.Errorf("sending notifications/initialized: %w", err)
 	}
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
-	resp.Body.Close()
+	drain(resp)
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return nil, fmt.Errorf("sending notifications/initialized: upstream answered HTTP %d", resp.StatusCode)
 	}
@@ -68,7 +75,11 @@ func (b *Bridge) reinitialize(ctx context.Context, stale *sessionstore.Session, 
 	updated, err := b.store.Update(ctx, cur.ID, func(s *sessionstore.Session) error {
 		s.UpstreamSessionID = fresh.UpstreamSessionID
 		s.ProtocolVersion = fresh.ProtocolVersion
+		if len(s.Initialize) == 0 {
+			s.Initialize = init
+		}
 		s.Initialized = true
+		s.NoAdopt = true
 		s.StreamLastEventID = ""
 		return nil
 	})
@@ -90,7 +101,7 @@ func (b *Bridge) initializeResult(resp *http.Response) (*initializeResult, error
 		return nil, fmt.Errorf("upstream answered HTTP %d", resp.StatusCode)
 	}
 	var found []byte
-	onMessage := func(msg []byte, _ string) {
+	onMessage := func(msg []byte) {
 		if env, err := PeekEnvelope(msg); err == nil && env.Kind == KindResponse && found == nil {
 			found = append([]byte(nil), msg...)
 		}
@@ -98,7 +109,7 @@ func (b *Bridge) initializeResult(resp *http.Response) (*initializeResult, error
 	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	switch mt {
 	case "text/event-stream":
-		if _, _, err := b.relayEvents(resp.Body, onMessage); err != nil {
+		if _, _, _, err := b.relayEvents(resp.Body, "", onMessage, nil); err != nil {
 			return nil, err
 		}
 	case "application/json":
@@ -107,7 +118,7 @@ func (b *Bridge) initializeResult(resp *http.Response) (*initializeResult, error
 			return nil, err
 		}
 		if json.Valid(body) {
-			onMessage(body, "")
+			onMessage(body)
 		}
 	}
 	if found == nil {
@@ -129,9 +140,7 @@ func (b *Bridge) initializeResult(resp *http.Response) (*initializeResult, error
 // signalUpstreamSession tells the stream owner (whichever replica) that the
 // upstream session is ready, so that it (re)opens the upstream GET stream.
 func (b *Bridge) signalUpstreamSession(ctx context.Context, id string) {
-	if _, err := b.store.Append(ctx, id, sessionstore.Message{Control: true, Data: controlUpstreamSession}); err != nil {
-		b.log.Warn("signalling the stream owner: " + err.Error())
-	}
+	b.signal(ctx, id, controlUpstreamSession)
 }
 
 func (b *Bridge) reinitLock(id string) *sync.Mutex {

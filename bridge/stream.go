@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net/http"
@@ -26,206 +27,412 @@ const readBatch = 64
 // maxKeptBuffer bounds the write buffer a stream keeps between batches.
 const maxKeptBuffer = 64 << 10
 
-// serveStream serves GET sse_path: the legacy event stream.
+// serveStream serves GET sse_path: the legacy event stream. Its steps:
+// open the session (resume the one Last-Event-ID names, or a new one),
+// send the endpoint event at once, then relay the mailbox until the client
+// leaves, adopting the caller's released session on the way where the
+// continuity rules (continuity.go) say so.
 func (b *Bridge) serveStream(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	rc := http.NewResponseController(w)
+	ls := &legacyStream{
+		b:     b,
+		w:     w,
+		rc:    http.NewResponseController(w),
+		r:     r,
+		owner: b.cfg.ReplicaID + "/" + randomID()[:12],
+		creds: map[string]*credential{},
+	}
+	sess, resumed, err := ls.open(ctx)
+	if err != nil {
+		b.storeError(w, err)
+		return
+	}
+	ls.addr = sess.ID
+	if err := ls.follow(ctx, sess.ID); err != nil {
+		b.releaseSession(sess.ID, ls.owner)
+		b.storeError(w, err)
+		return
+	}
+	defer ls.end()
+	if !ls.sendEndpoint() {
+		return
+	}
+	b.log.Debug("stream opened", zap.String("session", ls.addr), zap.Uint64("after", ls.after), zap.Bool("resumed", resumed))
 
-	// Each stream owns its session under its own name, so that a stream
-	// replaced by a newer one (even on this replica) notices and ends.
-	owner := b.cfg.ReplicaID + "/" + randomID()[:12]
-	var (
-		sess  *sessionstore.Session
-		after uint64
-	)
-	err := b.retryUnavailable(ctx, func() (err error) {
-		sess, after, err = b.openSession(ctx, r, owner)
+	ls.pumpCtx, ls.stopPumps = context.WithCancel(b.background)
+	if sess.Initialized {
+		ls.startPump()
+	}
+	if pv := r.Header.Get("MCP-Protocol-Version"); !resumed && pv != "" && b.mayAdopt(r) {
+		// Perhaps a returning client (or a new one of an SDK that sends the
+		// header at once): look for its released session.
+		ls.protocolVersion = pv
+		ls.seekUntil = time.Now().Add(b.adoptWindow())
+		ls.seek(ctx)
+	}
+	b.recoverOrphans(ctx, ls.cur)
+	ls.run(ctx)
+}
+
+// legacyStream is one client's event stream.
+type legacyStream struct {
+	b     *Bridge
+	w     http.ResponseWriter
+	rc    *http.ResponseController
+	r     *http.Request
+	owner string // this stream's name in the sessions' Owner field
+	// addr is the session named in the endpoint event; cur is the session
+	// whose mailbox is streamed: addr, or the session addr adopted.
+	addr, cur   string
+	after       uint64 // the mailbox position of cur reached
+	wake        <-chan struct{}
+	unsubscribe func()
+	creds       map[string]*credential
+	buf         []byte
+
+	pumpCtx   context.Context
+	stopPumps context.CancelFunc
+	pump      *upstreamPump
+
+	// Adoption by a GET that may come from a returning client: seeking until
+	// seekUntil, then holding the adopted session until the hold ends.
+	protocolVersion string
+	seekUntil       time.Time
+	held            string
+	adoptTimer      *time.Timer
+}
+
+// open resumes the session Last-Event-ID names (the caller's own), or
+// creates a new one, owned by this stream.
+func (ls *legacyStream) open(ctx context.Context) (*sessionstore.Session, bool, error) {
+	b := ls.b
+	fp := fingerprint(ls.r)
+	if id, seq, ok := parseEventID(ls.r.Header.Get("Last-Event-ID")); ok {
+		var sess *sessionstore.Session
+		err := b.retryUnavailable(ctx, func() (err error) {
+			sess, err = b.claim(ctx, id, fp, ls.owner)
+			return err
+		})
+		if err == nil {
+			ls.after = seq
+			return sess, true, nil
+		}
+		if !errors.Is(err, sessionstore.ErrNotFound) {
+			return nil, false, err
+		}
+	}
+	now := b.now()
+	sess := &sessionstore.Session{
+		ID:              randomID(),
+		Upstream:        b.cfg.Upstream.String(),
+		Fingerprint:     fp,
+		Owner:           ls.owner,
+		OwnerLeaseUntil: now.Add(b.lease()),
+		CreatedAt:       now,
+		ExpiresAt:       now.Add(b.lease() + b.cfg.SessionTTL),
+	}
+	err := b.retryUnavailable(ctx, func() error { return b.store.Create(ctx, sess) })
+	return sess, false, err
+}
+
+// follow makes id the session whose mailbox the stream relays: subscribed
+// to before anything is read, its credentials kept for background requests.
+func (ls *legacyStream) follow(ctx context.Context, id string) error {
+	wake, unsubscribe, err := ls.b.store.Subscribe(ctx, id)
+	if err != nil {
 		return err
-	})
-	if err != nil {
-		b.storeError(w, err)
-		return
 	}
-	id := sess.ID
-	wake, unsubscribe, err := b.store.Subscribe(ctx, id)
-	if err != nil {
-		b.storeError(w, err)
-		return
+	if ls.unsubscribe != nil {
+		ls.unsubscribe()
 	}
-	defer unsubscribe()
+	ls.wake, ls.unsubscribe, ls.cur = wake, unsubscribe, id
+	if ls.creds[id] == nil {
+		ls.creds[id] = ls.b.rememberCredentials(id, ls.r)
+	}
+	return nil
+}
 
-	cred := b.rememberCredentials(id, r)
-	defer b.streamEnded(id, cred)
-	defer b.releaseStream(id, owner)
-
-	h := w.Header()
+// sendEndpoint writes the response headers and the endpoint event.
+func (ls *legacyStream) sendEndpoint() bool {
+	h := ls.w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache, no-transform")
 	h.Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
+	ls.w.WriteHeader(http.StatusOK)
+	ls.buf = appendEvent(ls.buf[:0], "", "endpoint", []byte(ls.b.endpointURL(ls.r, ls.addr)))
+	return ls.write(ls.buf)
+}
 
-	buf := appendEvent(nil, "", "endpoint", []byte(b.endpointURL(r, id)))
-	if _, err := w.Write(buf); err != nil {
-		return
-	}
-	if err := rc.Flush(); err != nil {
-		return
-	}
-	b.log.Debug("stream opened", zap.String("session", id), zap.Uint64("after", after))
-
-	// The owner keeps the single upstream GET stream for the session.
-	streamCtx, stopPump := context.WithCancel(b.background)
-	defer stopPump()
-	var pump *upstreamPump
-	startPump := func() {
-		if pump != nil {
-			pump.stop()
-		}
-		pump = b.startPump(streamCtx, id)
-	}
-	if sess.Initialized {
-		startPump()
-	}
-	defer func() {
-		if pump != nil {
-			pump.stop()
-		}
-	}()
-
-	b.recoverOrphans(ctx, id)
+// run relays the mailbox until the client leaves, the session is taken
+// over or gone, or the server shuts down.
+func (ls *legacyStream) run(ctx context.Context) {
+	b := ls.b
 	keepalive := time.NewTicker(b.cfg.Keepalive)
 	defer keepalive.Stop()
 	for {
-		msgs, err := b.store.Read(ctx, id, after, readBatch)
-		if err != nil {
-			if !errors.Is(err, sessionstore.ErrNotFound) && ctx.Err() == nil {
-				b.log.Warn("reading mailbox", zap.String("session", id), zap.Error(err))
-				// Keep the stream: the store may come back. Retry on the
-				// next wake-up or keepalive.
-			} else {
-				return
-			}
+		if !ls.relayMailbox(ctx) {
+			return
 		}
-		buf = buf[:0]
-		for _, m := range msgs {
-			after = m.Seq
-			if m.Control {
-				startPump()
-				continue
-			}
-			eventID := id + "-" + strconv.FormatUint(m.Seq, 10)
-			if len(m.Data) > maxKeptBuffer {
-				// A large message goes out without being copied into buf.
-				buf = appendEvent(buf, eventID, "message", nil)
-				buf = buf[:len(buf)-2] // up to "data: "
-				if _, err := w.Write(buf); err != nil {
-					return
-				}
-				if _, err := w.Write(m.Data); err != nil {
-					return
-				}
-				buf = append(buf[:0], '\n', '\n')
-				continue
-			}
-			buf = appendEvent(buf, eventID, "message", m.Data)
-		}
-		if len(buf) > 0 {
-			if _, err := w.Write(buf); err != nil {
-				return
-			}
-			if err := rc.Flush(); err != nil {
-				return
-			}
-			if cap(buf) > maxKeptBuffer {
-				buf = nil // a large message's buffer is not kept for the stream's life
-			}
-		}
-		if len(msgs) > 0 {
-			err := b.store.Ack(ctx, id, owner, after)
-			switch {
-			case errors.Is(err, sessionstore.ErrNotOwner), errors.Is(err, sessionstore.ErrNotFound):
-				// Taken over by a newer stream (which replays from its own
-				// position), or gone.
-				return
-			case err != nil && ctx.Err() == nil:
-				b.log.Debug("acknowledging mailbox", zap.String("session", id), zap.Error(err))
-			}
-		}
-		if len(msgs) == readBatch {
-			continue
+		var adoptTick <-chan time.Time
+		if ls.adoptTimer != nil {
+			adoptTick = ls.adoptTimer.C
 		}
 		select {
-		case <-wake:
+		case <-ls.wake:
+		case <-adoptTick:
+			ls.adoptTimer = nil
+			if ls.held != "" {
+				ls.syncLink(ctx, true)
+			} else {
+				ls.seek(ctx)
+			}
 		case <-keepalive.C:
-			if _, err := w.Write([]byte(": ping\n\n")); err != nil {
+			if !ls.write([]byte(": ping\n\n")) || !ls.renewLeases(ctx) {
 				return
 			}
-			if err := rc.Flush(); err != nil {
-				return
-			}
-			if !b.renewLease(ctx, id, owner) {
-				return
-			}
-			b.recoverOrphans(ctx, id)
+			b.recoverOrphans(ctx, ls.cur)
 		case <-ctx.Done():
 			return
 		case <-b.shuttingDown:
-			_, _ = w.Write([]byte(": server shutting down, reconnect\n\n"))
-			_ = rc.Flush()
+			ls.write([]byte(": server shutting down, reconnect\n\n"))
 			return
 		}
 	}
 }
 
-// openSession creates the session for a new stream, or resumes the one named
-// by Last-Event-ID, and makes this replica its owner. It returns the mailbox
-// position to stream from.
-func (b *Bridge) openSession(ctx context.Context, r *http.Request, owner string) (*sessionstore.Session, uint64, error) {
-	fp := fingerprint(r)
-	now := b.now()
-	if id, seq, ok := parseEventID(r.Header.Get("Last-Event-ID")); ok {
-		sess, err := b.claim(ctx, id, fp, owner)
-		if err == nil {
-			return sess, seq, nil
-		}
-		if !errors.Is(err, sessionstore.ErrNotFound) {
-			return nil, 0, err
-		}
-	}
-	// A client that initialised earlier and now reconnects without
-	// Last-Event-ID (the TypeScript SDK's SSEClientTransport does, and never
-	// initialises again) still sends MCP-Protocol-Version, which a new
-	// client cannot: give it back its most recent session.
-	if pv := r.Header.Get("MCP-Protocol-Version"); pv != "" {
-		// The session may still be held by the replica that just died with
-		// the client's stream: wait, briefly, for its heartbeat to lapse.
-		deadline := time.Now().Add(b.heartbeatTTL() + b.heartbeatInterval())
-		for {
-			sess, err := b.adopt(ctx, fp, pv, owner)
-			if err == nil {
-				return sess, sess.Delivered, nil
+// relayMailbox sends what the mailbox of cur holds after the stream's
+// position, acknowledges it, and acts on control messages. It reports false
+// when the stream must end.
+func (ls *legacyStream) relayMailbox(ctx context.Context) bool {
+	b := ls.b
+	for {
+		msgs, err := b.store.Read(ctx, ls.cur, ls.after, readBatch)
+		if err != nil {
+			if errors.Is(err, sessionstore.ErrNotFound) || ctx.Err() != nil {
+				return false
 			}
-			if !errors.Is(err, sessionstore.ErrNotFound) {
-				return nil, 0, err
-			}
-			if time.Now().After(deadline) || !sleepCtx(ctx, 250*time.Millisecond) {
+			// Keep the stream: the store may come back. Retry on the next
+			// wake-up or keepalive.
+			b.log.Warn("reading mailbox", zap.String("session", ls.cur), zap.Error(err))
+			return true
+		}
+		ls.buf = ls.buf[:0]
+		linkChanged := false
+		for _, m := range msgs {
+			ls.after = m.Seq
+			if m.Control {
+				if bytes.Equal(m.Data, controlUpstreamSession) {
+					ls.startPump()
+					continue
+				}
+				// A link control may switch mailboxes: act on it once this
+				// position is acknowledged.
+				linkChanged = true
 				break
 			}
+			if !ls.appendMessage(m) {
+				return false
+			}
+		}
+		if len(ls.buf) > 0 && !ls.write(ls.buf) {
+			return false
+		}
+		if cap(ls.buf) > maxKeptBuffer {
+			ls.buf = nil // a large message's buffer is not kept for the stream's life
+		}
+		if len(msgs) > 0 && !ls.ack(ctx) {
+			return false
+		}
+		if linkChanged {
+			ls.syncLink(ctx, false)
+			continue
+		}
+		if len(msgs) < readBatch {
+			return true
 		}
 	}
-	sess := &sessionstore.Session{
-		ID:              randomID(),
-		Upstream:        b.cfg.Upstream.String(),
-		Fingerprint:     fp,
-		Owner:           owner,
-		OwnerLeaseUntil: now.Add(b.lease()),
-		CreatedAt:       now,
-		ExpiresAt:       now.Add(b.lease() + b.cfg.SessionTTL),
+}
+
+// appendMessage adds one message event to the stream's buffer; a large one
+// is written at once, without being copied.
+func (ls *legacyStream) appendMessage(m sessionstore.Message) bool {
+	eventID := ls.cur + "-" + strconv.FormatUint(m.Seq, 10)
+	if len(m.Data) <= maxKeptBuffer {
+		ls.buf = appendEvent(ls.buf, eventID, "message", m.Data)
+		return true
 	}
-	if err := b.store.Create(ctx, sess); err != nil {
-		return nil, 0, err
+	ls.buf = appendEvent(ls.buf, eventID, "message", nil)
+	ls.buf = ls.buf[:len(ls.buf)-2] // up to "data: "
+	if !ls.writeRaw(ls.buf) || !ls.writeRaw(m.Data) {
+		return false
 	}
-	return sess, 0, nil
+	ls.buf = append(ls.buf[:0], '\n', '\n')
+	return true
+}
+
+// ack records the stream's position. A stream whose session was taken over
+// by a newer stream (which replays from its own position) or is gone ends.
+func (ls *legacyStream) ack(ctx context.Context) bool {
+	err := ls.b.store.Ack(ctx, ls.cur, ls.owner, ls.after)
+	switch {
+	case errors.Is(err, sessionstore.ErrNotOwner), errors.Is(err, sessionstore.ErrNotFound):
+		return false
+	case err != nil && ctx.Err() == nil:
+		ls.b.log.Debug("acknowledging mailbox", zap.String("session", ls.cur), zap.Error(err))
+	}
+	return true
+}
+
+// seek looks for the caller's released session to adopt, held, and keeps
+// looking every seekInterval until the adoption window closes.
+func (ls *legacyStream) seek(ctx context.Context) {
+	b := ls.b
+	if ls.seekUntil.IsZero() || ls.cur != ls.addr {
+		return
+	}
+	addr := &sessionstore.Session{ID: ls.addr, Fingerprint: fingerprint(ls.r)}
+	adopted, err := b.linkAdoptable(ctx, addr, ls.owner, b.now().Add(b.lease()), ls.protocolVersion, true)
+	switch {
+	case err == nil:
+		ls.seekUntil = time.Time{}
+		ls.held = adopted.ID
+		ls.creds[adopted.ID] = b.rememberCredentials(adopted.ID, ls.r)
+		ls.adoptTimer = time.NewTimer(b.cfg.AdoptHold)
+	case errors.Is(err, errStale) || time.Now().Add(seekInterval).After(ls.seekUntil):
+		ls.seekUntil = time.Time{} // the client showed it is new, or nothing turned up
+	default:
+		ls.adoptTimer = time.NewTimer(seekInterval)
+	}
+}
+
+// syncLink brings the stream in line with its address session's link:
+// follow a committed link, give back a session held for a client that
+// showed it is new, and, when holdEnded, commit a held link.
+func (ls *legacyStream) syncLink(ctx context.Context, holdEnded bool) {
+	b := ls.b
+	if ls.cur != ls.addr {
+		return // already streaming the adopted session
+	}
+	addr, err := b.store.Get(ctx, ls.addr)
+	if err != nil {
+		return
+	}
+	if addr.NoAdopt || addr.Link != "" {
+		ls.seekUntil = time.Time{}
+	}
+	switch {
+	case addr.Link == "":
+		if ls.held != "" {
+			b.log.Info("the client showed it is new: adoption undone",
+				zap.String("session", ls.addr), zap.String("adopted", ls.held))
+			b.releaseSession(ls.held, ls.owner)
+			ls.held, ls.adoptTimer = "", nil
+		}
+	case addr.LinkHeld && holdEnded:
+		if _, err := b.store.Update(ctx, ls.addr, func(s *sessionstore.Session) error {
+			if s.Link != addr.Link || !s.LinkHeld {
+				return errStale
+			}
+			s.LinkHeld = false
+			return nil
+		}); err != nil {
+			ls.syncLink(ctx, false) // the client spoke meanwhile
+			return
+		}
+		ls.switchTo(ctx, addr.Link)
+	case !addr.LinkHeld:
+		ls.switchTo(ctx, addr.Link)
+	}
+}
+
+// switchTo makes the stream relay the adopted session id: claim it, follow
+// its mailbox from what its client was last given, run its upstream GET
+// stream, and answer its requests whose replica died.
+func (ls *legacyStream) switchTo(ctx context.Context, id string) {
+	b := ls.b
+	sess, err := b.claimReleased(ctx, &sessionstore.Session{ID: id}, ls.owner, b.now().Add(b.lease()))
+	if err == nil {
+		err = ls.follow(ctx, id)
+	}
+	if err != nil {
+		b.log.Warn("taking up the adopted session", zap.String("session", ls.addr), zap.String("adopted", id), zap.Error(err))
+		return
+	}
+	if ls.held != "" && ls.held != id {
+		b.releaseSession(ls.held, ls.owner)
+	}
+	ls.after, ls.held, ls.adoptTimer, ls.seekUntil = sess.Delivered, "", nil, time.Time{}
+	ls.stopPump()
+	if sess.Initialized {
+		ls.startPump()
+	}
+	b.log.Info("stream continues the adopted session", zap.String("session", ls.addr), zap.String("adopted", id))
+	b.recoverOrphans(ctx, id)
+}
+
+// startPump (re)starts the upstream GET stream of the session relayed.
+func (ls *legacyStream) startPump() {
+	ls.stopPump()
+	ls.pump = ls.b.startPump(ls.pumpCtx, ls.cur)
+}
+
+func (ls *legacyStream) stopPump() {
+	if ls.pump != nil {
+		ls.pump.stop()
+		ls.pump = nil
+	}
+}
+
+// renewLeases extends the stream's claims. It reports false when the stream
+// must end: another stream took its session over, or the session is gone.
+func (ls *legacyStream) renewLeases(ctx context.Context) bool {
+	for _, id := range ls.sessions() {
+		if !ls.b.renewLease(ctx, id, ls.owner) && id == ls.cur {
+			return false
+		}
+	}
+	return true
+}
+
+// sessions lists the sessions the stream holds: its address, the session
+// it relays, and one held for adoption.
+func (ls *legacyStream) sessions() []string {
+	ids := []string{ls.addr}
+	if ls.cur != ls.addr {
+		ids = append(ids, ls.cur)
+	}
+	if ls.held != "" {
+		ids = append(ids, ls.held)
+	}
+	return ids
+}
+
+// end releases what the stream holds (its sessions stay resumable for the
+// session TTL) and starts the countdown of the credentials it kept.
+func (ls *legacyStream) end() {
+	if ls.stopPumps != nil {
+		ls.stopPump()
+		ls.stopPumps()
+	}
+	if ls.unsubscribe != nil {
+		ls.unsubscribe()
+	}
+	for _, id := range ls.sessions() {
+		ls.b.releaseSession(id, ls.owner)
+	}
+	for id, c := range ls.creds {
+		ls.b.streamEnded(id, c)
+	}
+	ls.b.log.Debug("stream closed", zap.String("session", ls.addr))
+}
+
+func (ls *legacyStream) write(p []byte) bool {
+	return ls.writeRaw(p) && ls.rc.Flush() == nil
+}
+
+func (ls *legacyStream) writeRaw(p []byte) bool {
+	_, err := ls.w.Write(p)
+	return err == nil
 }
 
 // claim makes a new stream the owner of an existing session of the caller;
@@ -241,43 +448,6 @@ func (b *Bridge) claim(ctx context.Context, id, fp, owner string) (*sessionstore
 		s.ExpiresAt = now.Add(b.lease() + b.cfg.SessionTTL)
 		return nil
 	})
-}
-
-// adopt claims the caller's most recently released session for the
-// protocol version. Another stream may claim the same one at the same time;
-// the loser tries the next candidate.
-func (b *Bridge) adopt(ctx context.Context, fp, protocolVersion, owner string) (*sessionstore.Session, error) {
-	for range 3 {
-		now := b.now()
-		cand, err := b.store.Adoptable(ctx, fp, b.cfg.Upstream.String(), protocolVersion, now)
-		if err != nil {
-			return nil, err
-		}
-		// Adoptable offers a session whose owner's lease still runs only when
-		// that owner's replica died; the claim may then take it from exactly
-		// that owner.
-		deadOwner := ""
-		if cand.Owner != "" && cand.OwnerLeaseUntil.After(now) {
-			deadOwner = cand.Owner
-		}
-		sess, err := b.store.Update(ctx, cand.ID, func(s *sessionstore.Session) error {
-			if s.Owner != "" && s.OwnerLeaseUntil.After(now) && s.Owner != deadOwner {
-				return sessionstore.ErrNotOwner
-			}
-			s.Owner = owner
-			s.OwnerLeaseUntil = now.Add(b.lease())
-			s.ExpiresAt = now.Add(b.lease() + b.cfg.SessionTTL)
-			return nil
-		})
-		if err == nil {
-			b.log.Info("stream adopted its caller's previous session", zap.String("session", sess.ID))
-			return sess, nil
-		}
-		if !errors.Is(err, sessionstore.ErrNotOwner) && !errors.Is(err, sessionstore.ErrNotFound) {
-			return nil, err
-		}
-	}
-	return nil, sessionstore.ErrNotFound
 }
 
 // lease is how long an owner's claim lasts without renewal: a few keepalive
@@ -312,9 +482,9 @@ func (b *Bridge) renewLease(ctx context.Context, id, owner string) bool {
 	}
 }
 
-// releaseStream marks the session as without a stream: it stays resumable
-// for the session TTL.
-func (b *Bridge) releaseStream(id, owner string) {
+// releaseSession marks the session as without a stream: it stays
+// resumable for the session TTL.
+func (b *Bridge) releaseSession(id, owner string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	now := b.now()
@@ -330,7 +500,6 @@ func (b *Bridge) releaseStream(id, owner string) {
 	if err != nil && !errors.Is(err, sessionstore.ErrNotOwner) && !errors.Is(err, sessionstore.ErrNotFound) {
 		b.log.Warn("releasing session", zap.String("session", id), zap.Error(err))
 	}
-	b.log.Debug("stream closed", zap.String("session", id))
 }
 
 // endpointURL is the absolute path of the message endpoint for the session,

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"mime"
@@ -25,10 +24,6 @@ const (
 
 // maxErrorBody bounds how much of an upstream error body is read.
 const maxErrorBody = 64 << 10
-
-// maxStreamResumes bounds how often a POST response stream that ended early
-// is resumed with Last-Event-ID.
-const maxStreamResumes = 3
 
 func newUpstreamTransport() *http.Transport {
 	return &http.Transport{
@@ -63,9 +58,12 @@ type call struct {
 	msg       []byte
 	env       Envelope
 	client    http.Header
-	status    chan *upstreamStatus
-	reported  bool
-	answered  bool
+	// clientVersion is the MCP-Protocol-Version the client sent, for a
+	// revived session's minimal initialize.
+	clientVersion string
+	status        chan *upstreamStatus
+	reported      bool
+	answered      bool
 	// key names the request in the store's requests in flight; tracked is
 	// set once it is recorded there.
 	key     string
@@ -75,7 +73,9 @@ type call struct {
 // track records a request in flight, so that another replica answers it if
 // this one dies. Without the record (store trouble) the request still goes.
 func (b *Bridge) track(ctx context.Context, c *call, sess *sessionstore.Session) {
-	c.key = string(c.env.ID)
+	// The key is unique even where ids repeat: a client that adopted a
+	// session may reuse ids of requests still in flight there.
+	c.key = string(c.env.ID) + "#" + randomID()[:8]
 	err := b.store.TrackRequest(ctx, c.sessionID, c.key, sessionstore.Request{
 		ID:                c.env.ID,
 		Replica:           b.cfg.ReplicaID,
@@ -107,10 +107,27 @@ func (b *Bridge) forward(c *call) {
 	if c.env.Kind == KindNotification && c.env.Method == "notifications/cancelled" {
 		b.noteCancelled(c.sessionID, c.msg)
 	}
-	isInit := c.env.Kind == KindRequest && c.env.Method == "initialize"
-	if isInit {
+	isInit := isInitialize(c.env)
+	switch {
+	case isInit:
+		if !neverInitialized(sess) {
+			// The client initialises again: answers to what it asked before
+			// must not reach it under ids it may use again.
+			b.retireRequests(ctx, c.sessionID)
+		}
 		// A new upstream session: none of the old one's headers.
 		sess.UpstreamSessionID, sess.ProtocolVersion = "", ""
+	case c.env.Kind == KindRequest && neverInitialized(sess):
+		// A returning client with nothing to adopt, or whose session was
+		// lost: give it an upstream session as it was initialised.
+		// Should that fail, the message goes as it is: the upstream's own
+		// answer tells the client best what is wrong.
+		if revived, err := b.revive(ctx, sess, c.client, c.clientVersion); err == nil {
+			sess = revived
+		} else {
+			b.log.Warn("opening an upstream session for a returning client",
+				zap.String("session", c.sessionID), zap.Error(err))
+		}
 	}
 	for attempt := 0; ; attempt++ {
 		if c.env.Kind == KindRequest {
@@ -176,13 +193,15 @@ func upstreamSessionLost(sess *sessionstore.Session, status int, body []byte) bo
 func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, c *call, resp *http.Response, isInit bool) {
 	defer resp.Body.Close()
 	upstreamSessionID := resp.Header.Get("Mcp-Session-Id")
-	onMessage := func(msg []byte, eventID string) {
+	onMessage := func(msg []byte, resumed bool) {
 		env, err := PeekEnvelope(msg)
 		if err != nil {
-			b.log.Warn("dropping an invalid upstream message", zap.String("session", c.sessionID), zap.Error(err))
+			b.log.Debug("dropping an invalid upstream message", zap.String("session", c.sessionID), zap.Error(err))
 			return
 		}
-		if env.Kind == KindResponse && c.env.Kind == KindRequest {
+		// On the request's own stream a response is its answer (whatever
+		// the upstream made of its id); a resumed stream may replay others.
+		if env.Kind == KindResponse && c.env.Kind == KindRequest && (!resumed || answersCall(env, c)) {
 			if isInit {
 				if err := b.recordInitialize(ctx, c, upstreamSessionID, msg, env); err != nil {
 					b.log.Warn("recording initialize", zap.String("session", c.sessionID), zap.Error(err))
@@ -193,13 +212,16 @@ func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, 
 			b.answer(c, ReplaceID(msg, env, c.env.ID))
 			return
 		}
-		b.deliver(c.sessionID, msg)
-		if eventID != "" && c.tracked {
-			// Where another replica would resume this stream, should this
-			// one die before the response.
-			if err := b.store.SetRequestEventID(ctx, c.sessionID, c.key, eventID); err != nil {
-				b.log.Debug("recording the upstream event id", zap.String("session", c.sessionID), zap.Error(err))
-			}
+		b.relayOther(ctx, c.sessionID, msg, env)
+	}
+	// Every event id, priming events' included, is where another replica
+	// would resume this stream, should this one die before the response.
+	onEventID := func(eventID string) {
+		if !c.tracked || c.answered {
+			return
+		}
+		if err := b.store.SetRequestEventID(ctx, c.sessionID, c.key, eventID); err != nil {
+			b.log.Debug("recording the upstream event id", zap.String("session", c.sessionID), zap.Error(err))
 		}
 	}
 
@@ -207,7 +229,7 @@ func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, 
 	switch {
 	case mt == "text/event-stream":
 		answered := func() bool { return c.answered || c.env.Kind != KindRequest }
-		b.relayStream(ctx, sess, c.client, resp.Body, "", answered, onMessage)
+		b.relayStream(ctx, sess, c.client, resp.Body, "", answered, onMessage, onEventID)
 	case mt == "application/json":
 		body, err := readBody(io.LimitReader(resp.Body, b.cfg.MaxMessageSize+1), resp.ContentLength, b.cfg.MaxMessageSize)
 		switch {
@@ -224,96 +246,14 @@ func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, 
 			}
 		case isArray(body):
 			for _, m := range SplitBatch(body) {
-				onMessage(m, "")
+				onMessage(m, false)
 			}
 		default:
-			onMessage(body, "")
+			onMessage(body, false)
 		}
 	}
 	if c.env.Kind == KindRequest && !c.answered {
 		b.fail(c, "upstream ended the request without a response")
-	}
-}
-
-// relayStream relays an upstream response stream (body, or nothing when nil)
-// and, while the request is unanswered, resumes the stream with GET and
-// Last-Event-ID when it ends early, a bounded number of times.
-func (b *Bridge) relayStream(ctx context.Context, sess *sessionstore.Session, client http.Header, body io.Reader,
-	lastID string, answered func() bool, onMessage func(msg []byte, eventID string)) {
-	var (
-		retry time.Duration
-		err   error
-	)
-	if body != nil {
-		var id string
-		id, retry, err = b.relayEvents(body, onMessage)
-		if id != "" {
-			lastID = id
-		}
-	}
-	for resumes := 0; !answered() && lastID != "" && resumes < maxStreamResumes; resumes++ {
-		if err != nil {
-			b.log.Debug("upstream response stream broke", zap.String("session", sess.ID), zap.Error(err))
-		}
-		if !sleepCtx(ctx, max(retry, 100*time.Millisecond)) {
-			return
-		}
-		var r *http.Response
-		r, err = b.do(ctx, http.MethodGet, sess, client, nil, lastID)
-		if err != nil {
-			continue
-		}
-		if r.StatusCode != http.StatusOK {
-			drain(r)
-			return
-		}
-		var id string
-		id, retry, err = b.relayEvents(r.Body, onMessage)
-		r.Body.Close()
-		if id != "" {
-			lastID = id
-		}
-	}
-}
-
-// relayEvents reads an upstream event stream and passes each message on,
-// with the id of the event that carried it. Events with empty data
-// (priming), other event names and comments are dropped. It returns the last
-// event id seen and the last retry hint.
-func (b *Bridge) relayEvents(body io.Reader, onMessage func(msg []byte, eventID string)) (string, time.Duration, error) {
-	er := NewEventReader(body, int(b.cfg.MaxMessageSize)+4096)
-	var (
-		lastID string
-		retry  time.Duration
-	)
-	for {
-		ev, err := er.Next()
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				err = nil
-			}
-			return lastID, retry, err
-		}
-		if ev.HasID && ev.ID != "" {
-			lastID = ev.ID
-		}
-		if ev.Retry > 0 {
-			retry = ev.Retry
-		}
-		if (ev.Name != "" && ev.Name != "message") || len(bytes.TrimSpace(ev.Data)) == 0 {
-			continue
-		}
-		if !json.Valid(ev.Data) {
-			b.log.Warn("dropping an upstream event that is not JSON")
-			continue
-		}
-		if isArray(ev.Data) {
-			for _, m := range SplitBatch(ev.Data) {
-				onMessage(m, lastID)
-			}
-			continue
-		}
-		onMessage(ev.Data, lastID)
 	}
 }
 
@@ -331,7 +271,7 @@ func (b *Bridge) recordInitialize(ctx context.Context, c *call, upstreamSessionI
 	if err := json.Unmarshal(resp, &result); err != nil {
 		return fmt.Errorf("decoding initialize result: %w", err)
 	}
-	_, err := b.store.Update(ctx, c.sessionID, func(s *sessionstore.Session) error {
+	sess, err := b.store.Update(ctx, c.sessionID, func(s *sessionstore.Session) error {
 		s.UpstreamSessionID = upstreamSessionID
 		s.ProtocolVersion = result.Result.ProtocolVersion
 		s.Initialize = c.msg
@@ -339,7 +279,14 @@ func (b *Bridge) recordInitialize(ctx context.Context, c *call, upstreamSessionI
 		s.StreamLastEventID = ""
 		return nil
 	})
-	return err
+	if err != nil {
+		return err
+	}
+	// Kept beyond the session, to revive the caller's next lost session.
+	if err := b.store.RememberInitialize(ctx, sess.Fingerprint, sess.Upstream, c.msg, b.cfg.InitializeTTL); err != nil {
+		b.log.Debug("remembering the caller's initialize", zap.String("session", c.sessionID), zap.Error(err))
+	}
+	return nil
 }
 
 // do sends one upstream request with the session's headers.

@@ -9,6 +9,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/bridge"
 )
 
 func init() {
@@ -33,6 +35,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		message_path <path>
 //		keepalive <duration>
 //		session_ttl <duration>
+//		adopt any|authenticated|off
+//		adopt_hold <duration>
+//		initialize_ttl <duration>
 //		max_message_size <size>
 //		max_inflight <n>
 //		allowed_origins <origin...>
@@ -76,7 +81,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&h.MessagePath) {
 				return d.ArgErr()
 			}
-		case "keepalive", "session_ttl":
+		case "keepalive", "session_ttl", "adopt_hold", "initialize_ttl":
 			var v string
 			if !d.AllArgs(&v) {
 				return d.ArgErr()
@@ -85,10 +90,18 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil || dur <= 0 {
 				return d.Errf("invalid %s duration %q", opt, v)
 			}
-			if opt == "keepalive" {
-				h.Keepalive = caddy.Duration(dur)
-			} else {
-				h.SessionTTL = caddy.Duration(dur)
+			*map[string]*caddy.Duration{
+				"keepalive": &h.Keepalive, "session_ttl": &h.SessionTTL,
+				"adopt_hold": &h.AdoptHold, "initialize_ttl": &h.InitializeTTL,
+			}[opt] = caddy.Duration(dur)
+		case "adopt":
+			if !d.AllArgs(&h.Adopt) {
+				return d.ArgErr()
+			}
+			switch bridge.AdoptMode(h.Adopt) {
+			case bridge.AdoptAny, bridge.AdoptAuthenticated, bridge.AdoptOff:
+			default:
+				return d.Errf("adopt must be any, authenticated or off, not %q", h.Adopt)
 			}
 		case "max_message_size":
 			var v string

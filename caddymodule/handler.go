@@ -53,6 +53,25 @@ type Handler struct {
 	// DELETE. Default: 10m.
 	SessionTTL caddy.Duration `json:"session_ttl,omitempty"`
 
+	// Adopt says which callers may get their released session back without
+	// Last-Event-ID (a reconnecting client that sends MCP-Protocol-Version on
+	// its GET, or whose first POST is not initialize): "any" (default),
+	// "authenticated" (only requests with Authorization or a client
+	// certificate; sessions are only ever adopted by the same credentials)
+	// or "off". See the README's "Session continuity".
+	Adopt string `json:"adopt,omitempty"`
+
+	// AdoptHold is how long an adopted session's messages are held back, so
+	// that a new client (which POSTs initialize at once) never receives an
+	// earlier client's messages. Default: 2s.
+	AdoptHold caddy.Duration `json:"adopt_hold,omitempty"`
+
+	// InitializeTTL is how long each caller's latest initialize is kept, to
+	// give a client whose session is gone (store restarted, session expired)
+	// a new upstream session as it was initialised. At least session_ttl.
+	// Default: 24h.
+	InitializeTTL caddy.Duration `json:"initialize_ttl,omitempty"`
+
 	// MaxMessageSize is the largest POST body, in bytes; larger ones get 413.
 	// It also bounds one message read from the upstream. Default: 4 MiB.
 	MaxMessageSize int64 `json:"max_message_size,omitempty"`
@@ -123,6 +142,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		SessionTTL:     time.Duration(h.SessionTTL),
 		MaxMessageSize: h.MaxMessageSize,
 		MaxInflight:    h.MaxInflight,
+		Adopt:          bridge.AdoptMode(h.Adopt),
+		AdoptHold:      time.Duration(h.AdoptHold),
+		InitializeTTL:  time.Duration(h.InitializeTTL),
 		AllowedOrigins: h.AllowedOrigins,
 		ReplicaID:      replicaID(),
 		HeaderUp:       h.headerUp,
@@ -152,7 +174,7 @@ func (h *Handler) Validate() error {
 	if h.Upstream == "" {
 		return fmt.Errorf("upstream is required")
 	}
-	if h.MaxMessageSize < 0 || h.MaxInflight < 0 || h.Keepalive < 0 || h.SessionTTL < 0 {
+	if h.MaxMessageSize < 0 || h.MaxInflight < 0 || h.Keepalive < 0 || h.SessionTTL < 0 || h.AdoptHold < 0 || h.InitializeTTL < 0 {
 		return fmt.Errorf("sizes and durations must not be negative")
 	}
 	for _, p := range []string{h.SSEPath, h.MessagePath} {

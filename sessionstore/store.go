@@ -28,6 +28,10 @@ var (
 	ErrMailboxFull = errors.New("session mailbox full")
 	// ErrNotOwner: the session is owned by another stream.
 	ErrNotOwner = errors.New("session owned by another stream")
+	// ErrAdoptionPending: Adoptable found no free session, but the caller
+	// has one whose stream may belong to a replica that is dying (its lease
+	// and heartbeat still run); asking again shortly may find it free.
+	ErrAdoptionPending = errors.New("adoptable session still held")
 	// ErrUnavailable wraps failures of the backing service (network, timeouts);
 	// the bridge answers them with 503 and Retry-After.
 	ErrUnavailable = errors.New("session store unavailable")
@@ -73,6 +77,17 @@ type Session struct {
 	// Delivered is the mailbox position the client's stream has reached
 	// (updated by Ack); a stream that adopts the session resumes after it.
 	Delivered uint64 `json:"delivered,omitempty"`
+	// Link names the session this one stands in for: a stream that adopted
+	// the caller's earlier session keeps its own id (the one in its endpoint
+	// URL) and links it to the adopted one, whose state, mailbox and
+	// requests then serve it. LinkHeld is set while the adoption awaits
+	// confirmation (adopt_hold): the adopted session's messages are held
+	// back and the link is dropped if the client POSTs initialize.
+	Link     string `json:"link,omitempty"`
+	LinkHeld bool   `json:"link_held,omitempty"`
+	// NoAdopt is set once the client showed that it is new (it POSTed its
+	// own initialize) or the session was revived: it never adopts another.
+	NoAdopt bool `json:"no_adopt,omitempty"`
 	// CreatedAt is when the legacy stream first opened.
 	CreatedAt time.Time `json:"created_at"`
 	// ExpiresAt is when the session may be reaped: pushed forward while a
@@ -115,11 +130,19 @@ type Sessions interface {
 	// Expired lists up to limit sessions whose ExpiresAt is before now.
 	Expired(ctx context.Context, now time.Time, limit int) ([]*Session, error)
 	// Adoptable returns the initialised session of the given caller, upstream
-	// and protocol version that has no live owner (Owner empty, its lease
-	// lapsed before now, or no live heartbeat of the replica named in Owner)
-	// and was released most recently (latest ExpiresAt), or ErrNotFound. A client that reconnects without Last-Event-ID gets it
-	// back this way.
+	// and protocol version (any version when protocolVersion is empty) that
+	// has no live owner (Owner empty, its lease lapsed before now, or no live
+	// heartbeat of the replica named in Owner) and was released most
+	// recently (latest ExpiresAt). Without one it returns ErrAdoptionPending
+	// if such a session exists with a live owner, else ErrNotFound. A client
+	// that reconnects without Last-Event-ID gets its session back this way.
 	Adoptable(ctx context.Context, fingerprint, upstream, protocolVersion string, now time.Time) (*Session, error)
+	// RememberInitialize keeps a caller's latest initialize request for an
+	// upstream for ttl, beyond the life of its sessions, so that a client
+	// whose session is gone can be given a new one as it was initialised.
+	RememberInitialize(ctx context.Context, fingerprint, upstream string, msg []byte, ttl time.Duration) error
+	// RecallInitialize returns what RememberInitialize kept, or ErrNotFound.
+	RecallInitialize(ctx context.Context, fingerprint, upstream string) ([]byte, error)
 }
 
 // Mailboxes keeps each session's messages for its stream.

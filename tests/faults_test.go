@@ -638,8 +638,8 @@ func TestStatusCodes(t *testing.T) {
 		}
 	})
 
-	t.Run("unknown sessionId is 404", func(t *testing.T) {
-		code, _, body := doRequest(t, hc, http.MethodPost, mainSite.base+"/messages?sessionId=00000000000000000000000000000000",
+	t.Run("sessionId the bridge never minted is 404", func(t *testing.T) {
+		code, _, body := doRequest(t, hc, http.MethodPost, mainSite.base+"/messages?sessionId=not-a-bridge-session",
 			"application/json", `{"jsonrpc":"2.0","id":1,"method":"ping"}`)
 		if code != http.StatusNotFound {
 			t.Fatalf("got %d %s, want 404", code, body)

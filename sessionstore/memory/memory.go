@@ -30,6 +30,13 @@ type Store struct {
 	sessions map[string]*entry
 	// replicas maps a replica to the end of its heartbeat.
 	replicas map[string]time.Time
+	// initializes holds each caller's latest initialize per upstream.
+	initializes map[string]rememberedInitialize
+}
+
+type rememberedInitialize struct {
+	msg   []byte
+	until time.Time
 }
 
 type entry struct {
@@ -55,7 +62,8 @@ func New(opts Options) *Store {
 	if opts.ReplayWindow < 0 {
 		opts.ReplayWindow = 0
 	}
-	return &Store{opts: opts, sessions: make(map[string]*entry), replicas: make(map[string]time.Time)}
+	return &Store{opts: opts, sessions: make(map[string]*entry), replicas: make(map[string]time.Time),
+		initializes: make(map[string]rememberedInitialize)}
 }
 
 func copySession(s *sessionstore.Session) *sessionstore.Session {
@@ -149,20 +157,63 @@ func (st *Store) Adoptable(_ context.Context, fingerprint, upstream, protocolVer
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	var best *sessionstore.Session
+	held := false
 	for _, e := range st.sessions {
 		s := &e.session
-		if s.Fingerprint != fingerprint || s.Upstream != upstream || s.ProtocolVersion != protocolVersion ||
-			!s.Initialized || st.liveOwnerLocked(s, now) {
+		if s.Fingerprint != fingerprint || s.Upstream != upstream || !s.Initialized ||
+			(protocolVersion != "" && s.ProtocolVersion != protocolVersion) {
+			continue
+		}
+		if st.liveOwnerLocked(s, now) {
+			held = true
 			continue
 		}
 		if best == nil || s.ExpiresAt.After(best.ExpiresAt) {
 			best = s
 		}
 	}
-	if best == nil {
+	switch {
+	case best != nil:
+		return copySession(best), nil
+	case held:
+		return nil, sessionstore.ErrAdoptionPending
+	}
+	return nil, sessionstore.ErrNotFound
+}
+
+// RememberInitialize implements sessionstore.Store. It keeps at most
+// MaxSessions entries: expired ones go first, then an arbitrary one.
+func (st *Store) RememberInitialize(_ context.Context, fingerprint, upstream string, msg []byte, ttl time.Duration) error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	now := time.Now()
+	key := fingerprint + "\x00" + upstream
+	if _, ok := st.initializes[key]; !ok && len(st.initializes) >= st.opts.MaxSessions {
+		for k, r := range st.initializes {
+			if r.until.Before(now) {
+				delete(st.initializes, k)
+			}
+		}
+		for k := range st.initializes {
+			if len(st.initializes) < st.opts.MaxSessions {
+				break
+			}
+			delete(st.initializes, k)
+		}
+	}
+	st.initializes[key] = rememberedInitialize{msg: append([]byte(nil), msg...), until: now.Add(ttl)}
+	return nil
+}
+
+// RecallInitialize implements sessionstore.Store.
+func (st *Store) RecallInitialize(_ context.Context, fingerprint, upstream string) ([]byte, error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	r, ok := st.initializes[fingerprint+"\x00"+upstream]
+	if !ok || !r.until.After(time.Now()) {
 		return nil, sessionstore.ErrNotFound
 	}
-	return copySession(best), nil
+	return append([]byte(nil), r.msg...), nil
 }
 
 // liveOwnerLocked reports whether a stream holds the session: its lease

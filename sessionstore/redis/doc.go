@@ -33,6 +33,10 @@
 //   - mcpbridge:adopt:<fingerprint>: a sorted set of one caller's session
 //     ids scored by ExpiresAt, read by Adoptable.
 //
+// A caller's latest initialize request for an upstream is the string
+// mcpbridge:init:<fingerprint>:<hash of the upstream URL>, with the TTL
+// given to RememberInitialize (the bridge's initialize_ttl).
+//
 // Every key has a TTL: a session's keys live until ExpiresAt plus
 // Options.Retention (so that a janitor still finds an expired session and
 // ends its upstream session), an index at least as long as the sessions it

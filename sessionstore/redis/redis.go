@@ -2,6 +2,8 @@ package redis
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -175,6 +177,13 @@ func (s *Store) mailboxKey(id string) string  { return s.prefix + "{" + id + "}:
 func (s *Store) requestsKey(id string) string { return s.prefix + "{" + id + "}:r" }
 func (s *Store) replicaKey(r string) string   { return s.prefix + "replica:" + r }
 func (s *Store) adoptKey(fp string) string    { return s.prefix + "adopt:" + fp }
+
+// initializeKey names a caller's remembered initialize for an upstream; the
+// upstream URL is hashed to keep the key short and free of its characters.
+func (s *Store) initializeKey(fp, upstream string) string {
+	sum := sha256.Sum256([]byte(upstream))
+	return s.prefix + "init:" + fp + ":" + hex.EncodeToString(sum[:8])
+}
 
 // unavailable wraps a failure of Redis so that errors.Is(err,
 // sessionstore.ErrUnavailable) holds (and errors.Is on the cause, such as a
@@ -601,6 +610,7 @@ func (s *Store) Adoptable(ctx context.Context, fingerprint, upstream, protocolVe
 			}
 		}
 	}()
+	held := false
 	for page := range adoptPages {
 		ids, err := s.client.ZRevRangeByScore(ctx, key, &goredis.ZRangeBy{
 			Min: "-inf", Max: "+inf", Offset: int64(page * adoptPage), Count: adoptPage,
@@ -620,8 +630,10 @@ func (s *Store) Adoptable(ctx context.Context, fingerprint, upstream, protocolVe
 			switch {
 			case sess == nil || sess.Fingerprint != fingerprint:
 				drop = append(drop, ids[i])
-			case sess.Upstream != upstream || sess.ProtocolVersion != protocolVersion || !sess.Initialized:
+			case sess.Upstream != upstream || !sess.Initialized ||
+				(protocolVersion != "" && sess.ProtocolVersion != protocolVersion):
 			case sess.Owner != "" && sess.OwnerLeaseUntil.After(now) && s.replicaAliveOr(ctx, sess.Owner):
+				held = true
 			case best == nil || sess.ExpiresAt.After(best.ExpiresAt):
 				best = sess
 			}
@@ -635,7 +647,30 @@ func (s *Store) Adoptable(ctx context.Context, fingerprint, upstream, protocolVe
 			break
 		}
 	}
+	if held {
+		return nil, sessionstore.ErrAdoptionPending
+	}
 	return nil, sessionstore.ErrNotFound
+}
+
+// RememberInitialize implements sessionstore.Store.
+func (s *Store) RememberInitialize(ctx context.Context, fingerprint, upstream string, msg []byte, ttl time.Duration) error {
+	if err := s.client.Set(ctx, s.initializeKey(fingerprint, upstream), msg, min(ttl, maxKeyTTL)).Err(); err != nil {
+		return unavailable("remembering initialize", err)
+	}
+	return nil
+}
+
+// RecallInitialize implements sessionstore.Store.
+func (s *Store) RecallInitialize(ctx context.Context, fingerprint, upstream string) ([]byte, error) {
+	msg, err := s.client.Get(ctx, s.initializeKey(fingerprint, upstream)).Bytes()
+	switch {
+	case errors.Is(err, goredis.Nil):
+		return nil, sessionstore.ErrNotFound
+	case err != nil:
+		return nil, unavailable("recalling initialize", err)
+	}
+	return msg, nil
 }
 
 // replicaAliveOr reports whether the replica named in owner has a live

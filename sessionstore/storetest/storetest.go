@@ -86,6 +86,7 @@ func Run(t *testing.T, newStore func(t *testing.T) sessionstore.Store) {
 		{"AckChecksOwner", testAckChecksOwner},
 		{"Adoptable", testAdoptable},
 		{"AdoptableNone", testAdoptableNone},
+		{"RememberInitialize", testRememberInitialize},
 	}
 	for _, tc := range append(tests, requestTests...) {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1299,7 +1300,58 @@ func testAdoptableNone(t *testing.T, st sessionstore.Store) {
 	s := sampleSession(newID("owned"))
 	s.Fingerprint, s.Owner, s.OwnerLeaseUntil = "fp-none", "replica-a/1", now.Add(time.Minute)
 	mustCreate(t, ctx, st, s)
-	if got, err := st.Adoptable(ctx, "fp-none", s.Upstream, s.ProtocolVersion, now); !errors.Is(err, sessionstore.ErrNotFound) {
-		t.Errorf("Adoptable with only a live-owned session: (%v, %v), want ErrNotFound", got, err)
+	if got, err := st.Adoptable(ctx, "fp-none", s.Upstream, s.ProtocolVersion, now); !errors.Is(err, sessionstore.ErrAdoptionPending) {
+		t.Errorf("Adoptable with only a live-owned session: (%v, %v), want ErrAdoptionPending", got, err)
+	}
+	if got, err := st.Adoptable(ctx, "fp-none", s.Upstream, "1999-01-01", now); !errors.Is(err, sessionstore.ErrNotFound) {
+		t.Errorf("Adoptable for another version: (%v, %v), want ErrNotFound", got, err)
+	}
+	// Released, it is offered for its version and for any version.
+	if _, err := st.Update(ctx, s.ID, func(s *sessionstore.Session) error { s.Owner = ""; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for _, pv := range []string{s.ProtocolVersion, ""} {
+		if got, err := st.Adoptable(ctx, "fp-none", s.Upstream, pv, now); err != nil || got.ID != s.ID {
+			t.Errorf("Adoptable(version %q) of a released session: (%v, %v), want it", pv, got, err)
+		}
+	}
+}
+
+// testRememberInitialize: a caller's latest initialize is kept per caller
+// and upstream, replaced by the next one, and forgotten after its TTL.
+func testRememberInitialize(t *testing.T, st sessionstore.Store) {
+	ctx := ctxFor(t)
+	const up = "http://upstream.example/mcp"
+	if got, err := st.RecallInitialize(ctx, "fp-init", up); !errors.Is(err, sessionstore.ErrNotFound) {
+		t.Fatalf("RecallInitialize of nothing: (%q, %v), want ErrNotFound", got, err)
+	}
+	first, second := []byte(`{"jsonrpc":"2.0","id":0,"method":"initialize"}`), []byte(`{"jsonrpc":"2.0","id":"x","method":"initialize"}`)
+	for _, msg := range [][]byte{first, second} {
+		if err := st.RememberInitialize(ctx, "fp-init", up, msg, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := st.RememberInitialize(ctx, "fp-init-other", up, first, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := st.RecallInitialize(ctx, "fp-init", up); err != nil || string(got) != string(second) {
+		t.Errorf("RecallInitialize: (%q, %v), want the latest %q", got, err, second)
+	}
+	if got, err := st.RecallInitialize(ctx, "fp-init", "http://elsewhere/mcp"); !errors.Is(err, sessionstore.ErrNotFound) {
+		t.Errorf("RecallInitialize for another upstream: (%q, %v), want ErrNotFound", got, err)
+	}
+	if err := st.RememberInitialize(ctx, "fp-init-short", up, first, 50*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := st.RecallInitialize(ctx, "fp-init-short", up)
+		if errors.Is(err, sessionstore.ErrNotFound) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("an initialize remembered for 50ms is still recalled after 5s (%v)", err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
