@@ -178,7 +178,9 @@ func (b *Bridge) loadOrRecreate(ctx context.Context, id, fp string) (*sessionsto
 		Fingerprint: fp,
 		NoAdopt:     true,
 		CreatedAt:   now,
-		ExpiresAt:   now.Add(b.cfg.SessionTTL),
+		// As long as a session a stream opened: its client is about to
+		// reconnect its stream (the TS SDK waits 3 s) and adopt it.
+		ExpiresAt: now.Add(b.lease() + b.cfg.SessionTTL),
 	}
 	err = b.store.Create(ctx, sess)
 	if errors.Is(err, sessionstore.ErrExists) {

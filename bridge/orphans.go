@@ -57,35 +57,47 @@ func (b *Bridge) recoverOrphans(ctx context.Context, sessionID string) {
 		}
 		b.log.Info("answering a request whose replica died",
 			zap.String("session", sessionID), zap.String("replica", r.Replica), zap.Bool("resumable", r.LastEventID != ""))
-		go b.answerOrphan(sessionID, r)
+		go b.answerOrphan(sessionID, key, r)
 	}
 }
 
-func (b *Bridge) answerOrphan(sessionID string, r sessionstore.Request) {
+// answerOrphan answers a request whose replica died, claimed under key: it
+// records the request again as this replica's (so that another replica
+// recovers it should this one die too, and so that a response arriving on
+// another stream settles it), resumes its upstream response stream, and
+// answers with an error when that is impossible or ends without a response.
+func (b *Bridge) answerOrphan(sessionID, key string, r sessionstore.Request) {
 	ctx := b.background
-	answered := false
 	sess, err := b.store.Get(ctx, sessionID)
 	if err != nil {
 		return
 	}
+	c := &call{sessionID: sessionID, session: sess, env: Envelope{Kind: KindRequest, ID: r.ID}, key: key}
+	r.Replica = b.cfg.ReplicaID
+	if err := b.store.TrackRequest(ctx, sessionID, key, r); err == nil {
+		c.tracked = true
+	}
 	if r.LastEventID != "" && r.UpstreamSessionID == sess.UpstreamSessionID {
-		orphan := &call{sessionID: sessionID, env: Envelope{Kind: KindRequest, ID: r.ID}}
-		b.relayStream(ctx, sess, b.credentialsFor(sessionID), nil, r.LastEventID,
-			func() bool { return answered },
-			func(msg []byte, _ bool) {
+		b.relayStream(ctx, sess, b.credentialsFor(sessionID), nil, r.LastEventID, b.answeredCheck(c),
+			func(msg []byte, _ bool) bool {
 				env, err := PeekEnvelope(msg)
 				switch {
-				case err != nil || answered:
-				case env.Kind == KindResponse && answersCall(env, orphan):
-					answered = true
-					b.deliver(sessionID, ReplaceID(msg, env, r.ID))
+				case err != nil:
+					return false
+				case env.Kind == KindResponse && answersCall(env, c):
+					b.answer(c, ReplaceID(msg, env, r.ID))
+					return true
 				default:
-					b.relayOther(ctx, sessionID, msg, env)
+					return b.relayOther(ctx, sessionID, msg, env)
 				}
-			}, nil)
+			},
+			func(eventID string) {
+				if err := b.store.SetRequestEventID(ctx, sessionID, key, eventID); err != nil {
+					b.log.Debug("recording the upstream event id", zap.String("session", sessionID), zap.Error(err))
+				}
+			})
 	}
-	if !answered {
-		b.deliver(sessionID, errorMessage(r.ID, codeInternalError,
-			"the bridge replica forwarding this request stopped before the upstream answered"))
-	}
+	// Settled elsewhere meanwhile, answer does nothing: the record is gone.
+	b.answer(c, errorMessage(r.ID, codeInternalError,
+		"the bridge replica forwarding this request stopped before the upstream answered"))
 }

@@ -111,13 +111,13 @@ func (b *Bridge) pumpOnce(ctx context.Context, sess *sessionstore.Session, resp 
 		}
 		return false, 0, lastID, false
 	}
-	onMessage := func(msg []byte) {
+	onMessage := func(msg []byte) bool {
 		env, err := PeekEnvelope(msg)
 		if err != nil {
 			b.log.Debug("dropping an invalid upstream message", zap.String("session", id), zap.Error(err))
-			return
+			return false
 		}
-		b.relayOther(ctx, id, msg, env)
+		return b.relayOther(ctx, id, msg, env)
 	}
 	onEventID := func(eventID string) { b.recordStreamEventID(ctx, id, sess.UpstreamSessionID, eventID) }
 	last, retry, got, err := b.relayEvents(resp.Body, id, onMessage, onEventID)

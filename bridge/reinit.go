@@ -101,10 +101,11 @@ func (b *Bridge) initializeResult(resp *http.Response) (*initializeResult, error
 		return nil, fmt.Errorf("upstream answered HTTP %d", resp.StatusCode)
 	}
 	var found []byte
-	onMessage := func(msg []byte) {
+	onMessage := func(msg []byte) bool {
 		if env, err := PeekEnvelope(msg); err == nil && env.Kind == KindResponse && found == nil {
 			found = append([]byte(nil), msg...)
 		}
+		return true
 	}
 	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	switch mt {

@@ -22,6 +22,10 @@ const (
 	resumeMinBackoff = 100 * time.Millisecond
 	resumeMaxBackoff = 5 * time.Second
 	maxIdleResumes   = 5
+	// answeredPoll is how often a resumed stream checks whether its request
+	// was answered elsewhere (servers that replay every stream on resume,
+	// and keep the resumed stream open).
+	answeredPoll = time.Second
 	// seenEventsPerSession bounds the upstream event ids remembered per
 	// session to recognise replays.
 	seenEventsPerSession = 256
@@ -34,14 +38,14 @@ const (
 // attempts in a row that brought no new event, or when the upstream refuses
 // to resume.
 func (b *Bridge) relayStream(ctx context.Context, sess *sessionstore.Session, client http.Header, body io.Reader,
-	lastID string, answered func() bool, onMessage func(msg []byte, resumed bool), onEventID func(string)) {
+	lastID string, answered func() bool, onMessage func(msg []byte, resumed bool) bool, onEventID func(string)) {
 	var (
 		retry time.Duration
 		err   error
 	)
 	if body != nil {
 		var id string
-		id, retry, _, err = b.relayEvents(body, sess.ID, func(m []byte) { onMessage(m, false) }, onEventID)
+		id, retry, _, err = b.relayEvents(body, sess.ID, func(m []byte) bool { return onMessage(m, false) }, onEventID)
 		if id != "" {
 			lastID = id
 		}
@@ -58,23 +62,15 @@ func (b *Bridge) relayStream(ctx context.Context, sess *sessionstore.Session, cl
 		if !sleepCtx(ctx, wait) {
 			return
 		}
-		var r *http.Response
-		r, err = b.do(ctx, http.MethodGet, sess, client, nil, lastID)
-		if err != nil {
-			idle++
-			backoff = min(2*backoff, resumeMaxBackoff)
-			continue
-		}
-		if r.StatusCode != http.StatusOK {
-			drain(r)
-			return
-		}
 		var (
 			id  string
 			got bool
+			ok  bool
 		)
-		id, retry, got, err = b.relayEvents(r.Body, sess.ID, func(m []byte) { onMessage(m, true) }, onEventID)
-		r.Body.Close()
+		id, retry, got, ok, err = b.resumeOnce(ctx, sess, client, lastID, answered, onMessage, onEventID)
+		if !ok {
+			return
+		}
 		if got || (id != "" && id != lastID) {
 			idle, backoff = 0, resumeMinBackoff
 		} else {
@@ -87,13 +83,51 @@ func (b *Bridge) relayStream(ctx context.Context, sess *sessionstore.Session, cl
 	}
 }
 
+// resumeOnce resumes an upstream response stream after lastID and relays
+// it until it ends or answered() turns true (checked every answeredPoll).
+// ok is false when the upstream refuses to resume.
+func (b *Bridge) resumeOnce(ctx context.Context, sess *sessionstore.Session, client http.Header, lastID string, answered func() bool,
+	onMessage func(msg []byte, resumed bool) bool, onEventID func(string)) (id string, retry time.Duration, got, ok bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	watching := make(chan struct{})
+	go func() {
+		defer close(watching)
+		tick := time.NewTicker(answeredPoll)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				if answered() {
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	defer func() { cancel(); <-watching }()
+	r, err := b.do(ctx, http.MethodGet, sess, client, nil, lastID)
+	if err != nil {
+		return "", 0, false, true, err
+	}
+	defer r.Body.Close()
+	if r.StatusCode != http.StatusOK {
+		drain(r)
+		return "", 0, false, false, nil
+	}
+	id, retry, got, err = b.relayEvents(r.Body, sess.ID, func(m []byte) bool { return onMessage(m, true) }, onEventID)
+	return id, retry, got, true, err
+}
+
 // relayEvents reads an upstream event stream of the session sessionID (""
 // for the bridge's own requests) and passes each message on, then the id
 // of the event that carried it to onEventID (if not nil). Events with empty data (priming), other event names, comments
 // and events this replica already relayed for the session (servers that
 // replay on resume) pass no message on. It returns the last event id seen,
 // the last retry hint, and whether any message was passed on.
-func (b *Bridge) relayEvents(body io.Reader, sessionID string, onMessage func(msg []byte), onEventID func(string)) (string, time.Duration, bool, error) {
+func (b *Bridge) relayEvents(body io.Reader, sessionID string, onMessage func(msg []byte) bool, onEventID func(string)) (string, time.Duration, bool, error) {
 	er := NewEventReader(body, int(b.cfg.MaxMessageSize)+4096)
 	var (
 		lastID string
@@ -124,12 +158,15 @@ func (b *Bridge) relayEvents(body io.Reader, sessionID string, onMessage func(ms
 }
 
 // relayEvent passes the messages of one upstream event on, unless the event
-// carries none or was relayed before.
-func (b *Bridge) relayEvent(ev Event, sessionID string, onMessage func(msg []byte)) bool {
+// carries none or was relayed before. It reports whether a message was
+// relayed; only then does the event count as relayed (a response dropped
+// here for not being this stream's may be another stream's to relay).
+func (b *Bridge) relayEvent(ev Event, sessionID string, onMessage func(msg []byte) bool) bool {
 	if (ev.Name != "" && ev.Name != "message") || len(bytes.TrimSpace(ev.Data)) == 0 {
 		return false
 	}
-	if ev.HasID && ev.ID != "" && sessionID != "" && !b.firstSighting(sessionID, ev.ID) {
+	dedup := ev.HasID && ev.ID != "" && sessionID != ""
+	if dedup && b.relayedBefore(sessionID, ev.ID) {
 		b.log.Debug("dropping a replayed upstream event", zap.String("session", sessionID))
 		return false
 	}
@@ -137,14 +174,18 @@ func (b *Bridge) relayEvent(ev Event, sessionID string, onMessage func(msg []byt
 		b.log.Warn("dropping an upstream event that is not JSON", zap.String("session", sessionID))
 		return false
 	}
+	relayed := false
 	if isArray(ev.Data) {
 		for _, m := range SplitBatch(ev.Data) {
-			onMessage(m)
+			relayed = onMessage(m) || relayed
 		}
-		return true
+	} else {
+		relayed = onMessage(ev.Data)
 	}
-	onMessage(ev.Data)
-	return true
+	if relayed && dedup {
+		b.markRelayed(sessionID, ev.ID)
+	}
+	return relayed
 }
 
 // answersCall reports whether a response on a request's own stream answers
@@ -174,29 +215,50 @@ func sameID(a, b json.RawMessage) bool {
 }
 
 // relayOther relays a message that is not the answer of the stream's own
-// request: server requests and notifications go to the client; a response
-// (a server replaying other streams on resume) only when it answers a
-// request of this session still in flight, which it then claims, so that it
-// is delivered once.
-func (b *Bridge) relayOther(ctx context.Context, sessionID string, msg []byte, env Envelope) {
+// request, and reports whether it did: server requests and notifications go
+// to the client; a response (a server replaying other streams on resume)
+// only when it answers a request of this session still in flight, which it
+// then settles in the store, so that it is delivered once.
+func (b *Bridge) relayOther(ctx context.Context, sessionID string, msg []byte, env Envelope) bool {
 	if env.Kind != KindResponse {
 		b.deliver(sessionID, msg)
-		return
+		return true
 	}
 	reqs, err := b.store.ListRequests(ctx, sessionID)
 	if err != nil {
-		return
+		return false
 	}
 	for key, r := range reqs {
 		if !sameID(r.ID, env.ID) {
 			continue
 		}
-		if claimed, err := b.store.ClaimRequest(ctx, sessionID, key); err == nil && claimed {
-			b.deliver(sessionID, msg)
-			return
+		answer := oneLine(ReplaceID(msg, env, r.ID))
+		if done, err := b.store.FinishRequest(ctx, sessionID, key, sessionstore.Message{Data: answer}); err == nil && done {
+			return true
 		}
 	}
 	b.log.Debug("dropping an upstream response to no request in flight", zap.String("session", sessionID))
+	return false
+}
+
+// answeredCheck returns what tells a resumed stream of c's request that it
+// is done: a notification or response needs no answer; a request is
+// answered here, or elsewhere (its record in the store is gone).
+func (b *Bridge) answeredCheck(c *call) func() bool {
+	return func() bool {
+		if c.env.Kind != KindRequest || c.answered.Load() {
+			return true
+		}
+		if !c.tracked {
+			return false
+		}
+		reqs, err := b.store.ListRequests(b.background, c.sessionID)
+		if errors.Is(err, sessionstore.ErrNotFound) {
+			return true
+		}
+		_, inFlight := reqs[c.key]
+		return err == nil && !inFlight
+	}
 }
 
 // seenEvents remembers the upstream event ids relayed per session, the
@@ -209,9 +271,21 @@ type seenEvents struct {
 	last time.Time
 }
 
-// firstSighting records an upstream event id for the session and reports
-// whether it is new.
-func (b *Bridge) firstSighting(sessionID, eventID string) bool {
+// relayedBefore reports whether an upstream event id was relayed for the
+// session.
+func (b *Bridge) relayedBefore(sessionID, eventID string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	seen := b.seen[sessionID]
+	if seen == nil {
+		return false
+	}
+	_, ok := seen.ids[eventID]
+	return ok
+}
+
+// markRelayed records an upstream event id relayed for the session.
+func (b *Bridge) markRelayed(sessionID, eventID string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	seen := b.seen[sessionID]
@@ -221,7 +295,7 @@ func (b *Bridge) firstSighting(sessionID, eventID string) bool {
 	}
 	seen.last = b.now()
 	if _, ok := seen.ids[eventID]; ok {
-		return false
+		return
 	}
 	if len(seen.ring) < seenEventsPerSession {
 		seen.ring = append(seen.ring, eventID)
@@ -231,5 +305,4 @@ func (b *Bridge) firstSighting(sessionID, eventID string) bool {
 		seen.next = (seen.next + 1) % seenEventsPerSession
 	}
 	seen.ids[eventID] = struct{}{}
-	return true
 }

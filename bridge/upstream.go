@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -63,7 +64,9 @@ type call struct {
 	clientVersion string
 	status        chan *upstreamStatus
 	reported      bool
-	answered      bool
+	// answered is set once the request's answer is settled here; the
+	// watcher of a resumed stream reads it from another goroutine.
+	answered atomic.Bool
 	// key names the request in the store's requests in flight; tracked is
 	// set once it is recorded there.
 	key     string
@@ -193,11 +196,11 @@ func upstreamSessionLost(sess *sessionstore.Session, status int, body []byte) bo
 func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, c *call, resp *http.Response, isInit bool) {
 	defer resp.Body.Close()
 	upstreamSessionID := resp.Header.Get("Mcp-Session-Id")
-	onMessage := func(msg []byte, resumed bool) {
+	onMessage := func(msg []byte, resumed bool) bool {
 		env, err := PeekEnvelope(msg)
 		if err != nil {
 			b.log.Debug("dropping an invalid upstream message", zap.String("session", c.sessionID), zap.Error(err))
-			return
+			return false
 		}
 		// On the request's own stream a response is its answer (whatever
 		// the upstream made of its id); a resumed stream may replay others.
@@ -210,14 +213,14 @@ func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, 
 			// The response on a request's own stream answers that request;
 			// give it the client's id byte for byte.
 			b.answer(c, ReplaceID(msg, env, c.env.ID))
-			return
+			return true
 		}
-		b.relayOther(ctx, c.sessionID, msg, env)
+		return b.relayOther(ctx, c.sessionID, msg, env)
 	}
 	// Every event id, priming events' included, is where another replica
 	// would resume this stream, should this one die before the response.
 	onEventID := func(eventID string) {
-		if !c.tracked || c.answered {
+		if !c.tracked || c.answered.Load() {
 			return
 		}
 		if err := b.store.SetRequestEventID(ctx, c.sessionID, c.key, eventID); err != nil {
@@ -228,8 +231,7 @@ func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, 
 	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	switch {
 	case mt == "text/event-stream":
-		answered := func() bool { return c.answered || c.env.Kind != KindRequest }
-		b.relayStream(ctx, sess, c.client, resp.Body, "", answered, onMessage, onEventID)
+		b.relayStream(ctx, sess, c.client, resp.Body, "", b.answeredCheck(c), onMessage, onEventID)
 	case mt == "application/json":
 		body, err := readBody(io.LimitReader(resp.Body, b.cfg.MaxMessageSize+1), resp.ContentLength, b.cfg.MaxMessageSize)
 		switch {
@@ -252,7 +254,7 @@ func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, 
 			onMessage(body, false)
 		}
 	}
-	if c.env.Kind == KindRequest && !c.answered {
+	if c.env.Kind == KindRequest && !c.answered.Load() {
 		b.fail(c, "upstream ended the request without a response")
 	}
 }
@@ -367,10 +369,9 @@ func (b *Bridge) failFromHTTP(c *call, status int, body []byte) {
 // when another replica has claimed the request meanwhile (then it answers).
 // A request the client cancelled gets no answer.
 func (b *Bridge) answer(c *call, msg []byte) {
-	if c.answered {
+	if c.answered.Swap(true) {
 		return
 	}
-	c.answered = true
 	if b.wasCancelled(c.sessionID, c.env.ID) {
 		if c.tracked {
 			_, _ = b.store.ClaimRequest(b.background, c.sessionID, c.key)

@@ -135,10 +135,18 @@ func setupNode() error {
 		}
 		nodeBin = p
 	}
-	if _, err := os.Stat(filepath.Join(nodeDir, "node_modules", "@modelcontextprotocol", "sdk")); err == nil {
-		if _, err := os.Stat(everyPath); err == nil {
-			return nil
+	installed := true
+	for _, p := range []string{
+		filepath.Join(nodeDir, "node_modules", "@modelcontextprotocol", "sdk"),
+		filepath.Join(nodeDir, "node_modules", "sdk-old"),
+		everyPath,
+	} {
+		if _, err := os.Stat(p); err != nil {
+			installed = false
 		}
+	}
+	if installed {
+		return nil
 	}
 	npm, err := exec.LookPath("npm")
 	if err != nil {

@@ -8,13 +8,23 @@
 //
 // Usage:
 //   node replica-client.mjs --url http://127.0.0.1:PORT/sse [--timeout MS (30000)]
-//       [--header 'Name: value']...
+//       [--header 'Name: value']... [--sdk new|old]
+//
+// --sdk old runs the same client on an older official SDK (the npm alias sdk-old in
+// package.json: @modelcontextprotocol/sdk 1.12.3), whose EventSource reconnects with
+// neither Last-Event-ID nor MCP-Protocol-Version (that header came with 1.13.0). That SDK
+// has no fetch option, so its requests are recorded by wrapping globalThis.fetch, which it
+// calls for the event stream's GETs and for the POSTs.
 //
 // Lines printed on stdout:
+//   sdk <version>                   the SDK version in use (first line)
 //   get <status> <replica|-> pv=<MCP-Protocol-Version sent|-> lei=<Last-Event-ID sent|->
 //                                   each GET of the event stream: the first one and every
 //                                   reconnection of the SDK's EventSource
 //   session <sessionId>             whenever the POST endpoint's sessionId changes
+//   endpoint <sessionId>            each endpoint event (the first one, printed once
+//                                   connected, and every one after a reconnection; the SDK
+//                                   POSTs to it from then on)
 //   post <status|error> <replica|-> <method|response> <id|-> <tag|->
 //                                   each POST; tag is the call's tag (see call below)
 //   ready                           connected and initialised
@@ -34,11 +44,9 @@
 //   quit                                   close the session and exit 0 (so does EOF)
 // It exits 1 if it cannot connect, 2 on a usage error.
 
+import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
-import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { SSEClientTransport } from '@modelcontextprotocol/sdk/client/sse.js';
-import { McpError, ErrorCode } from '@modelcontextprotocol/sdk/types.js';
 
 let opts;
 try {
@@ -47,6 +55,7 @@ try {
       url: { type: 'string' },
       timeout: { type: 'string', default: '30000' },
       header: { type: 'string', multiple: true, default: [] },
+      sdk: { type: 'string', default: 'new' },
     },
     strict: true,
   }).values;
@@ -64,12 +73,20 @@ for (const h of opts.header) {
   }
   HEADERS[h.slice(0, i).trim()] = h.slice(i + 1).trim();
 }
-if (!opts.url || !(TIMEOUT > 0)) {
-  console.error("usage: node replica-client.mjs --url http://127.0.0.1:PORT/sse [--timeout MS] [--header 'Name: value']...");
+if (!opts.url || !(TIMEOUT > 0) || !['new', 'old'].includes(opts.sdk)) {
+  console.error("usage: node replica-client.mjs --url http://127.0.0.1:PORT/sse [--timeout MS] [--header 'Name: value']... [--sdk new|old]");
   process.exit(2);
 }
+const SDK = opts.sdk === 'old' ? 'sdk-old' : '@modelcontextprotocol/sdk';
+const { Client } = await import(`${SDK}/client/index.js`);
+const { SSEClientTransport } = await import(`${SDK}/client/sse.js`);
+const { McpError, ErrorCode } = await import(`${SDK}/types.js`);
+const sdkVersion = JSON.parse(
+  readFileSync(new URL(`./node_modules/${SDK}/package.json`, import.meta.url), 'utf8'),
+).version;
 
 const out = (line) => process.stdout.write(`${line}\n`);
+out(`sdk ${sdkVersion}`);
 const headerOf = (init, name) => {
   const h = init?.headers;
   if (!h) return null;
@@ -87,6 +104,7 @@ let gets = 0;
 let sessionId = null;
 
 // fetch used for the event stream's GETs and for the POSTs.
+const realFetch = globalThis.fetch;
 const recordingFetch = async (url, init) => {
   const method = init?.method ?? 'GET';
   if (method === 'GET') {
@@ -95,7 +113,7 @@ const recordingFetch = async (url, init) => {
     const lei = headerOf(init, 'last-event-id') ?? '-';
     let res;
     try {
-      res = await fetch(url, init);
+      res = await realFetch(url, init);
     } catch (e) {
       out(`get error - pv=${pv} lei=${lei}`);
       throw e;
@@ -121,7 +139,7 @@ const recordingFetch = async (url, init) => {
   }
   let res;
   try {
-    res = await fetch(url, init);
+    res = await realFetch(url, init);
   } catch (e) {
     out(`post error - ${what} ${id} ${tag}`);
     throw e;
@@ -130,10 +148,16 @@ const recordingFetch = async (url, init) => {
   return res;
 };
 
-const transport = new SSEClientTransport(new URL(opts.url), {
-  requestInit: { headers: HEADERS },
-  fetch: recordingFetch,
-});
+let transport;
+if (opts.sdk === 'old') {
+  globalThis.fetch = recordingFetch;
+  transport = new SSEClientTransport(new URL(opts.url), { requestInit: { headers: HEADERS } });
+} else {
+  transport = new SSEClientTransport(new URL(opts.url), {
+    requestInit: { headers: HEADERS },
+    fetch: recordingFetch,
+  });
+}
 
 // Count what goes out and what comes back. Protocol.connect installs its own onmessage
 // on the transport; the accessor wraps whatever it installs.
@@ -172,6 +196,12 @@ try {
   out(`connect-failed ${JSON.stringify(String(e?.message ?? e))}`);
   process.exit(1);
 }
+// Every endpoint event, the first one and those of the EventSource's reconnections. This
+// listener runs after the SDK's own (registered first), so once the line is out the SDK
+// POSTs to that endpoint.
+const endpointSession = (u) => new URL(String(u), opts.url).searchParams.get('sessionId') ?? '-';
+out(`endpoint ${endpointSession(transport._endpoint)}`);
+transport._eventSource?.addEventListener('endpoint', (e) => out(`endpoint ${endpointSession(e.data)}`));
 out('ready');
 
 async function call(tag, tool, args, withProgress) {
