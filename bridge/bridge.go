@@ -35,9 +35,16 @@ type Bridge struct {
 	// not drop answers in flight.
 	background context.Context
 	cancelBG   context.CancelFunc
-	// shuttingDown is closed by Shutdown to end every stream.
+	// shuttingDown is closed by Stop to end every stream and refuse new
+	// requests.
 	shuttingDown chan struct{}
 	shutdownOnce sync.Once
+	// work counts the goroutines answering requests (forwards, orphans),
+	// which Drain waits for.
+	work sync.WaitGroup
+	// pokes is closed, and replaced, to make every stream look for
+	// requests whose replica stopped (see takeOverLapsed).
+	pokes chan struct{}
 	// stopJanitor ends the expiry loop (Close).
 	stopJanitor chan struct{}
 	closeOnce   sync.Once
@@ -86,6 +93,7 @@ func New(cfg Config, store sessionstore.Store) (*Bridge, error) {
 		background:   bg,
 		cancelBG:     cancel,
 		shuttingDown: make(chan struct{}),
+		pokes:        make(chan struct{}),
 		stopJanitor:  make(chan struct{}),
 		inflight:     make(map[string]int),
 		cancelled:    make(map[string]map[string]struct{}),
@@ -108,14 +116,73 @@ func (b *Bridge) Close() {
 	b.closeIdleConnections()
 }
 
-// Shutdown ends every open stream with a final comment, so that clients
-// reconnect elsewhere, and cancels upstream work. For process exit.
-func (b *Bridge) Shutdown() {
-	b.shutdownOnce.Do(func() {
-		close(b.shuttingDown)
-		b.cancelBG()
-	})
+// Stop begins a shutdown: every open stream ends with a final comment, so
+// that clients reconnect elsewhere, and new requests get 503. Upstream
+// requests in flight run on; see Drain.
+func (b *Bridge) Stop() {
+	b.shutdownOnce.Do(func() { close(b.shuttingDown) })
+}
+
+// Drain waits until the requests in flight here are answered, or ctx ends;
+// then it cancels what still runs, leaving it (recorded in the store with
+// its upstream event id) to the other replicas, which this replica's
+// stopped heartbeat tells to take over at once. For process exit, after
+// Stop.
+func (b *Bridge) Drain(ctx context.Context) {
+	b.Stop()
+	done := make(chan struct{})
+	go func() {
+		b.work.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		b.log.Info("shutting down with requests still in flight: left to the other replicas")
+	}
+	b.cancelBG()
+	stopCtx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := b.store.Heartbeat(stopCtx, b.cfg.ReplicaID, 0); err != nil {
+		b.log.Warn("marking this replica stopped", zap.Error(err))
+	}
 	b.closeIdleConnections()
+}
+
+// WaitIdle waits until no request is being answered here.
+func (b *Bridge) WaitIdle() { b.work.Wait() }
+
+// Shutdown stops at once, without draining.
+func (b *Bridge) Shutdown() {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	b.Drain(ctx)
+}
+
+// stopping reports whether Stop was called.
+func (b *Bridge) stopping() bool {
+	select {
+	case <-b.shuttingDown:
+		return true
+	default:
+		return false
+	}
+}
+
+// pokeStreams makes every stream of this replica look for requests whose
+// replica stopped.
+func (b *Bridge) pokeStreams() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	close(b.pokes)
+	b.pokes = make(chan struct{})
+}
+
+// streamPokes returns the channel the next pokeStreams closes.
+func (b *Bridge) streamPokes() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.pokes
 }
 
 // closeIdleConnections releases pooled upstream connections; connections in
@@ -135,6 +202,13 @@ func (b *Bridge) Handles(r *http.Request) bool {
 // other paths get 404; use Handles to route them elsewhere.
 func (b *Bridge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !b.checkOrigin(w, r) {
+		return
+	}
+	if b.stopping() && r.Method != http.MethodOptions {
+		// Refused before anything is accepted: the client retries on
+		// another replica, and nothing it sent is lost here.
+		w.Header().Set("Retry-After", "1")
+		httpError(w, http.StatusServiceUnavailable, "server shutting down")
 		return
 	}
 	switch r.URL.Path {

@@ -22,10 +22,12 @@ func (b *Bridge) runJanitor() {
 	beat := time.NewTicker(b.heartbeatInterval())
 	defer beat.Stop()
 	b.heartbeat()
+	acted := map[string]time.Time{}
 	for {
 		select {
 		case <-beat.C:
 			b.heartbeat()
+			b.takeOverLapsed(acted)
 		case <-t.C:
 			b.reapExpired()
 			b.pruneCredentials()

@@ -18,6 +18,40 @@ func (b *Bridge) heartbeatInterval() time.Duration { return min(b.cfg.Keepalive,
 // heartbeatTTL is how long a beat counts: three intervals.
 func (b *Bridge) heartbeatTTL() time.Duration { return 3 * b.heartbeatInterval() }
 
+// takeOverLapsed makes this replica's streams answer, at once, the requests
+// of replicas whose heartbeat lapsed or that stopped, rather than at their
+// next keepalive. acted remembers the replicas seen lapsed (and when), so
+// that each is acted on once; it is pruned here.
+func (b *Bridge) takeOverLapsed(acted map[string]time.Time) {
+	ctx, cancel := context.WithTimeout(b.background, b.heartbeatTTL())
+	defer cancel()
+	now := b.now()
+	// A window wider than a beat tolerates clocks that differ a little.
+	lapsed, err := b.store.LapsedReplicas(ctx, now.Add(-lapseWindow), now)
+	if err != nil {
+		return
+	}
+	poke := false
+	for _, r := range lapsed {
+		if _, seen := acted[r]; !seen && r != b.cfg.ReplicaID {
+			acted[r] = now
+			poke = true
+			b.log.Info("a replica stopped: taking over its requests", zap.String("replica", r))
+		}
+	}
+	for r, at := range acted {
+		if at.Before(now.Add(-2 * lapseWindow)) {
+			delete(acted, r)
+		}
+	}
+	if poke {
+		b.pokeStreams()
+	}
+}
+
+// lapseWindow is how far back takeOverLapsed looks for lapsed replicas.
+const lapseWindow = time.Minute
+
 // heartbeat marks this replica alive.
 func (b *Bridge) heartbeat() {
 	ctx, cancel := context.WithTimeout(b.background, b.heartbeatTTL())
@@ -57,6 +91,7 @@ func (b *Bridge) recoverOrphans(ctx context.Context, sessionID string) {
 		}
 		b.log.Info("answering a request whose replica died",
 			zap.String("session", sessionID), zap.String("replica", r.Replica), zap.Bool("resumable", r.LastEventID != ""))
+		b.work.Add(1)
 		go b.answerOrphan(sessionID, key, r)
 	}
 }
@@ -67,6 +102,7 @@ func (b *Bridge) recoverOrphans(ctx context.Context, sessionID string) {
 // another stream settles it), resumes its upstream response stream, and
 // answers with an error when that is impossible or ends without a response.
 func (b *Bridge) answerOrphan(sessionID, key string, r sessionstore.Request) {
+	defer b.work.Done()
 	ctx := b.background
 	sess, err := b.store.Get(ctx, sessionID)
 	if err != nil {
@@ -97,7 +133,6 @@ func (b *Bridge) answerOrphan(sessionID, key string, r sessionstore.Request) {
 				}
 			})
 	}
-	// Settled elsewhere meanwhile, answer does nothing: the record is gone.
-	b.answer(c, errorMessage(r.ID, codeInternalError,
-		"the bridge replica forwarding this request stopped before the upstream answered"))
+	// Settled elsewhere meanwhile, this does nothing: the record is gone.
+	b.fail(c, "the bridge replica forwarding this request stopped before the upstream answered")
 }

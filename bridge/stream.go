@@ -173,6 +173,7 @@ func (ls *legacyStream) run(ctx context.Context) {
 		if !ls.relayMailbox(ctx) {
 			return
 		}
+		pokes := b.streamPokes()
 		var adoptTick <-chan time.Time
 		if ls.adoptTimer != nil {
 			adoptTick = ls.adoptTimer.C
@@ -190,6 +191,8 @@ func (ls *legacyStream) run(ctx context.Context) {
 			if !ls.write([]byte(": ping\n\n")) || !ls.renewLeases(ctx) {
 				return
 			}
+			b.recoverOrphans(ctx, ls.cur)
+		case <-pokes:
 			b.recoverOrphans(ctx, ls.cur)
 		case <-ctx.Done():
 			return

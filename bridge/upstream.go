@@ -101,6 +101,7 @@ func (c *call) report(st *upstreamStatus) {
 // forward sends one client message upstream and relays everything the
 // upstream answers to the session's mailbox.
 func (b *Bridge) forward(c *call) {
+	defer b.work.Done()
 	defer c.report(nil)
 	defer b.release(c.sessionID)
 	ctx := b.background
@@ -334,6 +335,12 @@ func (b *Bridge) do(ctx context.Context, method string, sess *sessionstore.Sessi
 // the client cancelled it. Failures of notifications and responses are only
 // logged: there is nobody to answer.
 func (b *Bridge) fail(c *call, message string) {
+	if b.background.Err() != nil {
+		// Cut short by a shutdown: its record (with the upstream event id)
+		// is left to the replica that takes over.
+		b.log.Info("request left to another replica", zap.String("session", c.sessionID), zap.String("reason", message))
+		return
+	}
 	if c.env.Kind != KindRequest {
 		b.log.Warn("upstream did not take a client message",
 			zap.String("session", c.sessionID), zap.String("method", c.env.Method), zap.String("reason", message))

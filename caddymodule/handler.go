@@ -5,6 +5,7 @@
 package caddymodule
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -72,6 +73,13 @@ type Handler struct {
 	// Default: 24h.
 	InitializeTTL caddy.Duration `json:"initialize_ttl,omitempty"`
 
+	// DrainTimeout bounds how long a replica that is shutting down (Caddy
+	// exiting, e.g. on SIGTERM in a rolling deployment) waits for the
+	// upstream requests in flight to be answered, after its streams ended
+	// and it stopped taking requests; what still runs then is resumed by
+	// another replica. Default: 10s.
+	DrainTimeout caddy.Duration `json:"drain_timeout,omitempty"`
+
 	// MaxMessageSize is the largest POST body, in bytes; larger ones get 413.
 	// It also bounds one message read from the upstream. Default: 4 MiB.
 	MaxMessageSize int64 `json:"max_message_size,omitempty"`
@@ -111,6 +119,11 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 
 // Provision sets up the store and the bridge.
 func (h *Handler) Provision(ctx caddy.Context) error {
+	// Caddy calls Validate only after Provision: check first, so that a bad
+	// option is refused before anything is made.
+	if err := h.Validate(); err != nil {
+		return err
+	}
 	h.logger = ctx.Logger()
 	if h.StoreRaw != nil {
 		mod, err := ctx.LoadModule(h, "StoreRaw")
@@ -155,40 +168,94 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("setting up the bridge: %w", err)
 	}
 
-	// End streams promptly when Caddy exits (an eternal grace period would
-	// otherwise wait for them forever), but not on a config reload, which
-	// must keep them.
+	// When Caddy exits, end streams at once (an eternal grace period would
+	// otherwise wait for them forever) and take no new requests; Cleanup
+	// then drains. A config reload keeps them.
 	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
 		b := h.bridge
 		srv.RegisterOnShutdown(func() {
 			if caddy.Exiting() {
-				b.Shutdown()
+				b.Stop()
 			}
 		})
 	}
 	return nil
 }
 
-// Validate checks the configuration.
+// Validate checks the configuration; each error names the option.
 func (h *Handler) Validate() error {
 	if h.Upstream == "" {
 		return fmt.Errorf("upstream is required")
 	}
-	if h.MaxMessageSize < 0 || h.MaxInflight < 0 || h.Keepalive < 0 || h.SessionTTL < 0 || h.AdoptHold < 0 || h.InitializeTTL < 0 {
-		return fmt.Errorf("sizes and durations must not be negative")
+	if u, err := url.Parse(h.Upstream); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		if !strings.Contains(h.Upstream, "{") { // placeholders are resolved later
+			return fmt.Errorf("upstream %q must be an absolute http:// or https:// URL", h.Upstream)
+		}
 	}
-	for _, p := range []string{h.SSEPath, h.MessagePath} {
+	for name, v := range map[string]int64{
+		"max_message_size": h.MaxMessageSize, "max_inflight": int64(h.MaxInflight),
+		"keepalive": int64(h.Keepalive), "session_ttl": int64(h.SessionTTL), "adopt_hold": int64(h.AdoptHold),
+		"initialize_ttl": int64(h.InitializeTTL), "drain_timeout": int64(h.DrainTimeout),
+	} {
+		if v < 0 {
+			return fmt.Errorf("%s must not be negative, got %d", name, v)
+		}
+	}
+	for name, p := range map[string]string{"sse_path": h.SSEPath, "message_path": h.MessagePath} {
 		if p != "" && !strings.HasPrefix(p, "/") {
-			return fmt.Errorf("path %q must start with /", p)
+			return fmt.Errorf("%s %q must start with /", name, p)
+		}
+	}
+	if h.SSEPath != "" && h.SSEPath == h.MessagePath {
+		return fmt.Errorf("sse_path and message_path must differ, both are %q", h.SSEPath)
+	}
+	switch bridge.AdoptMode(h.Adopt) {
+	case "", bridge.AdoptAny, bridge.AdoptAuthenticated, bridge.AdoptOff:
+	default:
+		return fmt.Errorf("adopt must be any, authenticated or off, not %q", h.Adopt)
+	}
+	for _, o := range h.AllowedOrigins {
+		if o == "*" {
+			continue
+		}
+		if u, err := url.Parse(o); err != nil || u.Scheme == "" || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			return fmt.Errorf("allowed_origins: %q is not an origin (scheme://host[:port]) or *", o)
 		}
 	}
 	return nil
 }
 
-// Cleanup stops the bridge's background work. Streams and upstream requests
-// in flight carry on to their end, so that a reload loses nothing.
+// defaultDrainTimeout is DrainTimeout's default.
+const defaultDrainTimeout = 10 * time.Second
+
+// Cleanup unloads this configuration. On a reload, streams and upstream
+// requests in flight carry on to their end, so that nothing is lost; the
+// store stays open for them. When Caddy exits, the bridge drains first.
+// When the store itself went away (a reload to another Redis), the streams
+// end, so that their clients reconnect to the new configuration.
 func (h *Handler) Cleanup() error {
 	if h.bridge != nil {
+		release, storeGone := retainStore(h.store)
+		switch {
+		case caddy.Exiting():
+			drain := time.Duration(h.DrainTimeout)
+			if drain == 0 {
+				drain = defaultDrainTimeout
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), drain)
+			h.bridge.Drain(ctx)
+			cancel()
+			release()
+		case storeGone:
+			h.bridge.Stop()
+			fallthrough
+		default:
+			b := h.bridge
+			go func() {
+				b.WaitIdle()
+				release()
+			}()
+		}
 		h.bridge.Close()
 	}
 	if h.defaultStore != nil {

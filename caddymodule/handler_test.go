@@ -1,12 +1,17 @@
 package caddymodule
 
 import (
+	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore"
 )
 
 func provisioned(t *testing.T, h *Handler) *Handler {
@@ -51,44 +56,81 @@ func TestOtherPathsGoToNextHandler(t *testing.T) {
 	}
 }
 
+// TestValidateRejectsBadConfig: every invalid option is refused, by
+// Provision too (Caddy validates only after provisioning), before anything
+// is made, with a message that names the option.
 func TestValidateRejectsBadConfig(t *testing.T) {
-	for name, h := range map[string]*Handler{
-		"no upstream":   {},
-		"relative path": {Upstream: "http://x/mcp", SSEPath: "sse"},
-		"negative size": {Upstream: "http://x/mcp", MaxMessageSize: -1},
+	for want, h := range map[string]*Handler{
+		"upstream is required":             {},
+		"absolute http:// or https:// URL": {Upstream: "ftp://x/mcp"},
+		"upstream \"/mcp\"":                {Upstream: "/mcp"},
+		"sse_path":                         {Upstream: "http://x/mcp", SSEPath: "sse"},
+		"message_path":                     {Upstream: "http://x/mcp", MessagePath: "messages"},
+		"must differ":                      {Upstream: "http://x/mcp", SSEPath: "/a", MessagePath: "/a"},
+		"max_message_size":                 {Upstream: "http://x/mcp", MaxMessageSize: -1},
+		"max_inflight":                     {Upstream: "http://x/mcp", MaxInflight: -1},
+		"keepalive":                        {Upstream: "http://x/mcp", Keepalive: -1},
+		"session_ttl":                      {Upstream: "http://x/mcp", SessionTTL: -1},
+		"adopt_hold":                       {Upstream: "http://x/mcp", AdoptHold: -1},
+		"initialize_ttl":                   {Upstream: "http://x/mcp", InitializeTTL: -1},
+		"drain_timeout":                    {Upstream: "http://x/mcp", DrainTimeout: -1},
+		"adopt must be":                    {Upstream: "http://x/mcp", Adopt: "maybe"},
+		"allowed_origins":                  {Upstream: "http://x/mcp", AllowedOrigins: []string{"example.com"}},
 	} {
-		if err := h.Validate(); err == nil {
-			t.Errorf("%s: Validate accepted %+v", name, h)
+		err := h.Validate()
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate(%+v) = %v, want an error naming %q", h, err, want)
 		}
-	}
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
-	defer cancel()
-	bad := &Handler{Upstream: "ftp://x/mcp"}
-	if err := bad.Provision(ctx); err == nil {
-		t.Error("Provision accepted an ftp upstream")
-	}
-	if err := bad.Cleanup(); err != nil {
-		t.Errorf("cleanup after a failed provision: %v", err)
-	}
-	if n, ok := stores.References(bad.defaultStore.key); ok || n != 0 {
-		t.Errorf("store pool holds %d references after cleanup", n)
+		ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
+		if err := h.Provision(ctx); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Provision(%+v) = %v, want an error naming %q", h, err, want)
+		}
+		if err := h.Cleanup(); err != nil {
+			t.Errorf("cleanup after a failed provision: %v", err)
+		}
+		cancel()
+		if n, ok := stores.References(memoryStoreKey); ok || n != 0 {
+			t.Errorf("store pool holds %d references after a failed provision", n)
+		}
 	}
 }
 
+// TestMemoryStoreIsSharedAcrossReloads: the embedded store outlives any
+// reload, whatever its options: they are applied in place.
 func TestMemoryStoreIsSharedAcrossReloads(t *testing.T) {
 	a := provisioned(t, &Handler{Upstream: "http://127.0.0.1:1/mcp"})
-	b := provisioned(t, &Handler{Upstream: "http://127.0.0.1:1/mcp"})
+	b := provisioned(t, &Handler{Upstream: "http://127.0.0.1:1/mcp",
+		StoreRaw: json.RawMessage(`{"backend":"memory","max_sessions":1,"max_pending":7}`)})
 	if a.store.SessionStore() != b.store.SessionStore() {
-		t.Fatal("two configs with the same memory store settings got different stores")
+		t.Fatal("a reload that changed the memory store's limits made a new store: its sessions would be lost")
+	}
+	st := b.store.SessionStore()
+	ctx := t.Context()
+	if err := st.Create(ctx, &sessionstore.Session{ID: "one"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Create(ctx, &sessionstore.Session{ID: "two"}); !errors.Is(err, sessionstore.ErrTooManySessions) {
+		t.Errorf("second session with max_sessions 1 applied in place: %v, want ErrTooManySessions", err)
 	}
 }
 
 func TestRedisStoreNeedsAnAddress(t *testing.T) {
-	if err := (&RedisStore{}).Validate(); err == nil {
-		t.Fatal("a redis store without addresses validated")
-	}
-	if err := (&RedisStore{Addresses: []string{"127.0.0.1:6379"}, DB: -1}).Validate(); err == nil {
-		t.Fatal("a negative db validated")
+	for want, r := range map[string]*RedisStore{
+		"address is required": {},
+		"db":                  {Addresses: []string{"127.0.0.1:6379"}, DB: -1},
+		"pool_size":           {Addresses: []string{"127.0.0.1:6379"}, PoolSize: -2},
+		"max_pending":         {Addresses: []string{"127.0.0.1:6379"}, MaxPending: -2},
+		"key_prefix":          {Addresses: []string{"127.0.0.1:6379"}, KeyPrefix: "a{b}"},
+		"redis://":            {Addresses: []string{"redis://:secret@127.0.0.1:6379/notadb"}},
+		"Cluster":             {Addresses: []string{"127.0.0.1:7000", "127.0.0.1:7001"}, DB: 2},
+	} {
+		err := r.Validate()
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate(%+v) = %v, want an error naming %q", r, err, want)
+		}
+		if err != nil && strings.Contains(err.Error(), "secret") {
+			t.Errorf("the error shows the password: %v", err)
+		}
 	}
 }
 

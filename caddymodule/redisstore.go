@@ -2,13 +2,12 @@ package caddymodule
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
+	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -75,23 +74,54 @@ func (RedisStore) CaddyModule() caddy.ModuleInfo {
 // subscription included.
 const defaultRedisPoolSize = 6
 
+// pooledRedis is one Redis store, shared by every configuration that names
+// the same data (addresses, db, master name, key prefix). A reload that
+// changes how to reach it (credentials, TLS, pool size) swaps its client in
+// place; one that changes its limits sets them in place.
 type pooledRedis struct {
-	client goredis.UniversalClient
-	store  *redisstore.Store
+	store *redisstore.Store
+
+	mu       sync.Mutex
+	client   goredis.UniversalClient
+	clientFP string // identifies the client's options, without secrets
 }
 
-func (p pooledRedis) Destruct() error {
+func (p *pooledRedis) Destruct() error {
 	err := p.store.Close()
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if cerr := p.client.Close(); err == nil {
 		err = cerr
 	}
 	return err
 }
 
+// oldClientGrace is how long a client replaced by a reload stays open for
+// the operations still using it (each is bounded by the read timeout).
+const oldClientGrace = 10 * time.Second
+
+// reconfigure applies a configuration's client options and limits to the
+// pooled store.
+func (p *pooledRedis) reconfigure(opts *goredis.UniversalOptions, clientFP string, maxSessions, maxPending int, logger *zap.Logger) {
+	p.store.SetLimits(maxSessions, maxPending)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if clientFP == p.clientFP {
+		return
+	}
+	old := p.store.SwapClient(goredis.NewUniversalClient(opts))
+	p.client, p.clientFP = p.store.Client(), clientFP
+	logger.Info("redis client options changed: new client in place, sessions kept")
+	time.AfterFunc(oldClientGrace, func() { _ = old.Close() })
+}
+
 // Provision finds or makes the client and store for this configuration. It
 // does not fail when Redis is unreachable: the bridge answers 503 until it
 // is back.
 func (r *RedisStore) Provision(ctx caddy.Context) error {
+	if err := r.Validate(); err != nil {
+		return err
+	}
 	logger := ctx.Logger()
 	repl := caddy.NewReplacer()
 	opts := &goredis.UniversalOptions{
@@ -142,10 +172,11 @@ func (r *RedisStore) Provision(ctx caddy.Context) error {
 		opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	}
 
-	// The pool key identifies the configuration without holding the secret.
-	fingerprint, _ := json.Marshal([]any{opts.Addrs, opts.Username, opts.Password, opts.DB, opts.MasterName, useTLS, r.KeyPrefix, r.MaxSessions, r.MaxPending, opts.PoolSize})
-	sum := sha256.Sum256(fingerprint)
-	r.key = "redis/" + hex.EncodeToString(sum[:])
+	// The pool key names the data (so that a reload keeps the store and its
+	// sessions); the client's own options are applied in place. Neither
+	// holds the secret.
+	r.key = "redis/" + hashOf(opts.Addrs, opts.DB, opts.MasterName, r.KeyPrefix)
+	clientFP := hashOf(opts.Username, opts.Password, useTLS, opts.PoolSize)
 
 	v, loaded, err := stores.LoadOrNew(r.key, func() (caddy.Destructor, error) {
 		client := goredis.NewUniversalClient(opts)
@@ -159,18 +190,27 @@ func (r *RedisStore) Provision(ctx caddy.Context) error {
 			_ = client.Close()
 			return nil, err
 		}
-		return pooledRedis{client: client, store: store}, nil
+		return &pooledRedis{client: client, clientFP: clientFP, store: store}, nil
 	})
 	if err != nil {
 		return fmt.Errorf("setting up the redis store: %w", err)
 	}
-	r.store = v.(pooledRedis).store
+	pooled := v.(*pooledRedis)
+	if loaded {
+		pooled.reconfigure(opts, clientFP, r.MaxSessions, r.MaxPending, logger)
+	}
+	r.store = pooled.store
 	if !loaded {
 		pingCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
 		if err := r.store.Ping(pingCtx); err != nil {
-			logger.Warn("redis is not reachable yet; new sessions get 503 until it is",
-				zap.Strings("addresses", opts.Addrs), zap.Error(err))
+			if isAuthError(err) {
+				logger.Error("redis refused the credentials (username/password): every request will get 503 until they are fixed",
+					zap.Strings("addresses", opts.Addrs), zap.Error(err))
+			} else {
+				logger.Warn("redis is not reachable yet; new sessions get 503 until it is",
+					zap.Strings("addresses", opts.Addrs), zap.Error(err))
+			}
 		}
 	}
 	return nil
@@ -179,12 +219,38 @@ func (r *RedisStore) Provision(ctx caddy.Context) error {
 // Validate checks the configuration.
 func (r *RedisStore) Validate() error {
 	if len(r.Addresses) == 0 {
-		return fmt.Errorf("redis store: at least one address is required")
+		return fmt.Errorf("redis store: address is required (host:port, or a redis:// or rediss:// URL)")
 	}
-	if r.DB < 0 || r.MaxSessions < 0 || r.MaxPending < 0 || r.PoolSize < 0 {
-		return fmt.Errorf("redis store: db, max_sessions, max_pending and pool_size must not be negative")
+	for _, a := range r.Addresses {
+		if a == "" {
+			return fmt.Errorf("redis store: address must not be empty")
+		}
+		if strings.Contains(a, "://") && !strings.Contains(a, "{") {
+			if _, err := goredis.ParseURL(a); err != nil {
+				return fmt.Errorf("redis store: address %q: %w", redactURL(a), err)
+			}
+		}
+	}
+	for name, v := range map[string]int{"db": r.DB, "max_sessions": r.MaxSessions, "max_pending": r.MaxPending, "pool_size": r.PoolSize} {
+		if v < 0 {
+			return fmt.Errorf("redis store: %s must not be negative, got %d", name, v)
+		}
+	}
+	if strings.ContainsAny(r.KeyPrefix, "{}") {
+		return fmt.Errorf("redis store: key_prefix %q must not contain '{' or '}'", r.KeyPrefix)
+	}
+	if len(r.Addresses) > 1 && r.DB != 0 && r.MasterName == "" {
+		return fmt.Errorf("redis store: db cannot be used with a Cluster (several addresses without master_name)")
 	}
 	return nil
+}
+
+// redactURL hides the password of a redis:// URL for an error message.
+func redactURL(a string) string {
+	if u, err := url.Parse(a); err == nil {
+		return u.Redacted()
+	}
+	return "(unparsable URL)"
 }
 
 // Cleanup releases this configuration's hold on the store.
@@ -198,6 +264,8 @@ func (r *RedisStore) Cleanup() error {
 
 // SessionStore implements StoreModule.
 func (r *RedisStore) SessionStore() sessionstore.Store { return r.store }
+
+func (r *RedisStore) poolKey() string { return r.key }
 
 // UnmarshalCaddyfile sets up the Redis store from Caddyfile tokens. Syntax:
 //
@@ -281,3 +349,14 @@ var (
 	_ caddyfile.Unmarshaler = (*RedisStore)(nil)
 	_ StoreModule           = (*RedisStore)(nil)
 )
+
+// isAuthError recognises Redis's answers to wrong or missing credentials.
+func isAuthError(err error) bool {
+	msg := err.Error()
+	for _, code := range []string{"WRONGPASS", "NOAUTH", "NOPERM", "invalid password", "invalid username-password"} {
+		if strings.Contains(msg, code) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,6 +1,9 @@
 package caddymodule
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 
 	"github.com/caddyserver/caddy/v2"
@@ -18,6 +21,26 @@ func init() {
 // namespace http.handlers.mcp_sse_bridge.stores.
 type StoreModule interface {
 	SessionStore() sessionstore.Store
+	// poolKey names the store in the stores pool.
+	poolKey() string
+}
+
+// retainStore takes one more hold on a pooled store, so that it stays open
+// while work of a configuration being unloaded (requests in flight, a
+// shutdown's drain) still uses it, whatever order Caddy cleans modules up
+// in. It returns the function that gives the hold back, and whether the
+// store would have been destroyed without it (no other configuration uses
+// it: the store went away).
+func retainStore(m StoreModule) (release func(), lastUser bool) {
+	key := m.poolKey()
+	refs, _ := stores.References(key)
+	_, _, err := stores.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return nil, fmt.Errorf("store %s is gone", key)
+	})
+	if err != nil {
+		return func() {}, true
+	}
+	return func() { _, _ = stores.Delete(key) }, refs <= 1
 }
 
 // stores holds the session stores, keyed by their configuration, so that a
@@ -51,10 +74,19 @@ type pooledMemory struct{ *memory.Store }
 
 func (pooledMemory) Destruct() error { return nil }
 
-// Provision finds or makes the store for this configuration.
+// memoryStoreKey names the one embedded store of this process: every
+// configuration and site shares it, so that a reload keeps its sessions
+// whatever changed; its limits are those of the latest configuration.
+const memoryStoreKey = "memory"
+
+// Provision finds or makes the process's store and applies this
+// configuration's limits to it.
 func (m *MemoryStore) Provision(caddy.Context) error {
-	m.key = fmt.Sprintf("memory/%d/%d", m.MaxSessions, m.MaxPending)
-	v, _, err := stores.LoadOrNew(m.key, func() (caddy.Destructor, error) {
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	m.key = memoryStoreKey
+	v, loaded, err := stores.LoadOrNew(m.key, func() (caddy.Destructor, error) {
 		return pooledMemory{memory.New(memory.Options{
 			MaxSessions:  m.MaxSessions,
 			MaxPending:   m.MaxPending,
@@ -65,6 +97,20 @@ func (m *MemoryStore) Provision(caddy.Context) error {
 		return err
 	}
 	m.store = v.(pooledMemory).Store
+	if loaded {
+		m.store.SetLimits(m.MaxSessions, m.MaxPending)
+	}
+	return nil
+}
+
+// Validate checks the limits.
+func (m *MemoryStore) Validate() error {
+	if m.MaxSessions < 0 {
+		return fmt.Errorf("memory store: max_sessions must not be negative, got %d", m.MaxSessions)
+	}
+	if m.MaxPending < 0 {
+		return fmt.Errorf("memory store: max_pending must not be negative, got %d", m.MaxPending)
+	}
 	return nil
 }
 
@@ -79,6 +125,8 @@ func (m *MemoryStore) Cleanup() error {
 
 // SessionStore implements StoreModule.
 func (m *MemoryStore) SessionStore() sessionstore.Store { return m.store }
+
+func (m *MemoryStore) poolKey() string { return m.key }
 
 // UnmarshalCaddyfile sets up the memory store from Caddyfile tokens. Syntax:
 //
@@ -115,3 +163,11 @@ var (
 	_ caddyfile.Unmarshaler = (*MemoryStore)(nil)
 	_ StoreModule           = (*MemoryStore)(nil)
 )
+
+// hashOf identifies a list of configuration values without revealing them
+// (a password among them).
+func hashOf(values ...any) string {
+	b, _ := json.Marshal(values)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16])
+}

@@ -178,6 +178,10 @@ type Request struct {
 	LastEventID string `json:"last_event_id,omitempty"`
 }
 
+// LapsedReplicaMemory is how long stores keep a replica whose heartbeat
+// lapsed, for LapsedReplicas.
+const LapsedReplicaMemory = time.Hour
+
 // OwnerReplica returns the replica part of a Session.Owner value.
 func OwnerReplica(owner string) string {
 	replica, _, _ := strings.Cut(owner, "/")
@@ -201,8 +205,14 @@ type Requests interface {
 	ClaimRequest(ctx context.Context, sessionID, key string) (bool, error)
 	// ListRequests returns the session's requests in flight, by key.
 	ListRequests(ctx context.Context, sessionID string) (map[string]Request, error)
-	// Heartbeat marks the replica alive for ttl.
+	// Heartbeat marks the replica alive for ttl; a ttl of zero or less marks
+	// it stopped at once (a replica that drained on shutdown).
 	Heartbeat(ctx context.Context, replica string, ttl time.Duration) error
+	// LapsedReplicas lists the replicas whose last heartbeat ran out after
+	// since and no later than now (kept for at least an hour), so that the
+	// others take over their work at once rather than when they happen to
+	// look.
+	LapsedReplicas(ctx context.Context, since, now time.Time) ([]string, error)
 	// ReplicaAlive reports whether the replica's last heartbeat is still valid.
 	ReplicaAlive(ctx context.Context, replica string) (bool, error)
 }

@@ -3,12 +3,19 @@
 package memory
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"sync"
 	"time"
 
 	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore"
+)
+
+// Defaults for Options fields left zero.
+const (
+	DefaultMaxSessions = 10000
+	DefaultMaxPending  = 1024
 )
 
 // Options bound the store.
@@ -54,16 +61,26 @@ type entry struct {
 // New returns an empty store.
 func New(opts Options) *Store {
 	if opts.MaxSessions <= 0 {
-		opts.MaxSessions = 10000
+		opts.MaxSessions = DefaultMaxSessions
 	}
 	if opts.MaxPending <= 0 {
-		opts.MaxPending = 1024
+		opts.MaxPending = DefaultMaxPending
 	}
 	if opts.ReplayWindow < 0 {
 		opts.ReplayWindow = 0
 	}
 	return &Store{opts: opts, sessions: make(map[string]*entry), replicas: make(map[string]time.Time),
 		initializes: make(map[string]rememberedInitialize)}
+}
+
+// SetLimits changes MaxSessions and MaxPending in place (a configuration
+// reload); zero or less means the default. Sessions and messages already
+// held beyond a lowered limit stay.
+func (st *Store) SetLimits(maxSessions, maxPending int) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.opts.MaxSessions = cmp.Or(max(maxSessions, 0), DefaultMaxSessions)
+	st.opts.MaxPending = cmp.Or(max(maxPending, 0), DefaultMaxPending)
 }
 
 func copySession(s *sessionstore.Session) *sessionstore.Session {
@@ -402,13 +419,26 @@ func (st *Store) Heartbeat(_ context.Context, replica string, ttl time.Duration)
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	now := time.Now()
-	st.replicas[replica] = now.Add(ttl)
+	st.replicas[replica] = now.Add(max(ttl, 0))
 	for r, until := range st.replicas {
-		if until.Before(now) {
+		if until.Before(now.Add(-sessionstore.LapsedReplicaMemory)) {
 			delete(st.replicas, r)
 		}
 	}
 	return nil
+}
+
+// LapsedReplicas implements sessionstore.Store.
+func (st *Store) LapsedReplicas(_ context.Context, since, now time.Time) ([]string, error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	var out []string
+	for r, until := range st.replicas {
+		if until.After(since) && !until.After(now) {
+			out = append(out, r)
+		}
+	}
+	return out, nil
 }
 
 // ReplicaAlive implements sessionstore.Store.

@@ -19,7 +19,9 @@
 //     (the JSON-RPC id, byte for byte) and e:K (the last event id).
 //
 // A replica's heartbeat is the key mcpbridge:replica:<replica>, which
-// expires with the heartbeat.
+// expires with the heartbeat; the sorted set mcpbridge:replicas scores each
+// replica by when its last heartbeat ends (Unix ms), for LapsedReplicas, and
+// forgets replicas an hour after that.
 //
 // Two kinds of index, in other slots, are written next to the session
 // (Create reserves the expiry entry first, so that no session escapes the

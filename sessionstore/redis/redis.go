@@ -1,6 +1,7 @@
 package redis
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -12,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -78,16 +80,23 @@ type Options struct {
 // Store is a sessionstore.Store on Redis (single server, Sentinel or
 // Cluster). See the package documentation for the key layout.
 type Store struct {
-	client goredis.UniversalClient
-	opts   Options
-	log    *zap.Logger
+	// client is the current client (SwapClient replaces it), under
+	// clientMu.
+	clientMu sync.RWMutex
+	client   goredis.UniversalClient
+	opts     Options
+	log      *zap.Logger
+	// The limits, which SetLimits changes in place.
+	maxSessions, maxPending atomic.Int64
 
 	prefix  string
 	expiry  string // ZSET of all sessions by ExpiresAt
 	channel string // wake-up channel
 
+	// pubsub is the wake-up subscription on the current client, and done is
+	// closed when its listener ends; both under clientMu.
 	pubsub    *goredis.PubSub
-	done      chan struct{} // closed when the subscriber goroutine ends
+	done      chan struct{}
 	ready     chan struct{} // closed on the first subscription confirmation
 	readyOnce sync.Once
 	closeOnce sync.Once
@@ -141,11 +150,51 @@ func New(client goredis.UniversalClient, opts Options) (*Store, error) {
 		ready:   make(chan struct{}),
 		subs:    make(map[string]map[chan struct{}]struct{}),
 	}
-	// Subscribe does not wait for Redis: if it is down, go-redis keeps
-	// reconnecting and resubscribing in the background.
-	s.pubsub = client.Subscribe(context.Background(), s.channel)
-	go s.listen(s.pubsub.ChannelWithSubscriptions())
+	s.SetLimits(opts.MaxSessions, opts.MaxPending)
+	s.subscribe()
 	return s, nil
+}
+
+// subscribe starts the wake-up subscription on the current client. It does
+// not wait for Redis: if it is down, go-redis keeps reconnecting and
+// resubscribing in the background. Call with clientMu held or before the
+// store is shared.
+func (s *Store) subscribe() {
+	s.pubsub = s.client.Subscribe(context.Background(), s.channel)
+	go s.listen(s.pubsub.ChannelWithSubscriptions(), s.done)
+}
+
+// Client returns the store's current client.
+func (s *Store) Client() goredis.UniversalClient { return s.rdb() }
+
+// rdb returns the current client.
+func (s *Store) rdb() goredis.UniversalClient {
+	s.clientMu.RLock()
+	defer s.clientMu.RUnlock()
+	return s.client
+}
+
+// SwapClient makes client the store's client (a configuration reload that
+// changed how to reach the same Redis: credentials, TLS, pool size) and
+// returns the previous one, whose wake-up subscription it ends. Sessions,
+// streams and subscribers carry on; the caller closes the old client once
+// the operations still using it are done.
+func (s *Store) SwapClient(client goredis.UniversalClient) goredis.UniversalClient {
+	s.clientMu.Lock()
+	old, oldSub, oldDone := s.client, s.pubsub, s.done
+	s.client, s.done = client, make(chan struct{})
+	s.subscribe()
+	s.clientMu.Unlock()
+	_ = oldSub.Close()
+	<-oldDone
+	return old
+}
+
+// SetLimits changes MaxSessions and MaxPending in place (a configuration
+// reload); zero or less means the default.
+func (s *Store) SetLimits(maxSessions, maxPending int) {
+	s.maxSessions.Store(int64(cmp.Or(max(maxSessions, 0), DefaultMaxSessions)))
+	s.maxPending.Store(int64(cmp.Or(max(maxPending, 0), DefaultMaxPending)))
 }
 
 // Close stops the wake-up subscriber. It does not close the client. Open
@@ -155,6 +204,8 @@ func (s *Store) Close() error {
 		s.mu.Lock()
 		s.closed = true
 		s.mu.Unlock()
+		s.clientMu.Lock()
+		defer s.clientMu.Unlock()
 		_ = s.pubsub.Close()
 		<-s.done
 	})
@@ -163,7 +214,7 @@ func (s *Store) Close() error {
 
 // Ping checks that Redis answers.
 func (s *Store) Ping(ctx context.Context) error {
-	if err := s.client.Ping(ctx).Err(); err != nil {
+	if err := s.rdb().Ping(ctx).Err(); err != nil {
 		return unavailable("ping", err)
 	}
 	return nil
@@ -176,6 +227,7 @@ func (s *Store) hashKey(id string) string     { return s.prefix + "{" + id + "}"
 func (s *Store) mailboxKey(id string) string  { return s.prefix + "{" + id + "}:m" }
 func (s *Store) requestsKey(id string) string { return s.prefix + "{" + id + "}:r" }
 func (s *Store) replicaKey(r string) string   { return s.prefix + "replica:" + r }
+func (s *Store) replicasKey() string          { return s.prefix + "replicas" }
 func (s *Store) adoptKey(fp string) string    { return s.prefix + "adopt:" + fp }
 
 // initializeKey names a caller's remembered initialize for an upstream; the
@@ -256,12 +308,12 @@ func (s *Store) Create(ctx context.Context, sess *sessionstore.Session) error {
 	// count): a session then never exists without an index entry that
 	// leads the janitor to it, and a stale entry left by a failure here is
 	// dropped by Expired.
-	reserved, err := indexAddScript.Run(ctx, s.client, []string{s.expiry}, exp, id, ttl, s.opts.MaxSessions).Int()
+	reserved, err := indexAddScript.Run(ctx, s.rdb(), []string{s.expiry}, exp, id, ttl, s.maxSessions.Load()).Int()
 	if err != nil {
 		return unavailable("reserving session", err)
 	}
 	if reserved == 0 {
-		n, err := s.client.Exists(ctx, s.hashKey(id)).Result()
+		n, err := s.rdb().Exists(ctx, s.hashKey(id)).Result()
 		switch {
 		case err != nil:
 			return unavailable("creating session", err)
@@ -272,7 +324,7 @@ func (s *Store) Create(ctx context.Context, sess *sessionstore.Session) error {
 		}
 	}
 
-	created, err := createScript.Run(ctx, s.client, []string{s.hashKey(id), s.mailboxKey(id), s.requestsKey(id)},
+	created, err := createScript.Run(ctx, s.rdb(), []string{s.hashKey(id), s.mailboxKey(id), s.requestsKey(id)},
 		rec, sess.Owner, exp, sess.Fingerprint, ttl).Int()
 	if err != nil {
 		return unavailable("creating session", err)
@@ -293,7 +345,7 @@ func (s *Store) Get(ctx context.Context, id string) (*sessionstore.Session, erro
 	if id == "" {
 		return nil, sessionstore.ErrNotFound
 	}
-	vals, err := s.client.HMGet(ctx, s.hashKey(id), "rec", "acked").Result()
+	vals, err := s.rdb().HMGet(ctx, s.hashKey(id), "rec", "acked").Result()
 	if err != nil {
 		return nil, unavailable("reading session", err)
 	}
@@ -316,7 +368,7 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*sessionstore.Ses
 				return nil, unavailable("updating session", err)
 			}
 		}
-		vals, err := s.client.HMGet(ctx, keys[0], "rec", "acked", "v").Result()
+		vals, err := s.rdb().HMGet(ctx, keys[0], "rec", "acked", "v").Result()
 		if err != nil {
 			return nil, unavailable("reading session", err)
 		}
@@ -336,7 +388,7 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*sessionstore.Ses
 			return nil, err
 		}
 		exp, ttl := score(next.ExpiresAt), s.keyTTL(next.ExpiresAt)
-		res, err := updateScript.Run(ctx, s.client, keys,
+		res, err := updateScript.Run(ctx, s.rdb(), keys,
 			version, rec, next.Owner, exp, next.Fingerprint, ttl).Int()
 		if err != nil {
 			return nil, unavailable("updating session", err)
@@ -399,14 +451,14 @@ func (s *Store) syncIndexes(ctx context.Context, id string, exp int64, fp, oldFp
 		if err := s.runScripts(ctx, calls, extra...); err != nil {
 			return err
 		}
-		vals, err := s.client.HMGet(ctx, s.hashKey(id), "exp", "fp").Result()
+		vals, err := s.rdb().HMGet(ctx, s.hashKey(id), "exp", "fp").Result()
 		if err != nil {
 			return err
 		}
 		curExp, ok := vals[0].(string)
 		if !ok {
 			// Deleted meanwhile: take the entries out again.
-			_, err := s.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+			_, err := s.rdb().Pipelined(ctx, func(p goredis.Pipeliner) error {
 				p.ZRem(ctx, s.expiry, id)
 				p.ZRem(ctx, s.adoptKey(fp), id)
 				return nil
@@ -437,7 +489,7 @@ type scriptCall struct {
 // back to EVAL for scripts a node has not cached yet. In a Cluster the
 // pipeline fans out to the nodes concerned.
 func (s *Store) runScripts(ctx context.Context, calls []*scriptCall, cmds ...goredis.Cmder) error {
-	pipe := s.client.Pipeline()
+	pipe := s.rdb().Pipeline()
 	for _, c := range calls {
 		c.cmd = c.script.EvalSha(ctx, pipe, c.keys, c.args...)
 	}
@@ -447,7 +499,7 @@ func (s *Store) runScripts(ctx context.Context, calls []*scriptCall, cmds ...gor
 	_, _ = pipe.Exec(ctx)
 	for _, c := range calls {
 		if err := c.cmd.Err(); err != nil && goredis.HasErrorPrefix(err, "NOSCRIPT") {
-			c.cmd = c.script.Run(ctx, s.client, c.keys, c.args...)
+			c.cmd = c.script.Run(ctx, s.rdb(), c.keys, c.args...)
 		}
 		if err := c.cmd.Err(); err != nil {
 			return err
@@ -468,7 +520,7 @@ func (s *Store) Delete(ctx context.Context, id string) (bool, error) {
 	if id == "" {
 		return false, nil
 	}
-	res, err := deleteScript.Run(ctx, s.client, []string{s.hashKey(id), s.mailboxKey(id), s.requestsKey(id)}, s.channel, id).Slice()
+	res, err := deleteScript.Run(ctx, s.rdb(), []string{s.hashKey(id), s.mailboxKey(id), s.requestsKey(id)}, s.channel, id).Slice()
 	if errors.Is(err, goredis.Nil) {
 		return false, nil
 	}
@@ -479,7 +531,7 @@ func (s *Store) Delete(ctx context.Context, id string) (bool, error) {
 	if len(res) > 0 {
 		fp, _ = res[0].(string)
 	}
-	if _, err := s.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+	if _, err := s.rdb().Pipelined(ctx, func(p goredis.Pipeliner) error {
 		p.ZRem(ctx, s.expiry, id)
 		p.ZRem(ctx, s.adoptKey(fp), id)
 		return nil
@@ -493,7 +545,7 @@ func (s *Store) Delete(ctx context.Context, id string) (bool, error) {
 // load reads the records of ids in one pipeline; missing sessions are nil.
 func (s *Store) load(ctx context.Context, ids []string) ([]*sessionstore.Session, error) {
 	cmds := make([]*goredis.SliceCmd, len(ids))
-	_, err := s.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+	_, err := s.rdb().Pipelined(ctx, func(p goredis.Pipeliner) error {
 		for i, id := range ids {
 			cmds[i] = p.HMGet(ctx, s.hashKey(id), "rec", "acked")
 		}
@@ -536,7 +588,7 @@ func (s *Store) Expired(ctx context.Context, now time.Time, limit int) ([]*sessi
 	)
 	for len(out) < limit && scanned < expiredScanFactor*limit+64 {
 		count := int64(min(limit-len(out)+8, 1000))
-		entries, err := s.client.ZRangeByScoreWithScores(ctx, s.expiry, &goredis.ZRangeBy{
+		entries, err := s.rdb().ZRangeByScoreWithScores(ctx, s.expiry, &goredis.ZRangeBy{
 			Min: "-inf", Max: maxScore, Offset: offset, Count: count,
 		}).Result()
 		if err != nil {
@@ -576,7 +628,7 @@ func (s *Store) Expired(ctx context.Context, now time.Time, limit int) ([]*sessi
 	}
 	// Repairs come last, so that they do not shift the offsets above.
 	if len(gone) > 0 {
-		if err := s.client.ZRem(ctx, s.expiry, anys(gone)...).Err(); err != nil {
+		if err := s.rdb().ZRem(ctx, s.expiry, anys(gone)...).Err(); err != nil {
 			s.log.Debug("removing index entries", zap.Error(err))
 		}
 	}
@@ -605,14 +657,14 @@ func (s *Store) Adoptable(ctx context.Context, fingerprint, upstream, protocolVe
 	var drop []string
 	defer func() {
 		if len(drop) > 0 {
-			if err := s.client.ZRem(ctx, key, anys(drop)...).Err(); err != nil {
+			if err := s.rdb().ZRem(ctx, key, anys(drop)...).Err(); err != nil {
 				s.log.Debug("removing adoption index entries", zap.Error(err))
 			}
 		}
 	}()
 	held := false
 	for page := range adoptPages {
-		ids, err := s.client.ZRevRangeByScore(ctx, key, &goredis.ZRangeBy{
+		ids, err := s.rdb().ZRevRangeByScore(ctx, key, &goredis.ZRangeBy{
 			Min: "-inf", Max: "+inf", Offset: int64(page * adoptPage), Count: adoptPage,
 		}).Result()
 		if err != nil {
@@ -655,7 +707,7 @@ func (s *Store) Adoptable(ctx context.Context, fingerprint, upstream, protocolVe
 
 // RememberInitialize implements sessionstore.Store.
 func (s *Store) RememberInitialize(ctx context.Context, fingerprint, upstream string, msg []byte, ttl time.Duration) error {
-	if err := s.client.Set(ctx, s.initializeKey(fingerprint, upstream), msg, min(ttl, maxKeyTTL)).Err(); err != nil {
+	if err := s.rdb().Set(ctx, s.initializeKey(fingerprint, upstream), msg, min(ttl, maxKeyTTL)).Err(); err != nil {
 		return unavailable("remembering initialize", err)
 	}
 	return nil
@@ -663,7 +715,7 @@ func (s *Store) RememberInitialize(ctx context.Context, fingerprint, upstream st
 
 // RecallInitialize implements sessionstore.Store.
 func (s *Store) RecallInitialize(ctx context.Context, fingerprint, upstream string) ([]byte, error) {
-	msg, err := s.client.Get(ctx, s.initializeKey(fingerprint, upstream)).Bytes()
+	msg, err := s.rdb().Get(ctx, s.initializeKey(fingerprint, upstream)).Bytes()
 	switch {
 	case errors.Is(err, goredis.Nil):
 		return nil, sessionstore.ErrNotFound
@@ -686,8 +738,8 @@ func (s *Store) Append(ctx context.Context, id string, m sessionstore.Message) (
 	if id == "" {
 		return 0, sessionstore.ErrNotFound
 	}
-	res, err := appendScript.Run(ctx, s.client, []string{s.hashKey(id), s.mailboxKey(id)},
-		boolArg(m.Control), m.Data, s.opts.MaxPending, s.channel, id).Int64()
+	res, err := appendScript.Run(ctx, s.rdb(), []string{s.hashKey(id), s.mailboxKey(id)},
+		boolArg(m.Control), m.Data, s.maxPending.Load(), s.channel, id).Int64()
 	if err != nil {
 		return 0, unavailable("appending message", err)
 	}
@@ -712,7 +764,7 @@ func (s *Store) Read(ctx context.Context, id string, after uint64, limit int) ([
 		rng    *goredis.XMessageSliceCmd
 	)
 	read := limit > 0 && after < math.MaxUint64
-	_, err := s.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+	_, err := s.rdb().Pipelined(ctx, func(p goredis.Pipeliner) error {
 		exists = p.Exists(ctx, s.hashKey(id))
 		if read {
 			rng = p.XRangeN(ctx, s.mailboxKey(id), strconv.FormatUint(after+1, 10)+"-0", "+", int64(limit))
@@ -751,7 +803,7 @@ func (s *Store) Ack(ctx context.Context, id, owner string, seq uint64) error {
 	if id == "" {
 		return sessionstore.ErrNotFound
 	}
-	res, err := ackScript.Run(ctx, s.client, []string{s.hashKey(id), s.mailboxKey(id)},
+	res, err := ackScript.Run(ctx, s.rdb(), []string{s.hashKey(id), s.mailboxKey(id)},
 		owner, strconv.FormatUint(seq, 10), s.opts.ReplayWindow).Int()
 	if err != nil {
 		return unavailable("acknowledging messages", err)
@@ -800,7 +852,7 @@ func (s *Store) Subscribe(ctx context.Context, id string) (<-chan struct{}, func
 	}
 	// Registered before the check, so that a Delete right after the check
 	// still wakes this subscriber.
-	n, err := s.client.Exists(ctx, s.hashKey(id)).Result()
+	n, err := s.rdb().Exists(ctx, s.hashKey(id)).Result()
 	if err != nil {
 		cancel()
 		return nil, nil, unavailable("subscribing", err)
@@ -827,8 +879,8 @@ func (s *Store) Subscribe(ctx context.Context, id string) (<-chan struct{}, func
 }
 
 // listen dispatches wake-ups until the Pub/Sub is closed.
-func (s *Store) listen(msgs <-chan any) {
-	defer close(s.done)
+func (s *Store) listen(msgs <-chan any, done chan struct{}) {
+	defer close(done)
 	confirmed := false
 	for msg := range msgs {
 		switch msg := msg.(type) {

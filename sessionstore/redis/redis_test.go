@@ -915,3 +915,63 @@ func BenchmarkAppendRead(b *testing.B) {
 func BenchmarkAppendReadParallel(b *testing.B) {
 	storetest.BenchmarkAppendReadParallel(b, newStore(b, newSingleClient(b), Options{ReplayWindow: 64}))
 }
+
+// TestSwapClient: a configuration reload that changes how to reach Redis
+// swaps the store's client in place: subscribers keep being woken (through
+// the new client's subscription), operations go through the new client, and
+// the old client may be closed.
+func TestSwapClient(t *testing.T) {
+	ctx := context.Background()
+	old := goredis.NewClient(&goredis.Options{Addr: singleAddr(t)})
+	st := newStore(t, old, Options{})
+	create(t, st, "a")
+	wake, cancel, err := st.Subscribe(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cancel()
+	<-st.ready // the first subscription's wake-up is in, or about to be
+	select {
+	case <-wake:
+	case <-time.After(time.Second):
+	}
+
+	fresh := newSingleClient(t)
+	if got := st.SwapClient(fresh); got != old {
+		t.Fatalf("SwapClient returned %v, want the previous client", got)
+	}
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The new subscription's confirmation wakes every subscriber once.
+	select {
+	case <-wake:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no wake-up once the new client subscribed")
+	}
+	if _, err := st.Append(ctx, "a", sessionstore.Message{Data: []byte(`{"n":1}`)}); err != nil {
+		t.Fatalf("Append after the swap: %v", err)
+	}
+	select {
+	case <-wake:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no wake-up for an append after the swap")
+	}
+	if msgs, err := st.Read(ctx, "a", 0, 10); err != nil || len(msgs) != 1 {
+		t.Errorf("Read after the swap: %v, %v", msgs, err)
+	}
+}
+
+// TestSetLimits: a lowered mailbox bound applies to the next append.
+func TestSetLimits(t *testing.T) {
+	ctx := context.Background()
+	st := newStore(t, newSingleClient(t), Options{MaxPending: 8})
+	create(t, st, "a")
+	st.SetLimits(0, 1)
+	if _, err := st.Append(ctx, "a", sessionstore.Message{Data: []byte(`1`)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Append(ctx, "a", sessionstore.Message{Data: []byte(`2`)}); !errors.Is(err, sessionstore.ErrMailboxFull) {
+		t.Errorf("second append with max_pending lowered to 1: %v, want ErrMailboxFull", err)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -39,7 +40,7 @@ func (s *Store) TrackRequest(ctx context.Context, sessionID, key string, r sessi
 	if err != nil {
 		return err
 	}
-	res, err := trackScript.Run(ctx, s.client, []string{s.hashKey(sessionID), s.requestsKey(sessionID)},
+	res, err := trackScript.Run(ctx, s.rdb(), []string{s.hashKey(sessionID), s.requestsKey(sessionID)},
 		key, rest, []byte(r.ID), r.LastEventID).Int()
 	if err != nil {
 		return unavailable("tracking request", err)
@@ -55,7 +56,7 @@ func (s *Store) SetRequestEventID(ctx context.Context, sessionID, key, eventID s
 	if sessionID == "" {
 		return nil
 	}
-	if err := eventIDScript.Run(ctx, s.client, []string{s.requestsKey(sessionID)}, key, eventID).Err(); err != nil {
+	if err := eventIDScript.Run(ctx, s.rdb(), []string{s.requestsKey(sessionID)}, key, eventID).Err(); err != nil {
 		return unavailable("recording event id", err)
 	}
 	return nil
@@ -66,9 +67,9 @@ func (s *Store) FinishRequest(ctx context.Context, sessionID, key string, answer
 	if sessionID == "" {
 		return false, sessionstore.ErrNotFound
 	}
-	res, err := finishScript.Run(ctx, s.client,
+	res, err := finishScript.Run(ctx, s.rdb(),
 		[]string{s.hashKey(sessionID), s.mailboxKey(sessionID), s.requestsKey(sessionID)},
-		boolArg(answer.Control), answer.Data, s.opts.MaxPending, s.channel, sessionID, key).Int64()
+		boolArg(answer.Control), answer.Data, s.maxPending.Load(), s.channel, sessionID, key).Int64()
 	if err != nil {
 		return false, unavailable("finishing request", err)
 	}
@@ -92,14 +93,14 @@ func (s *Store) ClaimRequest(ctx context.Context, sessionID, key string) (bool, 
 	}
 	// The claim needs no session (a missing one has no requests either);
 	// only when nothing was claimed does EXISTS tell ErrNotFound apart.
-	n, err := claimScript.Run(ctx, s.client, []string{s.requestsKey(sessionID)}, key).Int()
+	n, err := claimScript.Run(ctx, s.rdb(), []string{s.requestsKey(sessionID)}, key).Int()
 	if err != nil {
 		return false, unavailable("claiming request", err)
 	}
 	if n == 1 {
 		return true, nil
 	}
-	exists, err := s.client.Exists(ctx, s.hashKey(sessionID)).Result()
+	exists, err := s.rdb().Exists(ctx, s.hashKey(sessionID)).Result()
 	if err != nil {
 		return false, unavailable("claiming request", err)
 	}
@@ -118,7 +119,7 @@ func (s *Store) ListRequests(ctx context.Context, sessionID string) (map[string]
 		exists *goredis.IntCmd
 		all    *goredis.MapStringStringCmd
 	)
-	_, err := s.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
+	_, err := s.rdb().Pipelined(ctx, func(p goredis.Pipeliner) error {
 		exists = p.Exists(ctx, s.hashKey(sessionID))
 		all = p.HGetAll(ctx, s.requestsKey(sessionID))
 		return nil
@@ -155,21 +156,41 @@ func (s *Store) ListRequests(ctx context.Context, sessionID string) (map[string]
 
 // Heartbeat implements sessionstore.Store: a key that expires after ttl.
 func (s *Store) Heartbeat(ctx context.Context, replica string, ttl time.Duration) error {
-	var err error
-	if ttl <= 0 {
-		err = s.client.Del(ctx, s.replicaKey(replica)).Err()
-	} else {
-		err = s.client.Set(ctx, s.replicaKey(replica), "1", max(ttl, time.Millisecond)).Err()
-	}
+	now := time.Now()
+	_, err := s.rdb().Pipelined(ctx, func(p goredis.Pipeliner) error {
+		if ttl <= 0 {
+			p.Del(ctx, s.replicaKey(replica))
+		} else {
+			p.Set(ctx, s.replicaKey(replica), "1", max(ttl, time.Millisecond))
+		}
+		// The index of beats' ends, for LapsedReplicas.
+		index := s.replicasKey()
+		p.ZAdd(ctx, index, goredis.Z{Score: float64(now.Add(max(ttl, 0)).UnixMilli()), Member: replica})
+		p.ZRemRangeByScore(ctx, index, "-inf", strconv.FormatInt(now.Add(-sessionstore.LapsedReplicaMemory).UnixMilli(), 10))
+		p.Expire(ctx, index, 2*sessionstore.LapsedReplicaMemory)
+		return nil
+	})
 	if err != nil {
 		return unavailable("heartbeat", err)
 	}
 	return nil
 }
 
+// LapsedReplicas implements sessionstore.Store.
+func (s *Store) LapsedReplicas(ctx context.Context, since, now time.Time) ([]string, error) {
+	replicas, err := s.rdb().ZRangeByScore(ctx, s.replicasKey(), &goredis.ZRangeBy{
+		Min: "(" + strconv.FormatInt(since.UnixMilli(), 10),
+		Max: strconv.FormatInt(now.UnixMilli(), 10),
+	}).Result()
+	if err != nil {
+		return nil, unavailable("listing lapsed replicas", err)
+	}
+	return replicas, nil
+}
+
 // ReplicaAlive implements sessionstore.Store.
 func (s *Store) ReplicaAlive(ctx context.Context, replica string) (bool, error) {
-	n, err := s.client.Exists(ctx, s.replicaKey(replica)).Result()
+	n, err := s.rdb().Exists(ctx, s.replicaKey(replica)).Result()
 	if err != nil {
 		return false, unavailable("checking replica", err)
 	}

@@ -20,6 +20,7 @@ var requestTests = []struct {
 	{"FinishOrClaimExactlyOnce", testFinishOrClaimExactlyOnce},
 	{"RequestsGoWithSession", testRequestsGoWithSession},
 	{"Heartbeat", testHeartbeat},
+	{"LapsedReplicas", testLapsedReplicas},
 }
 
 func testTrackListClaim(t *testing.T, st sessionstore.Store) {
@@ -202,5 +203,50 @@ func testHeartbeat(t *testing.T, st sessionstore.Store) {
 			t.Fatal("a heartbeat with a 50ms TTL still counts after 5s")
 		}
 		time.Sleep(20 * time.Millisecond) // waiting for a TTL to pass is waiting for time itself
+	}
+}
+
+// testLapsedReplicas: replicas whose heartbeat ran out, or that stopped it,
+// are listed for the window in which that happened, and live ones never.
+func testLapsedReplicas(t *testing.T, st sessionstore.Store) {
+	ctx := ctxFor(t)
+	start := time.Now().Add(-time.Millisecond)
+	live, lapsing, stopped := newID("live"), newID("lapsing"), newID("stopped")
+	for _, beat := range []struct {
+		replica string
+		ttl     time.Duration
+	}{{live, time.Minute}, {lapsing, 50 * time.Millisecond}, {stopped, time.Minute}, {stopped, 0}} {
+		if err := st.Heartbeat(ctx, beat.replica, beat.ttl); err != nil {
+			t.Fatalf("Heartbeat(%s, %v): %v", beat.replica, beat.ttl, err)
+		}
+	}
+	lapsed := func(since, now time.Time) map[string]bool {
+		t.Helper()
+		list, err := st.LapsedReplicas(ctx, since, now)
+		if err != nil {
+			t.Fatalf("LapsedReplicas: %v", err)
+		}
+		out := map[string]bool{}
+		for _, r := range list {
+			out[r] = true
+		}
+		return out
+	}
+	if got := lapsed(start, time.Now()); !got[stopped] || got[live] || got[lapsing] {
+		t.Errorf("lapsed right after the beats: %v; want %s only among ours", got, stopped)
+	}
+	deadline := time.Now().Add(waitTimeout)
+	for !lapsed(start, time.Now())[lapsing] {
+		if time.Now().After(deadline) {
+			t.Fatal("a heartbeat with a 50ms TTL is not listed as lapsed after 5s")
+		}
+		time.Sleep(20 * time.Millisecond) // waiting for a TTL to pass is waiting for time itself
+	}
+	later := time.Now()
+	if got := lapsed(later, later.Add(time.Second)); got[lapsing] || got[stopped] || got[live] {
+		t.Errorf("lapsed after they were listed: %v; want none of ours", got)
+	}
+	if got := lapsed(later, later.Add(2*time.Minute)); !got[live] {
+		t.Errorf("lapsed in two minutes: %v; want %s, whose beat lasts one", got, live)
 	}
 }
