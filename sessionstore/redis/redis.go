@@ -95,11 +95,14 @@ type Store struct {
 
 	// pubsub is the wake-up subscription on the current client, and done is
 	// closed when its listener ends; both under clientMu.
-	pubsub    *goredis.PubSub
-	done      chan struct{}
-	ready     chan struct{} // closed on the first subscription confirmation
-	readyOnce sync.Once
-	closeOnce sync.Once
+	pubsub *goredis.PubSub
+	done   chan struct{}
+	// stopRefresh ends, and refreshDone reports the end of, the Cluster
+	// slot map refresher.
+	stopRefresh, refreshDone chan struct{}
+	ready                    chan struct{} // closed on the first subscription confirmation
+	readyOnce                sync.Once
+	closeOnce                sync.Once
 
 	mu     sync.Mutex
 	subs   map[string]map[chan struct{}]struct{}
@@ -140,19 +143,46 @@ func New(client goredis.UniversalClient, opts Options) (*Store, error) {
 		log = zap.NewNop()
 	}
 	s := &Store{
-		client:  client,
-		opts:    opts,
-		log:     log,
-		prefix:  opts.KeyPrefix,
-		expiry:  opts.KeyPrefix + "expiry",
-		channel: opts.KeyPrefix + "wake",
-		done:    make(chan struct{}),
-		ready:   make(chan struct{}),
-		subs:    make(map[string]map[chan struct{}]struct{}),
+		client:      client,
+		opts:        opts,
+		log:         log,
+		prefix:      opts.KeyPrefix,
+		expiry:      opts.KeyPrefix + "expiry",
+		channel:     opts.KeyPrefix + "wake",
+		done:        make(chan struct{}),
+		ready:       make(chan struct{}),
+		stopRefresh: make(chan struct{}),
+		subs:        make(map[string]map[chan struct{}]struct{}),
 	}
 	s.SetLimits(opts.MaxSessions, opts.MaxPending)
 	s.subscribe()
+	s.refreshDone = make(chan struct{})
+	go s.refreshClusterState()
 	return s, nil
+}
+
+// clusterRefresh is how often a Cluster client reloads its slot map. go-redis
+// reloads it on MOVED answers and once a minute; a master that died answers
+// nothing, so without this the slots it served stay unreachable for up to a
+// minute after their replica was promoted.
+const clusterRefresh = time.Second
+
+// refreshClusterState reloads a Cluster client's slot map every
+// clusterRefresh until Close (the client may change with SwapClient).
+func (s *Store) refreshClusterState() {
+	defer close(s.refreshDone)
+	tick := time.NewTicker(clusterRefresh)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.stopRefresh:
+			return
+		case <-tick.C:
+			if cc, ok := s.rdb().(*goredis.ClusterClient); ok {
+				cc.ReloadState(context.Background())
+			}
+		}
+	}
 }
 
 // subscribe starts the wake-up subscription on the current client. It does
@@ -204,6 +234,8 @@ func (s *Store) Close() error {
 		s.mu.Lock()
 		s.closed = true
 		s.mu.Unlock()
+		close(s.stopRefresh)
+		<-s.refreshDone
 		s.clientMu.Lock()
 		defer s.clientMu.Unlock()
 		_ = s.pubsub.Close()

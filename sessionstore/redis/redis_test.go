@@ -975,3 +975,99 @@ func TestSetLimits(t *testing.T) {
 		t.Errorf("second append with max_pending lowered to 1: %v, want ErrMailboxFull", err)
 	}
 }
+
+// TestClusterFailover: when the master holding a session's slot dies
+// (SIGKILL) and the Cluster promotes its replica, the store serves the
+// session again within a few seconds of the promotion, not when go-redis
+// would next reload its slot map on its own (a minute).
+func TestClusterFailover(t *testing.T) {
+	requireRedis(t)
+	dir := t.TempDir()
+	nodes, err := startClusterNodes(dir, 3, 1, 1000)
+	if err != nil {
+		t.Fatalf("starting a 3+3 Cluster: %v", err)
+	}
+	t.Cleanup(func() {
+		for _, s := range nodes {
+			s.stop()
+		}
+	})
+	var addrs []string
+	for _, s := range nodes {
+		addrs = append(addrs, s.addr())
+	}
+	client := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: addrs,
+		DialTimeout: time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second})
+	t.Cleanup(func() { client.Close() })
+	st := newStore(t, client, Options{})
+	ctx := context.Background()
+	create(t, st, "failover")
+
+	master, err := client.MasterForKey(ctx, st.hashKey("failover"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	masterAddr := master.Options().Addr
+	var victim *server
+	for _, s := range nodes {
+		if s.addr() == masterAddr {
+			victim = s
+		}
+	}
+	if victim == nil {
+		t.Fatalf("no node at %s", masterAddr)
+	}
+	// Its replica, in sync before the master dies.
+	var replica *server
+	waitFor(t, "the master's replica to be in sync", 20*time.Second, func() bool {
+		for _, s := range nodes {
+			c := goredis.NewClient(&goredis.Options{Addr: s.addr()})
+			info, err := c.Info(ctx, "replication").Result()
+			c.Close()
+			if err == nil && strings.Contains(info, "role:slave") &&
+				strings.Contains(info, "master_port:"+strconv.Itoa(victim.port)) && strings.Contains(info, "master_link_status:up") {
+				replica = s
+				return true
+			}
+		}
+		return false
+	})
+
+	victim.kill()
+	killed := time.Now()
+	var promoted time.Time
+	waitFor(t, "the replica to be promoted", 30*time.Second, func() bool {
+		c := goredis.NewClient(&goredis.Options{Addr: replica.addr()})
+		defer c.Close()
+		info, err := c.Info(ctx, "replication").Result()
+		if err == nil && strings.Contains(info, "role:master") {
+			promoted = time.Now()
+			return true
+		}
+		return false
+	})
+	waitFor(t, "the session to be served again", 20*time.Second, func() bool {
+		opCtx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, err := st.Append(opCtx, "failover", sessionstore.Message{Data: []byte(`{"after":"failover"}`)})
+		return err == nil
+	})
+	served := time.Now()
+	t.Logf("master killed; its replica promoted after %v; session served %v after that",
+		promoted.Sub(killed).Round(10*time.Millisecond), served.Sub(promoted).Round(10*time.Millisecond))
+	if lag := served.Sub(promoted); lag > 5*time.Second {
+		t.Errorf("the session was served again %v after the promotion, want within a few seconds", lag)
+	}
+}
+
+// waitFor polls cond every 50 ms until it holds, failing after timeout.
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond) // polling a condition of other processes
+	}
+}

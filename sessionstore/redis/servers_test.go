@@ -276,7 +276,11 @@ func clusterAddrs(tb testing.TB) []string {
 	shared.mu.Lock()
 	defer shared.mu.Unlock()
 	if shared.cluster == nil && shared.clusterErr == nil {
-		shared.clusterErr = startCluster()
+		dir, err := sharedDir()
+		if err == nil {
+			shared.cluster, err = startClusterNodes(dir, 3, 0, 2000)
+		}
+		shared.clusterErr = err
 	}
 	if shared.clusterErr != nil {
 		tb.Fatalf("starting the Redis Cluster: %v", shared.clusterErr)
@@ -288,35 +292,42 @@ func clusterAddrs(tb testing.TB) []string {
 	return addrs
 }
 
-func startCluster() error {
-	dir, err := sharedDir()
-	if err != nil {
-		return err
-	}
+// startClusterNodes starts a Cluster of masters, each with replicas
+// replicas, whose nodes count one another failed after nodeTimeoutMs; it
+// returns every node, masters first as redis-cli assigns them.
+func startClusterNodes(dir string, masters, replicas, nodeTimeoutMs int) (nodes []*server, err error) {
+	defer func() {
+		if err != nil {
+			for _, s := range nodes {
+				s.stop()
+			}
+			nodes = nil
+		}
+	}()
 	var addrs []string
-	for range 3 {
+	for range masters * (1 + replicas) {
 		port, err := freePort(true)
 		if err != nil {
-			return err
+			return nodes, err
 		}
 		s := &server{port: port, dir: dir, args: []string{
 			"--appendonly", "no",
 			"--cluster-enabled", "yes",
 			"--cluster-config-file", filepath.Join(dir, "nodes-"+strconv.Itoa(port)+".conf"),
-			"--cluster-node-timeout", "2000",
+			"--cluster-node-timeout", strconv.Itoa(nodeTimeoutMs),
 		}}
 		if err := s.start(); err != nil {
-			return err
+			return nodes, err
 		}
-		shared.cluster = append(shared.cluster, s)
+		nodes = append(nodes, s)
 		addrs = append(addrs, s.addr())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
 	args := append([]string{"--cluster", "create"}, addrs...)
-	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	args = append(args, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
 	if out, err := exec.CommandContext(ctx, "redis-cli", args...).CombinedOutput(); err != nil {
-		return fmt.Errorf("redis-cli --cluster create: %w\n%s", err, out)
+		return nodes, fmt.Errorf("redis-cli --cluster create: %w\n%s", err, out)
 	}
 	// Every node must see the whole cluster as ok, and a client must be
 	// able to write to every node's slots.
@@ -332,7 +343,7 @@ func startCluster() error {
 			select {
 			case <-ctx.Done():
 				c.Close()
-				return fmt.Errorf("node %s: cluster not ok (%v): %s", addr, err, info)
+				return nodes, fmt.Errorf("node %s: cluster not ok (%v): %s", addr, err, info)
 			case <-tick.C:
 			}
 		}
@@ -348,11 +359,11 @@ func startCluster() error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("writing to the cluster: %w", err)
+			return nodes, fmt.Errorf("writing to the cluster: %w", err)
 		case <-tick.C:
 		}
 	}
-	return nil
+	return nodes, nil
 }
 
 func stopShared() {
@@ -405,4 +416,15 @@ func newStore(tb testing.TB, client goredis.UniversalClient, opts Options) *Stor
 	}
 	tb.Cleanup(func() { st.Close() })
 	return st
+}
+
+// kill ends the server abruptly (SIGKILL), as a crash would.
+func (s *server) kill() {
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	<-s.exited
+	s.cmd = nil
+	s.log.Close()
 }
