@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -42,6 +43,8 @@ type Bridge struct {
 	// work counts the goroutines answering requests (forwards, orphans),
 	// which Drain waits for.
 	work sync.WaitGroup
+	// busy counts the same goroutines, for Busy.
+	busy atomic.Int64
 	// pokes is closed, and replaced, to make every stream look for
 	// requests whose replica stopped (see takeOverLapsed).
 	pokes chan struct{}
@@ -151,6 +154,20 @@ func (b *Bridge) Drain(ctx context.Context) {
 
 // WaitIdle waits until no request is being answered here.
 func (b *Bridge) WaitIdle() { b.work.Wait() }
+
+// Busy reports whether requests are being answered here.
+func (b *Bridge) Busy() bool { return b.busy.Load() > 0 }
+
+// startWork and endWork bracket a goroutine that answers a request.
+func (b *Bridge) startWork() {
+	b.work.Add(1)
+	b.busy.Add(1)
+}
+
+func (b *Bridge) endWork() {
+	b.busy.Add(-1)
+	b.work.Done()
+}
 
 // Shutdown stops at once, without draining.
 func (b *Bridge) Shutdown() {

@@ -60,7 +60,7 @@ func (b *Bridge) serveMessage(w http.ResponseWriter, r *http.Request) {
 	statuses := make([]chan *upstreamStatus, len(msgs))
 	for i := range msgs {
 		statuses[i] = make(chan *upstreamStatus, 1)
-		b.work.Add(1)
+		b.startWork()
 		go b.forward(&call{
 			sessionID:     id,
 			session:       sess,

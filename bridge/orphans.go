@@ -91,7 +91,7 @@ func (b *Bridge) recoverOrphans(ctx context.Context, sessionID string) {
 		}
 		b.log.Info("answering a request whose replica died",
 			zap.String("session", sessionID), zap.String("replica", r.Replica), zap.Bool("resumable", r.LastEventID != ""))
-		b.work.Add(1)
+		b.startWork()
 		go b.answerOrphan(sessionID, key, r)
 	}
 }
@@ -102,7 +102,7 @@ func (b *Bridge) recoverOrphans(ctx context.Context, sessionID string) {
 // another stream settles it), resumes its upstream response stream, and
 // answers with an error when that is impossible or ends without a response.
 func (b *Bridge) answerOrphan(sessionID, key string, r sessionstore.Request) {
-	defer b.work.Done()
+	defer b.endWork()
 	ctx := b.background
 	sess, err := b.store.Get(ctx, sessionID)
 	if err != nil {

@@ -101,7 +101,7 @@ func (c *call) report(st *upstreamStatus) {
 // forward sends one client message upstream and relays everything the
 // upstream answers to the session's mailbox.
 func (b *Bridge) forward(c *call) {
-	defer b.work.Done()
+	defer b.endWork()
 	defer c.report(nil)
 	defer b.release(c.sessionID)
 	ctx := b.background

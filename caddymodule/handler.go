@@ -251,6 +251,10 @@ func (h *Handler) Cleanup() error {
 			fallthrough
 		default:
 			b := h.bridge
+			if !b.Busy() {
+				release()
+				break
+			}
 			go func() {
 				b.WaitIdle()
 				release()

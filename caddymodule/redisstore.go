@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"net/url"
 	"strconv"
@@ -42,8 +41,11 @@ type RedisStore struct {
 	DB int `json:"db,omitempty"`
 	// MasterName is the Sentinel master name; it makes Addresses sentinels.
 	MasterName string `json:"master_name,omitempty"`
-	// TLS enables TLS to Redis (implied by a rediss:// address).
+	// TLS enables TLS to Redis (implied by a rediss:// address or by
+	// TLSOptions), with the system's roots unless TLSOptions says otherwise.
 	TLS bool `json:"tls,omitempty"`
+	// TLSOptions sets a private CA, a client certificate, the server name.
+	TLSOptions *RedisTLS `json:"tls_options,omitempty"`
 	// KeyPrefix starts every key the store writes. Default "mcpbridge:".
 	KeyPrefix string `json:"key_prefix,omitempty"`
 	// MaxSessions caps the sessions in the store (approximately; shared by
@@ -144,7 +146,7 @@ func (r *RedisStore) Provision(ctx caddy.Context) error {
 	// dedicated pipeline pool of their own.
 	opts.MaxActiveConns = opts.PoolSize
 	opts.PipelinePoolSize = -1
-	useTLS := r.TLS
+	useTLS := r.TLS || r.TLSOptions.set()
 	for _, a := range r.Addresses {
 		a = repl.ReplaceAll(a, "")
 		if strings.Contains(a, "://") {
@@ -169,14 +171,18 @@ func (r *RedisStore) Provision(ctx caddy.Context) error {
 		opts.Addrs = append(opts.Addrs, a)
 	}
 	if useTLS {
-		opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+		cfg, err := r.TLSOptions.config(logger)
+		if err != nil {
+			return err
+		}
+		opts.TLSConfig = cfg
 	}
 
 	// The pool key names the data (so that a reload keeps the store and its
 	// sessions); the client's own options are applied in place. Neither
 	// holds the secret.
 	r.key = "redis/" + hashOf(opts.Addrs, opts.DB, opts.MasterName, r.KeyPrefix)
-	clientFP := hashOf(opts.Username, opts.Password, useTLS, opts.PoolSize)
+	clientFP := hashOf(opts.Username, opts.Password, useTLS, r.TLSOptions, opts.PoolSize)
 
 	v, loaded, err := stores.LoadOrNew(r.key, func() (caddy.Destructor, error) {
 		client := goredis.NewUniversalClient(opts)
@@ -236,6 +242,9 @@ func (r *RedisStore) Validate() error {
 			return fmt.Errorf("redis store: %s must not be negative, got %d", name, v)
 		}
 	}
+	if err := r.TLSOptions.validate(); err != nil {
+		return err
+	}
 	if strings.ContainsAny(r.KeyPrefix, "{}") {
 		return fmt.Errorf("redis store: key_prefix %q must not contain '{' or '}'", r.KeyPrefix)
 	}
@@ -275,7 +284,14 @@ func (r *RedisStore) poolKey() string { return r.key }
 //		password <secret>
 //		db <n>
 //		master_name <name>
-//		tls
+//		tls [{
+//			ca <file>
+//			ca_pem <pem>
+//			cert <file>
+//			key <file>
+//			server_name <name>
+//			insecure_skip_verify
+//		}]
 //		key_prefix <prefix>
 //		max_sessions <n>
 //		max_pending <n>
@@ -322,6 +338,13 @@ func (r *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			r.TLS = true
+			opts := new(RedisTLS)
+			if err := opts.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
+			if opts.set() {
+				r.TLSOptions = opts
+			}
 		case "max_sessions":
 			if err := parsePositiveInt(d, &r.MaxSessions); err != nil {
 				return err
