@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -1069,5 +1071,72 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool)
 			t.Fatalf("timed out after %v waiting for %s", timeout, what)
 		}
 		time.Sleep(50 * time.Millisecond) // polling a condition of other processes
+	}
+}
+
+// TestSentinelFailover: a Sentinel set whose master dies (SIGKILL) promotes
+// its replica, and the store, given the sentinels and the master name,
+// serves the session again.
+func TestSentinelFailover(t *testing.T) {
+	requireRedis(t)
+	dir := t.TempDir()
+	start := func(conf string, args ...string) *server {
+		t.Helper()
+		port, err := freePort(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := &server{port: port, dir: dir, args: args, conf: conf}
+		if err := s.start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(s.stop)
+		return s
+	}
+	master := start("", "--appendonly", "no")
+	replica := start("", "--appendonly", "no", "--replicaof", "127.0.0.1", strconv.Itoa(master.port))
+	var sentinels []string
+	for i := range 3 {
+		conf := filepath.Join(dir, "sentinel-"+strconv.Itoa(i)+".conf")
+		text := "sentinel monitor bridge 127.0.0.1 " + strconv.Itoa(master.port) + " 2\n" +
+			"sentinel down-after-milliseconds bridge 1000\nsentinel failover-timeout bridge 5000\n"
+		if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		// A sentinel is redis-server with --sentinel and a config file it
+		// may rewrite.
+		s := start(conf, "--sentinel")
+		sentinels = append(sentinels, s.addr())
+	}
+	client := goredis.NewFailoverClient(&goredis.FailoverOptions{MasterName: "bridge", SentinelAddrs: sentinels,
+		DialTimeout: time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second})
+	t.Cleanup(func() { client.Close() })
+	st := newStore(t, client, Options{})
+	ctx := context.Background()
+	waitFor(t, "the replica to be in sync", 20*time.Second, func() bool {
+		c := goredis.NewClient(&goredis.Options{Addr: replica.addr()})
+		defer c.Close()
+		info, err := c.Info(ctx, "replication").Result()
+		return err == nil && strings.Contains(info, "master_link_status:up")
+	})
+	create(t, st, "sentinel")
+	// WAIT: the session reached the replica before its master dies.
+	if err := client.Do(ctx, "WAIT", 1, 5000).Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	master.kill()
+	killed := time.Now()
+	waitFor(t, "the session to be served by the promoted replica", 30*time.Second, func() bool {
+		opCtx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, err := st.Append(opCtx, "sentinel", sessionstore.Message{Data: []byte(`{"after":"failover"}`)})
+		return err == nil
+	})
+	t.Logf("master killed; the session was served again %v later", time.Since(killed).Round(10*time.Millisecond))
+	c := goredis.NewClient(&goredis.Options{Addr: replica.addr()})
+	defer c.Close()
+	if info, err := c.Info(ctx, "replication").Result(); err != nil || !strings.Contains(info, "role:master") {
+		t.Errorf("the replica was not promoted (%v): %s", err, info)
 	}
 }

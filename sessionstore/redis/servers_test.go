@@ -66,6 +66,7 @@ type server struct {
 	port int
 	dir  string
 	args []string // beyond port, bind and dir
+	conf string   // a config file to start from (a sentinel's), if any
 	cmd  *exec.Cmd
 	log  *os.File
 	// exited is closed when the process has been waited for.
@@ -79,6 +80,9 @@ func (s *server) start() error {
 		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--dir", s.dir,
 		"--save", "", "--protected-mode", "no", "--daemonize", "no",
 	}, s.args...)
+	if s.conf != "" {
+		args = append([]string{s.conf}, args...)
+	}
 	log, err := os.OpenFile(filepath.Join(s.dir, "redis-"+strconv.Itoa(s.port)+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
