@@ -230,7 +230,7 @@ func (r *replica) caddyfile(keepalive time.Duration) string {
 	b.WriteString("}\n\n")
 	fmt.Fprintf(&b, "http://127.0.0.1:%d {\n\tbind 127.0.0.1\n\theader X-Replica %s\n", r.port, r.name)
 	fmt.Fprintf(&b, "\tmcp_sse_bridge {\n\t\tupstream %s\n\t\tkeepalive %s\n\t\tsession_ttl 30s\n", c.upstreamURL, keepalive)
-	fmt.Fprintf(&b, "\t\tstore redis {\n\t\t\taddress %s\n\t\t\tkey_prefix %s\n\t\t}\n\t}\n}\n", c.redis.addr(), c.keyPrefix)
+	fmt.Fprintf(&b, "\t\tstore redis {\n\t\t\taddress %s\n\t\t\tkey_prefix %s\n\t\t}\n\t}\n}\n", strings.Join(c.storeAddresses(), " "), c.keyPrefix)
 	return b.String()
 }
 
@@ -284,11 +284,22 @@ func (r *replica) reload(t testing.TB, keepalive time.Duration) {
 // cluster is a Redis, n replicas sharing it, and a load balancer in front of
 // them.
 type cluster struct {
-	redis       *redisServer
+	redis *redisServer
+	// storeAddrs, when set, are the store's addresses instead of redis's
+	// (a Redis Cluster).
+	storeAddrs  []string
 	upstreamURL string
 	keyPrefix   string
 	replicas    []*replica
 	lb          *caddy // the clients' entry point
+}
+
+// storeAddresses are the addresses the replicas' store connects to.
+func (c *cluster) storeAddresses() []string {
+	if len(c.storeAddrs) > 0 {
+		return c.storeAddrs
+	}
+	return []string{c.redis.addr()}
 }
 
 // startCluster starts n replicas of the bridge for upstreamURL on redis (a
@@ -306,7 +317,14 @@ func startClusterKeepalive(t testing.TB, n int, upstreamURL string, redis *redis
 	if redis == nil {
 		redis = startRedis(t)
 	}
-	c := &cluster{redis: redis, upstreamURL: upstreamURL, keyPrefix: "e2e-" + randomHex(6) + ":"}
+	return launchCluster(t, &cluster{redis: redis, upstreamURL: upstreamURL}, n, keepalive)
+}
+
+// launchCluster starts n replicas of c, with a random key prefix, and the
+// load balancer.
+func launchCluster(t testing.TB, c *cluster, n int, keepalive time.Duration) *cluster {
+	t.Helper()
+	c.keyPrefix = "e2e-" + randomHex(6) + ":"
 	for i := range n {
 		r := &replica{
 			name:      fmt.Sprintf("r%d", i+1),

@@ -1019,15 +1019,26 @@ func TestClusterFailover(t *testing.T) {
 	if victim == nil {
 		t.Fatalf("no node at %s", masterAddr)
 	}
-	// Its replica, in sync before the master dies.
+	// Its replica, in sync with what the master held after the session was
+	// made (replication is asynchronous) before the master dies.
+	info, err := master.Info(ctx, "replication").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, _ := strings.Cut(info, "master_repl_offset:")
+	rest, _, _ = strings.Cut(rest, "\r\n")
+	target, _ := strconv.ParseInt(rest, 10, 64)
 	var replica *server
 	waitFor(t, "the master's replica to be in sync", 20*time.Second, func() bool {
 		for _, s := range nodes {
 			c := goredis.NewClient(&goredis.Options{Addr: s.addr()})
 			info, err := c.Info(ctx, "replication").Result()
 			c.Close()
-			if err == nil && strings.Contains(info, "role:slave") &&
-				strings.Contains(info, "master_port:"+strconv.Itoa(victim.port)) && strings.Contains(info, "master_link_status:up") {
+			_, rest, _ := strings.Cut(info, "slave_repl_offset:")
+			rest, _, _ = strings.Cut(rest, "\r\n")
+			offset, _ := strconv.ParseInt(rest, 10, 64)
+			if err == nil && strings.Contains(info, "role:slave") && strings.Contains(info, "master_port:"+strconv.Itoa(victim.port)+"\r\n") &&
+				strings.Contains(info, "master_link_status:up") && strings.Contains(info, "master_sync_in_progress:0") && offset >= target {
 				replica = s
 				return true
 			}

@@ -319,6 +319,7 @@ func startClusterNodes(dir string, masters, replicas, nodeTimeoutMs int) (nodes 
 			"--cluster-enabled", "yes",
 			"--cluster-config-file", filepath.Join(dir, "nodes-"+strconv.Itoa(port)+".conf"),
 			"--cluster-node-timeout", strconv.Itoa(nodeTimeoutMs),
+			"--repl-diskless-sync-delay", "0",
 		}}
 		if err := s.start(); err != nil {
 			return nodes, err
