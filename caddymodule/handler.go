@@ -5,6 +5,7 @@
 package caddymodule
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -106,7 +107,9 @@ type Handler struct {
 	// defaultStore is the memory store made when none is configured; Caddy
 	// cleans up loaded guest modules, but this one is ours to clean up.
 	defaultStore *MemoryStore
-	logger       *zap.Logger
+	// doneWithStore ends this handler's use of the store (see useStore).
+	doneWithStore func() (gone bool)
+	logger        *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -142,6 +145,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		h.store, h.defaultStore = mem, mem
 	}
+	done, err := useStore(h.store)
+	if err != nil {
+		return err
+	}
+	h.doneWithStore = done
 
 	upstream, err := url.Parse(h.Upstream)
 	if err != nil {
@@ -234,38 +242,42 @@ const defaultDrainTimeout = 10 * time.Second
 // When the store itself went away (a reload to another Redis), the streams
 // end, so that their clients reconnect to the new configuration.
 func (h *Handler) Cleanup() error {
-	if h.bridge != nil {
-		release, storeGone := retainStore(h.store)
-		switch {
-		case caddy.Exiting():
-			drain := time.Duration(h.DrainTimeout)
-			if drain == 0 {
-				drain = defaultDrainTimeout
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), drain)
-			h.bridge.Drain(ctx)
-			cancel()
-			release()
-		case storeGone:
-			h.bridge.Stop()
-			fallthrough
-		default:
-			b := h.bridge
-			if !b.Busy() {
-				release()
-				break
-			}
-			go func() {
-				b.WaitIdle()
-				release()
-			}()
-		}
-		h.bridge.Close()
+	if h.doneWithStore != nil {
+		h.retireBridge(h.doneWithStore())
 	}
 	if h.defaultStore != nil {
 		return h.defaultStore.Cleanup()
 	}
 	return nil
+}
+
+// retireBridge ends the bridge's part as Cleanup says, then gives back the
+// handler's own hold on the store: at once, or once the requests in flight
+// are answered.
+func (h *Handler) retireBridge(storeGone bool) {
+	b := h.bridge
+	if b == nil {
+		releaseStore(h.store)
+		return
+	}
+	defer b.Close()
+	switch {
+	case caddy.Exiting():
+		drain := cmp.Or(time.Duration(h.DrainTimeout), defaultDrainTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), drain)
+		defer cancel()
+		b.Drain(ctx)
+	case storeGone:
+		b.Stop()
+	}
+	if !b.Busy() {
+		releaseStore(h.store)
+		return
+	}
+	go func() {
+		b.WaitIdle()
+		releaseStore(h.store)
+	}()
 }
 
 // ServeHTTP serves the bridge's two endpoints and passes other requests on.

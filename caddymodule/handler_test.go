@@ -153,3 +153,21 @@ func TestRedisStoreProvisionsWithoutRedis(t *testing.T) {
 		t.Fatalf("store pool holds %d references after cleanup", n)
 	}
 }
+
+// TestSettingsStack: the newest configuration's settings are in force; when
+// a configuration is withdrawn (unloaded, or refused after provisioning),
+// the newest remaining one's are applied again.
+func TestSettingsStack(t *testing.T) {
+	var applied []string
+	s := &settingsStack[string]{apply: func(v string) { applied = append(applied, v) }}
+	running, refused, next := new(int), new(int), new(int)
+	s.push(running, "running")
+	s.push(refused, "refused")
+	s.drop(refused)
+	s.push(next, "next")
+	s.drop(running)
+	want := []string{"running", "refused", "running", "next"}
+	if strings.Join(applied, ",") != strings.Join(want, ",") {
+		t.Errorf("applied %v, want %v", applied, want)
+	}
+}

@@ -6,7 +6,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -60,8 +59,9 @@ type RedisStore struct {
 	// Default: 6.
 	PoolSize int `json:"pool_size,omitempty"`
 
-	key   string
-	store *redisstore.Store
+	key    string
+	store  *redisstore.Store
+	pooled *pooledRedis
 }
 
 // CaddyModule returns the Caddy module information.
@@ -81,17 +81,28 @@ const defaultRedisPoolSize = 6
 // changes how to reach it (credentials, TLS, pool size) swaps its client in
 // place; one that changes its limits sets them in place.
 type pooledRedis struct {
-	store *redisstore.Store
+	store    *redisstore.Store
+	settings *settingsStack[redisSettings]
 
-	mu       sync.Mutex
+	// client and clientFP (its options, without secrets) are changed only
+	// by settings' apply, under its lock.
 	client   goredis.UniversalClient
-	clientFP string // identifies the client's options, without secrets
+	clientFP string
+	logger   *zap.Logger
+}
+
+// redisSettings are what a configuration asks of a pooled Redis store
+// beyond the data it names.
+type redisSettings struct {
+	opts                    *goredis.UniversalOptions
+	clientFP                string
+	maxSessions, maxPending int
 }
 
 func (p *pooledRedis) Destruct() error {
 	err := p.store.Close()
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.settings.mu.Lock()
+	defer p.settings.mu.Unlock()
 	if cerr := p.client.Close(); err == nil {
 		err = cerr
 	}
@@ -102,18 +113,16 @@ func (p *pooledRedis) Destruct() error {
 // the operations still using it (each is bounded by the read timeout).
 const oldClientGrace = 10 * time.Second
 
-// reconfigure applies a configuration's client options and limits to the
-// pooled store.
-func (p *pooledRedis) reconfigure(opts *goredis.UniversalOptions, clientFP string, maxSessions, maxPending int, logger *zap.Logger) {
-	p.store.SetLimits(maxSessions, maxPending)
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if clientFP == p.clientFP {
+// apply puts a configuration's limits and client options in force: the
+// client is swapped in place when its options changed.
+func (p *pooledRedis) apply(s redisSettings) {
+	p.store.SetLimits(s.maxSessions, s.maxPending)
+	if s.clientFP == p.clientFP {
 		return
 	}
-	old := p.store.SwapClient(goredis.NewUniversalClient(opts))
-	p.client, p.clientFP = p.store.Client(), clientFP
-	logger.Info("redis client options changed: new client in place, sessions kept")
+	old := p.store.SwapClient(goredis.NewUniversalClient(s.opts))
+	p.client, p.clientFP = p.store.Client(), s.clientFP
+	p.logger.Info("redis client options changed: new client in place, sessions kept")
 	time.AfterFunc(oldClientGrace, func() { _ = old.Close() })
 }
 
@@ -196,16 +205,16 @@ func (r *RedisStore) Provision(ctx caddy.Context) error {
 			_ = client.Close()
 			return nil, err
 		}
-		return &pooledRedis{client: client, clientFP: clientFP, store: store}, nil
+		p := &pooledRedis{client: client, clientFP: clientFP, store: store, logger: logger}
+		p.settings = &settingsStack[redisSettings]{apply: p.apply}
+		return p, nil
 	})
 	if err != nil {
 		return fmt.Errorf("setting up the redis store: %w", err)
 	}
-	pooled := v.(*pooledRedis)
-	if loaded {
-		pooled.reconfigure(opts, clientFP, r.MaxSessions, r.MaxPending, logger)
-	}
-	r.store = pooled.store
+	r.pooled = v.(*pooledRedis)
+	r.pooled.settings.push(r, redisSettings{opts: opts, clientFP: clientFP, maxSessions: r.MaxSessions, maxPending: r.MaxPending})
+	r.store = r.pooled.store
 	if !loaded {
 		pingCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
@@ -262,9 +271,11 @@ func redactURL(a string) string {
 	return "(unparsable URL)"
 }
 
-// Cleanup releases this configuration's hold on the store.
+// Cleanup withdraws this configuration's settings and releases its hold on
+// the store.
 func (r *RedisStore) Cleanup() error {
 	if r.key != "" {
+		r.pooled.settings.drop(r)
 		_, err := stores.Delete(r.key)
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"sync"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -25,22 +26,80 @@ type StoreModule interface {
 	poolKey() string
 }
 
-// retainStore takes one more hold on a pooled store, so that it stays open
-// while work of a configuration being unloaded (requests in flight, a
-// shutdown's drain) still uses it, whatever order Caddy cleans modules up
-// in. It returns the function that gives the hold back, and whether the
-// store would have been destroyed without it (no other configuration uses
-// it: the store went away).
-func retainStore(m StoreModule) (release func(), lastUser bool) {
+// storeUsers counts, per pooled store, the handlers that use it, so that a
+// handler being unloaded knows whether its store goes away with it (no
+// handler of the new configuration uses it), whatever order Caddy cleans
+// modules up in.
+var storeUsers = caddy.NewUsagePool()
+
+type storeUser struct{}
+
+func (storeUser) Destruct() error { return nil }
+
+// useStore records a handler's use of a pooled store and takes a hold on
+// it of the handler's own, so that the store stays open while the
+// handler's work (requests in flight, a shutdown's drain) needs it, even
+// after the store module's own Cleanup. The returned function ends both and
+// reports whether the store is used by no other handler (it went away).
+func useStore(m StoreModule) (done func() (gone bool), err error) {
 	key := m.poolKey()
-	refs, _ := stores.References(key)
-	_, _, err := stores.LoadOrNew(key, func() (caddy.Destructor, error) {
+	if _, _, err := stores.LoadOrNew(key, func() (caddy.Destructor, error) {
 		return nil, fmt.Errorf("store %s is gone", key)
-	})
-	if err != nil {
-		return func() {}, true
+	}); err != nil {
+		return nil, err
 	}
-	return func() { _, _ = stores.Delete(key) }, refs <= 1
+	_, _ = storeUsers.LoadOrStore(key, storeUser{})
+	var once sync.Once
+	return func() (gone bool) {
+		once.Do(func() {
+			gone, _ = storeUsers.Delete(key)
+		})
+		return gone
+	}, nil
+}
+
+// releaseStore gives back the handler's own hold taken by useStore.
+func releaseStore(m StoreModule) { _, _ = stores.Delete(m.poolKey()) }
+
+// settingsStack keeps the settings that each configuration using a pooled
+// store asked for, newest last, and applies the newest: a configuration
+// that is refused after it was provisioned (and so is cleaned up without
+// ever serving) leaves the running configuration's settings in force.
+type settingsStack[T any] struct {
+	mu      sync.Mutex
+	entries []stackEntry[T]
+	apply   func(T)
+}
+
+type stackEntry[T any] struct {
+	owner    any
+	settings T
+}
+
+// push adds owner's settings and applies them.
+func (s *settingsStack[T]) push(owner any, settings T) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.entries = append(s.entries, stackEntry[T]{owner, settings})
+	s.apply(settings)
+}
+
+// drop removes owner's settings; if they were in force, the newest
+// remaining ones are applied again.
+func (s *settingsStack[T]) drop(owner any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, e := range s.entries {
+		if e.owner != owner {
+			continue
+		}
+		wasNewest := i == len(s.entries)-1
+		s.entries = append(s.entries[:i], s.entries[i+1:]...)
+		if wasNewest && len(s.entries) > 0 {
+			s.apply(s.entries[len(s.entries)-1].settings)
+		}
+		return
+	}
 }
 
 // stores holds the session stores, keyed by their configuration, so that a
@@ -58,8 +117,9 @@ type MemoryStore struct {
 	// client's stream. Default: 1024.
 	MaxPending int `json:"max_pending,omitempty"`
 
-	key   string
-	store *memory.Store
+	key    string
+	store  *memory.Store
+	pooled pooledMemory
 }
 
 // CaddyModule returns the Caddy module information.
@@ -70,7 +130,12 @@ func (MemoryStore) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-type pooledMemory struct{ *memory.Store }
+// pooledMemory is the process's embedded store and the limits the
+// configurations using it asked for.
+type pooledMemory struct {
+	*memory.Store
+	limits *settingsStack[[2]int]
+}
 
 func (pooledMemory) Destruct() error { return nil }
 
@@ -86,20 +151,18 @@ func (m *MemoryStore) Provision(caddy.Context) error {
 		return err
 	}
 	m.key = memoryStoreKey
-	v, loaded, err := stores.LoadOrNew(m.key, func() (caddy.Destructor, error) {
-		return pooledMemory{memory.New(memory.Options{
-			MaxSessions:  m.MaxSessions,
-			MaxPending:   m.MaxPending,
-			ReplayWindow: 64,
-		})}, nil
+	v, _, err := stores.LoadOrNew(m.key, func() (caddy.Destructor, error) {
+		st := memory.New(memory.Options{ReplayWindow: 64})
+		return pooledMemory{Store: st, limits: &settingsStack[[2]int]{
+			apply: func(l [2]int) { st.SetLimits(l[0], l[1]) },
+		}}, nil
 	})
 	if err != nil {
 		return err
 	}
-	m.store = v.(pooledMemory).Store
-	if loaded {
-		m.store.SetLimits(m.MaxSessions, m.MaxPending)
-	}
+	m.pooled = v.(pooledMemory)
+	m.store = m.pooled.Store
+	m.pooled.limits.push(m, [2]int{m.MaxSessions, m.MaxPending})
 	return nil
 }
 
@@ -114,9 +177,11 @@ func (m *MemoryStore) Validate() error {
 	return nil
 }
 
-// Cleanup releases this configuration's hold on the store.
+// Cleanup withdraws this configuration's limits and releases its hold on
+// the store.
 func (m *MemoryStore) Cleanup() error {
 	if m.key != "" {
+		m.pooled.limits.drop(m)
 		_, err := stores.Delete(m.key)
 		return err
 	}
