@@ -45,6 +45,9 @@ type Bridge struct {
 	work sync.WaitGroup
 	// busy counts the same goroutines, for Busy.
 	busy atomic.Int64
+	// streams counts the open legacy streams, for WaitStreams (a counter,
+	// not a WaitGroup: a stream may still open while WaitStreams waits).
+	streams atomic.Int64
 	// pokes is closed, and replaced, to make every stream look for
 	// requests whose replica stopped (see takeOverLapsed).
 	pokes chan struct{}
@@ -154,6 +157,19 @@ func (b *Bridge) Drain(ctx context.Context) {
 
 // WaitIdle waits until no request is being answered here.
 func (b *Bridge) WaitIdle() { b.work.Wait() }
+
+// WaitStreams waits until every stream has ended (after Stop), or ctx ends.
+func (b *Bridge) WaitStreams(ctx context.Context) {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for b.streams.Load() > 0 {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
 
 // Busy reports whether requests are being answered here.
 func (b *Bridge) Busy() bool { return b.busy.Load() > 0 }

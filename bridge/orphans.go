@@ -96,6 +96,45 @@ func (b *Bridge) recoverOrphans(ctx context.Context, sessionID string) {
 	}
 }
 
+// settleDuplicate handles a request whose id is already in flight in the
+// session: a client never reuses an id within a session (the spec forbids
+// it, and a new incarnation gets its own session), so it is the same POST
+// sent again, as a load balancer does when the replica it first went to
+// died or stopped. It reports whether to forward the request now. While the
+// first copy's replica lives, that replica answers it: this copy waits,
+// for as long as it takes that replica's heartbeat to lapse, and is dropped
+// once the first is answered. Should the replica die, this copy claims the
+// request and resumes its upstream stream where that replica left it, or,
+// when it had none yet, forwards the request again: the client gets one
+// answer either way.
+func (b *Bridge) settleDuplicate(ctx context.Context, c *call) bool {
+	deadline := time.Now().Add(b.adoptWindow())
+	for {
+		reqs, err := b.store.ListRequests(ctx, c.sessionID)
+		r, found := reqs[c.key]
+		if err == nil && !found {
+			return true // answered meanwhile, or claimed: track it again
+		}
+		if err == nil {
+			if alive, err := b.store.ReplicaAlive(ctx, r.Replica); err == nil && !alive {
+				if claimed, err := b.store.ClaimRequest(ctx, c.sessionID, c.key); err == nil && claimed {
+					if r.LastEventID == "" {
+						b.log.Info("a request sent again after its replica died: forwarding it anew", zap.String("session", c.sessionID))
+						return true
+					}
+					b.startWork()
+					b.answerOrphan(c.sessionID, c.key, r)
+					return false
+				}
+			}
+		}
+		if time.Now().After(deadline) || !sleepCtx(ctx, seekInterval) {
+			b.log.Info("a request sent again while in flight: left to its first copy", zap.String("session", c.sessionID))
+			return false
+		}
+	}
+}
+
 // answerOrphan answers a request whose replica died, claimed under key: it
 // records the request again as this replica's (so that another replica
 // recovers it should this one die too, and so that a response arriving on

@@ -33,6 +33,8 @@ const maxKeptBuffer = 64 << 10
 // leaves, adopting the caller's released session on the way where the
 // continuity rules (continuity.go) say so.
 func (b *Bridge) serveStream(w http.ResponseWriter, r *http.Request) {
+	b.streams.Add(1)
+	defer b.streams.Add(-1)
 	ctx := r.Context()
 	ls := &legacyStream{
 		b:     b,
@@ -197,7 +199,10 @@ func (ls *legacyStream) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-b.shuttingDown:
-			ls.write([]byte(": server shutting down, reconnect\n\n"))
+			// What is already in the mailbox goes out first.
+			if ls.relayMailbox(ctx) {
+				ls.write([]byte(": server shutting down, reconnect\n\n"))
+			}
 			return
 		}
 	}

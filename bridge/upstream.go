@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"mime"
@@ -75,20 +76,32 @@ type call struct {
 
 // track records a request in flight, so that another replica answers it if
 // this one dies. Without the record (store trouble) the request still goes.
-func (b *Bridge) track(ctx context.Context, c *call, sess *sessionstore.Session) {
-	// The key is unique even where ids repeat: a client that adopted a
-	// session may reuse ids of requests still in flight there.
-	c.key = string(c.env.ID) + "#" + randomID()[:8]
-	err := b.store.TrackRequest(ctx, c.sessionID, c.key, sessionstore.Request{
-		ID:                c.env.ID,
-		Replica:           b.cfg.ReplicaID,
-		UpstreamSessionID: sess.UpstreamSessionID,
-	})
-	if err != nil {
-		b.log.Warn("recording a request in flight", zap.String("session", c.sessionID), zap.Error(err))
-		return
+// It reports false when a copy of the request is in flight already and
+// this one is not to be forwarded (see settleDuplicate).
+func (b *Bridge) track(ctx context.Context, c *call, sess *sessionstore.Session) bool {
+	if c.tracked {
+		return true // a retry after re-initialisation keeps its record
 	}
-	c.tracked = true
+	c.key = string(c.env.ID)
+	for {
+		err := b.store.TrackRequest(ctx, c.sessionID, c.key, sessionstore.Request{
+			ID:                c.env.ID,
+			Replica:           b.cfg.ReplicaID,
+			UpstreamSessionID: sess.UpstreamSessionID,
+		})
+		switch {
+		case err == nil:
+			c.tracked = true
+			return true
+		case errors.Is(err, sessionstore.ErrExists):
+			if !b.settleDuplicate(ctx, c) {
+				return false
+			}
+		default:
+			b.log.Warn("recording a request in flight", zap.String("session", c.sessionID), zap.Error(err))
+			return true
+		}
+	}
 }
 
 func (c *call) report(st *upstreamStatus) {
@@ -138,7 +151,9 @@ func (b *Bridge) forward(c *call) {
 			if !isInit {
 				sess = b.awaitStream(ctx, sess)
 			}
-			b.track(ctx, c, sess)
+			if !b.track(ctx, c, sess) {
+				return
+			}
 		}
 		resp, err := b.do(ctx, http.MethodPost, sess, c.client, c.msg, "")
 		if err != nil {

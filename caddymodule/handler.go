@@ -240,7 +240,8 @@ const defaultDrainTimeout = 10 * time.Second
 // requests in flight carry on to their end, so that nothing is lost; the
 // store stays open for them. When Caddy exits, the bridge drains first.
 // When the store itself went away (a reload to another Redis), the streams
-// end, so that their clients reconnect to the new configuration.
+// end once the requests in flight are answered on them (for at most
+// drain_timeout), so that their clients reconnect to the new configuration.
 func (h *Handler) Cleanup() error {
 	if h.doneWithStore != nil {
 		h.retireBridge(h.doneWithStore())
@@ -261,14 +262,23 @@ func (h *Handler) retireBridge(storeGone bool) {
 		return
 	}
 	defer b.Close()
+	drain := cmp.Or(time.Duration(h.DrainTimeout), defaultDrainTimeout)
 	switch {
 	case caddy.Exiting():
-		drain := cmp.Or(time.Duration(h.DrainTimeout), defaultDrainTimeout)
 		ctx, cancel := context.WithTimeout(context.Background(), drain)
 		defer cancel()
 		b.Drain(ctx)
 	case storeGone:
-		b.Stop()
+		go func() {
+			waitIdle(b, drain)
+			b.Stop()
+			// The streams send what their mailboxes hold, then end.
+			ctx, cancel := context.WithTimeout(context.Background(), drain)
+			defer cancel()
+			b.WaitStreams(ctx)
+			releaseStore(h.store)
+		}()
+		return
 	}
 	if !b.Busy() {
 		releaseStore(h.store)
@@ -278,6 +288,19 @@ func (h *Handler) retireBridge(storeGone bool) {
 		b.WaitIdle()
 		releaseStore(h.store)
 	}()
+}
+
+// waitIdle waits until the bridge answers no request, or d has passed.
+func waitIdle(b *bridge.Bridge, d time.Duration) {
+	idle := make(chan struct{})
+	go func() {
+		b.WaitIdle()
+		close(idle)
+	}()
+	select {
+	case <-idle:
+	case <-time.After(d):
+	}
 }
 
 // ServeHTTP serves the bridge's two endpoints and passes other requests on.

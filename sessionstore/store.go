@@ -191,7 +191,8 @@ func OwnerReplica(owner string) string {
 // Requests tracks requests in flight and which replicas are alive.
 type Requests interface {
 	// TrackRequest records a request in flight under key (unique within the
-	// session), replacing any record with that key.
+	// session). If a record with that key exists, it changes nothing and
+	// returns ErrExists.
 	TrackRequest(ctx context.Context, sessionID, key string, r Request) error
 	// SetRequestEventID records the last event id relayed for the request; a
 	// missing record is not an error.

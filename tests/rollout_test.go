@@ -1,9 +1,11 @@
 package tests
 
-// Rolling restarts: many official TypeScript SDK legacy clients call tools
-// without pause while every replica of a three-replica cluster is restarted
-// in turn with SIGTERM, as an orchestrator rolls out a new version. Nothing
-// may be lost, failed, duplicated or re-initialised.
+// Rolling restarts and crashes under load: many official TypeScript SDK
+// legacy clients call tools without pause while every replica of a
+// three-replica cluster is restarted in turn with SIGTERM, as an
+// orchestrator rolls out a new version (TestRollingRestart), or while one
+// replica is killed with SIGKILL and relaunched (TestReplicaKilledUpstreamResumes).
+// Nothing may be lost, failed, duplicated or re-initialised.
 //
 // The pieces of this file: an upstream tap (a recording reverse proxy in
 // front of the upstream: which replica forwarded which call, when it was
@@ -290,13 +292,18 @@ func startRolloutCluster(t testing.TB, n int, upstreamURL string) (*cluster, str
 // production load balancers are configured to (Caddy: lb_retry_match with
 // an expression on the response status; the request was never accepted, so
 // sending it again is safe). The harness's load balancer retries only
-// requests whose connection failed; it also retries GETs here, for the same
-// reason as POSTs (a keep-alive connection closed by the stopping replica
-// just as the proxy sends a request on it), since a failed GET kills the
-// SDK's event stream for good.
+// requests whose connection failed (a 503 reaches the client). This one
+// also retries GETs whose connection failed, for the same reason as POSTs
+// (a keep-alive connection closed by the stopping replica just as the proxy
+// sends a request on it), since a failed GET kills the SDK's event stream
+// for good.
 //
-// Its access log (a file, read by lbRetries) records how many times each
+// Its access log (a file, read by lbRetried) records how many times each
 // request was retried.
+//
+// Retrying a POST whose connection failed after it was sent (method POST)
+// also resends a POST that a dying replica had received: see
+// TestReplicaKilledUpstreamResumes.
 func startRetryingLoadBalancer(t testing.TB, replicas []*replica) (*caddy, string) {
 	t.Helper()
 	var addrs []string
@@ -527,6 +534,9 @@ func (mc *manyClients) stop(t testing.TB, timeout time.Duration) (mcSummary, []m
 // Redis behind the retrying load balancer, and many clients calling.
 type rollout struct {
 	start time.Time
+	// procs is every Caddy process of the replicas, relaunched ones
+	// included, for their logs.
+	procs []*proc
 	up    *upstream
 	tap   *rolloutTap
 	cl    *cluster
@@ -544,10 +554,37 @@ func startRollout(t *testing.T, spec upstreamSpec, clients, longMs int, extra ..
 	ro.up = startUpstream(t, spec)
 	ro.tap = startRolloutTap(t, ro.up.url)
 	ro.cl, ro.lbLog = startRolloutCluster(t, 3, ro.tap.url())
+	for _, r := range ro.cl.replicas {
+		ro.procs = append(ro.procs, r.proc)
+	}
 	ro.mc = startManyClients(t, ro.cl.lb.sseURL(), string(spec.kind), clients, longMs, extra...)
 	t.Logf("%d clients connected %v after the start", clients, ro.since(time.Now()))
 	ro.mc.barrier(t, "warm", 30*time.Second)
 	return ro
+}
+
+// relaunch starts replica r again on its port and waits until it listens.
+func (ro *rollout) relaunch(t testing.TB, r *replica) {
+	t.Helper()
+	launchRolloutReplica(t, r)
+	ro.procs = append(ro.procs, r.proc)
+}
+
+// replicaLines returns the lines of every replica process's log that
+// mention one of the strings, prefixed with the process's name.
+func (ro *rollout) replicaLines(subs ...string) []string {
+	var lines []string
+	for _, p := range ro.procs {
+		for _, line := range strings.Split(p.out.String(), "\n") {
+			for _, sub := range subs {
+				if sub != "" && strings.Contains(line, sub) {
+					lines = append(lines, p.name+": "+line)
+					break
+				}
+			}
+		}
+	}
+	return lines
 }
 
 // since is t's offset from the start of the run, for logs.
@@ -570,6 +607,7 @@ func (ro *rollout) finish(t *testing.T) mcSummary {
 	if sum.Longest != nil {
 		t.Logf("longest call: %s (%s) %dms, started %v after the start",
 			sum.Longest.Tag, sum.Longest.Tool, sum.Longest.Ms, ro.since(time.UnixMilli(sum.Longest.StartMs)))
+		ro.explainCall(t, clients, sum.Longest.Tag)
 	}
 	t.Logf("event streams: %d GETs for %d clients (%d reconnections; %d clients reconnected), GET statuses %v, endpoint sessions %d; POST statuses %v; SDK onerror reports %d",
 		sum.Gets, sum.Clients, sum.Gets-sum.Clients, sum.ClientsReconnected, sum.GetStatus, sum.EndpointSessions, sum.PostStatus, sum.Onerror)
@@ -649,6 +687,47 @@ func (ro *rollout) finish(t *testing.T) mcSummary {
 		t.Errorf("the upstream received %d tools/call requests for the clients' %d calls", len(tap.calls), sum.Calls)
 	}
 	return sum
+}
+
+// explainCall logs the story of the call tagged tag (c<client>-<n>): its
+// client's event streams, its trip upstream, and what the replicas logged
+// about the client's sessions.
+func (ro *rollout) explainCall(t *testing.T, clients []mcClient, tag string) {
+	t.Helper()
+	var n int
+	if _, err := fmt.Sscanf(tag, "c%d-", &n); err != nil {
+		return
+	}
+	for _, c := range clients {
+		if c.Client != n {
+			continue
+		}
+		var gets []string
+		for _, g := range c.Gets {
+			gets = append(gets, fmt.Sprintf("%v %v %s", ro.since(time.UnixMilli(g.T)), g.Status, g.Replica))
+		}
+		var sessions []string
+		for _, s := range c.Sessions {
+			sessions = append(sessions, short8(s))
+		}
+		t.Logf("  client %d: GETs of its event stream at [%s]; sessions it posted to %v", n, strings.Join(gets, ", "), sessions)
+		ro.tap.mu.Lock()
+		for _, uc := range ro.tap.calls {
+			if uc.tag == tag {
+				t.Logf("  %s: forwarded by %s at %v, upstream answer ended at %v (complete %v)", tag, uc.replica, ro.since(uc.start), ro.since(uc.end), uc.complete)
+			}
+		}
+		ro.tap.mu.Unlock()
+		for _, l := range ro.replicaLines(c.Sessions...) {
+			var e struct {
+				TS float64 `json:"ts"`
+			}
+			if _, js, ok := strings.Cut(l, ": "); ok && json.Unmarshal([]byte(js), &e) == nil && e.TS > 0 {
+				l = fmt.Sprintf("at %v %s", ro.since(time.UnixMicro(int64(e.TS*1e6))), l)
+			}
+			t.Logf("  %s", l)
+		}
+	}
 }
 
 // explainDuplicates logs, for a client that got some answer twice, how its
@@ -747,11 +826,11 @@ func TestRollingRestart(t *testing.T) {
 		rs.exitTook = sigtermReplica(t, r, rolloutDrainTimeout+15*time.Second)
 		rs.exited = time.Now()
 		rs.leftLogs = strings.Count(r.proc.out.String(), "shutting down with requests still in flight")
-		launchRolloutReplica(t, r)
+		ro.relaunch(t, r)
 		rs.back = time.Now()
 		restarts = append(restarts, rs)
-		t.Logf("replica %s: SIGTERM with %d calls in flight (%d slow) at the clients; exited after %v; listening again %v later",
-			r.name, rs.atSigterm.Inflight, rs.atSigterm.Long, rs.exitTook.Round(time.Millisecond), rs.back.Sub(rs.exited).Round(time.Millisecond))
+		t.Logf("replica %s: SIGTERM at %v with %d calls in flight (%d slow) at the clients; exited after %v; listening again %v later",
+			r.name, ro.since(rs.from), rs.atSigterm.Inflight, rs.atSigterm.Long, rs.exitTook.Round(time.Millisecond), rs.back.Sub(rs.exited).Round(time.Millisecond))
 	}
 	sum := ro.finish(t)
 
@@ -822,6 +901,12 @@ func TestRollingRestart(t *testing.T) {
 // holding their sessions' streams once its heartbeat lapses: every call
 // must still get its real result, exactly once, and no client may
 // initialise again.
+//
+// A POST that reaches the replica as it dies (received, perhaps recorded
+// and forwarded, but its 202 never sent) is resent by the load balancer to
+// another replica, which must not make the call run, or be answered, twice.
+// The test fails when it is: whether a POST is caught that way depends on
+// the moment of the kill.
 func TestReplicaKilledUpstreamResumes(t *testing.T) {
 	const longMs = 2000
 	ro := startRollout(t, specEverything, rolloutClients, longMs, "--long-progress")
@@ -845,10 +930,10 @@ func TestReplicaKilledUpstreamResumes(t *testing.T) {
 	w := rolloutWindow{name: victim.name, what: "dying", from: time.Now()}
 	victim.kill()
 	w.exited = time.Now()
-	launchRolloutReplica(t, victim)
+	ro.relaunch(t, victim)
 	w.back = time.Now()
-	t.Logf("killed %s (forwarding %d upstream calls; %d calls in flight at the clients, %d long), listening again %v later",
-		victim.name, busy[victim.name], mark.Inflight, mark.Long, w.back.Sub(w.exited).Round(time.Millisecond))
+	t.Logf("killed %s at %v (forwarding %d upstream calls; %d calls in flight at the clients, %d long), listening again %v later",
+		victim.name, ro.since(w.from), busy[victim.name], mark.Inflight, mark.Long, w.back.Sub(w.exited).Round(time.Millisecond))
 
 	sum := ro.finish(t)
 	if sum.ClientsReconnected == 0 {

@@ -348,6 +348,9 @@ func (st *Store) TrackRequest(_ context.Context, sessionID, key string, r sessio
 	if !ok {
 		return sessionstore.ErrNotFound
 	}
+	if _, ok := e.requests[key]; ok {
+		return sessionstore.ErrExists
+	}
 	r.ID = append(json.RawMessage(nil), r.ID...)
 	e.requests[key] = r
 	return nil

@@ -45,8 +45,11 @@ func (s *Store) TrackRequest(ctx context.Context, sessionID, key string, r sessi
 	if err != nil {
 		return unavailable("tracking request", err)
 	}
-	if res == codeNotFound {
+	switch res {
+	case codeNotFound:
 		return sessionstore.ErrNotFound
+	case 0:
+		return sessionstore.ErrExists
 	}
 	return nil
 }

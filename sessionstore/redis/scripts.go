@@ -166,10 +166,13 @@ return 1
 //
 //	KEYS: hash, requests
 //	ARGV: key, rest (JSON), id, last event id
-//	→ 1 done, -1 missing session
+//	→ 1 done, 0 a record with that key exists, -1 missing session
 var trackScript = goredis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return -1
+end
+if redis.call('HEXISTS', KEYS[2], 'q:' .. ARGV[1]) == 1 then
+  return 0
 end
 redis.call('HSET', KEYS[2], 'q:' .. ARGV[1], ARGV[2], 'i:' .. ARGV[1], ARGV[3], 'e:' .. ARGV[1], ARGV[4])
 local ttl = redis.call('PTTL', KEYS[1])

@@ -33,6 +33,10 @@ func testTrackListClaim(t *testing.T, st sessionstore.Store) {
 	if err := st.TrackRequest(ctx, id, "12345678901234567890", sessionstore.Request{ID: []byte("12345678901234567890"), Replica: "replica-c"}); err != nil {
 		t.Fatalf("TrackRequest: %v", err)
 	}
+	// The same key again (a request sent twice) changes nothing.
+	if err := st.TrackRequest(ctx, id, "12345678901234567890", sessionstore.Request{ID: []byte("1"), Replica: "replica-d"}); !errors.Is(err, sessionstore.ErrExists) {
+		t.Errorf("TrackRequest of a key in flight: %v, want ErrExists", err)
+	}
 	if err := st.SetRequestEventID(ctx, id, `"req-ü-1"`, "stream-1_7"); err != nil {
 		t.Fatalf("SetRequestEventID: %v", err)
 	}
