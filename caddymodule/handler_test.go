@@ -89,7 +89,7 @@ func TestValidateRejectsBadConfig(t *testing.T) {
 			t.Errorf("cleanup after a failed provision: %v", err)
 		}
 		cancel()
-		if n, ok := stores.References(memoryStoreKey); ok || n != 0 {
+		if n, ok := stores.References(memoryStoreKey("")); ok || n != 0 {
 			t.Errorf("store pool holds %d references after a failed provision", n)
 		}
 	}

@@ -109,6 +109,11 @@ var stores = caddy.NewUsagePool()
 // MemoryStore keeps sessions in this Caddy process: the default, for a
 // single instance.
 type MemoryStore struct {
+	// Name tells embedded stores apart: the sites of one Caddy process that
+	// give the same name (or none) share one store, and its limits are those
+	// of the newest configuration that uses it. Give sites that need limits
+	// of their own a name of their own. Default: "" (the process's store).
+	Name string `json:"name,omitempty"`
 	// MaxSessions caps the number of sessions (open streams and sessions
 	// waiting for their client); beyond it new streams get 503.
 	// Default: 10000.
@@ -139,10 +144,9 @@ type pooledMemory struct {
 
 func (pooledMemory) Destruct() error { return nil }
 
-// memoryStoreKey names the one embedded store of this process: every
-// configuration and site shares it, so that a reload keeps its sessions
-// whatever changed; its limits are those of the latest configuration.
-const memoryStoreKey = "memory"
+// memoryStoreKey names the embedded store called name in the pool: a
+// reload keeps it, and its sessions, whatever changed.
+func memoryStoreKey(name string) string { return "memory/" + name }
 
 // Provision finds or makes the process's store and applies this
 // configuration's limits to it.
@@ -150,7 +154,7 @@ func (m *MemoryStore) Provision(caddy.Context) error {
 	if err := m.Validate(); err != nil {
 		return err
 	}
-	m.key = memoryStoreKey
+	m.key = memoryStoreKey(m.Name)
 	v, _, err := stores.LoadOrNew(m.key, func() (caddy.Destructor, error) {
 		st := memory.New(memory.Options{ReplayWindow: 64})
 		return pooledMemory{Store: st, limits: &settingsStack[[2]int]{
@@ -196,6 +200,7 @@ func (m *MemoryStore) poolKey() string { return m.key }
 // UnmarshalCaddyfile sets up the memory store from Caddyfile tokens. Syntax:
 //
 //	store memory {
+//		name <name>
 //		max_sessions <n>
 //		max_pending <n>
 //	}
@@ -207,6 +212,11 @@ func (m *MemoryStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		var target *int
 		switch d.Val() {
+		case "name":
+			if !d.AllArgs(&m.Name) {
+				return d.ArgErr()
+			}
+			continue
 		case "max_sessions":
 			target = &m.MaxSessions
 		case "max_pending":

@@ -547,7 +547,7 @@ func TestStatusCodes(t *testing.T) {
 		site{body: bridgeBlock(demo.url, "max_message_size 1KB", "allowed_origins http://allowed.example")},
 		site{body: "handle_path /prefix/* {\n\t\t" + bridgeBlock(demo.url) + "\n\t}"},
 		site{body: bridgeBlock(deadUpstream)},
-		site{body: bridgeBlock(demo.url, "store memory {\n\t\t\tmax_sessions 1\n\t\t}")},
+		site{body: bridgeBlock(demo.url, "store memory {\n\t\t\tname full\n\t\t\tmax_sessions 1\n\t\t}")},
 		// The demo upstream's server answers other paths with a plain 404.
 		site{body: bridgeBlock(fmt.Sprintf("http://127.0.0.1:%d/no-such-path", demo.port))},
 		site{body: bridgeBlock(every.url)},
