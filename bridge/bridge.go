@@ -237,6 +237,12 @@ func (b *Bridge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !b.checkOrigin(w, r) {
 		return
 	}
+	if len(r.Header.Values("Authorization")) > 1 {
+		// A single-valued field sent twice: which one counts would be up
+		// to whoever reads it (the session check, the upstream).
+		httpError(w, http.StatusBadRequest, "Authorization must be sent once")
+		return
+	}
 	if b.stopping() && r.Method != http.MethodOptions {
 		// Refused before anything is accepted: the client retries on
 		// another replica, and nothing it sent is lost here.

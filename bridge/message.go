@@ -3,11 +3,13 @@ package bridge
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"net/http"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 
@@ -112,8 +114,10 @@ func readBody(r io.Reader, length, limit int64) ([]byte, error) {
 	}
 	buf := make([]byte, length)
 	n, err := io.ReadFull(r, buf)
-	if errors.Is(err, io.ErrUnexpectedEOF) {
-		err = nil
+	if errors.Is(err, io.ErrUnexpectedEOF) || (errors.Is(err, io.EOF) && length > 0) {
+		// Shorter than announced: an incomplete message is not acted on
+		// (RFC 9112 §6.3).
+		err = fmt.Errorf("body ended after %d of %d bytes", n, length)
 	}
 	return buf[:n], err
 }
@@ -122,6 +126,11 @@ func readBody(r io.Reader, length, limit int64) ([]byte, error) {
 func parseMessages(body []byte) ([][]byte, []Envelope, string) {
 	if !json.Valid(body) {
 		return nil, nil, "body is not valid JSON"
+	}
+	if !utf8.Valid(body) {
+		// JSON between systems is UTF-8 (RFC 8259 §8.1); Go's decoder would
+		// pass such bytes on.
+		return nil, nil, "body is not valid UTF-8"
 	}
 	var msgs [][]byte
 	if isArray(body) {

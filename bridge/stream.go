@@ -116,7 +116,9 @@ func (ls *legacyStream) open(ctx context.Context) (*sessionstore.Session, bool, 
 			return err
 		})
 		if err == nil {
-			ls.after = seq
+			// A position past what the client was given would skip every
+			// later message: resume from what it was given at most.
+			ls.after = min(seq, sess.Delivered)
 			return sess, true, nil
 		}
 		if !errors.Is(err, sessionstore.ErrNotFound) {

@@ -1,0 +1,126 @@
+package bridge
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+)
+
+// forwardedCalls counts the tools/call requests the upstream got.
+func forwardedCalls(u *testUpstream) int {
+	n := 0
+	for _, r := range u.requests() {
+		if strings.Contains(r.Body, `"tools/call"`) {
+			n++
+		}
+	}
+	return n
+}
+
+// TestInvalidUTF8Refused: JSON between systems is UTF-8 (RFC 8259 §8.1): a
+// body with invalid bytes inside a string gets 400, nothing is forwarded,
+// and the session goes on.
+func TestInvalidUTF8Refused(t *testing.T) {
+	up := newMCPUpstream(t, statefulSSE)
+	e := newEnv(t, up.URL, nil, nil)
+	s := openStream(t, e, nil)
+	s.initialize(t)
+	before := forwardedCalls(up)
+	body := "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":{\"name\":\"echo\",\"arguments\":{\"text\":\"\xff\xfe\"}}}"
+	if code := s.post(t, body); code != http.StatusBadRequest {
+		t.Errorf("POST with invalid UTF-8: %d, want 400", code)
+	}
+	s.mustPost(t, echoCall(`3`, "still here"))
+	if text := resultText(t, s.awaitResponse(t, `3`).data); text != "echo: still here" {
+		t.Errorf("answer 3: %q", text)
+	}
+	if n := forwardedCalls(up) - before; n != 1 {
+		t.Errorf("the upstream got %d calls, want only the valid one", n)
+	}
+}
+
+// TestShortBodyRefused: a body that ends before its Content-Length (the
+// client shut its side early) is incomplete (RFC 9112 §6.3): 400, nothing
+// forwarded.
+func TestShortBodyRefused(t *testing.T) {
+	up := newMCPUpstream(t, statefulSSE)
+	e := newEnv(t, up.URL, nil, nil)
+	s := openStream(t, e, nil)
+	s.initialize(t)
+	before := forwardedCalls(up)
+
+	u, err := url.Parse(e.srv.URL + s.endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	body := echoCall(`2`, "cut short")
+	fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
+		u.RequestURI(), u.Host, len(body)+40, body)
+	_ = conn.(*net.TCPConn).CloseWrite()
+	_ = conn.SetReadDeadline(time.Now().Add(waitLimit))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("reading the answer: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("POST whose body ends early: %d, want 400", resp.StatusCode)
+	}
+	s.mustPost(t, echoCall(`3`, "complete"))
+	s.awaitResponse(t, `3`)
+	if n := forwardedCalls(up) - before; n != 1 {
+		t.Errorf("the upstream got %d calls, want only the complete one", n)
+	}
+}
+
+// TestLastEventIDPastTheEnd: a Last-Event-ID beyond anything the session
+// sent resumes from what its client was given, not at a position that
+// would skip every later message.
+func TestLastEventIDPastTheEnd(t *testing.T) {
+	up := newMCPUpstream(t, statefulSSE)
+	e := newEnv(t, up.URL, nil, nil)
+	a := openStream(t, e, nil)
+	a.initialize(t)
+	a.close()
+	awaitReleased(t, e, a.sessionID)
+
+	b := openStream(t, e, http.Header{"Last-Event-Id": {a.sessionID + "-18446744073709551615"}})
+	if b.sessionID != a.sessionID {
+		t.Fatalf("the GET resumed %s, want %s", b.sessionID, a.sessionID)
+	}
+	b.mustPost(t, echoCall(`2`, "after the resume"))
+	if text := resultText(t, b.awaitResponse(t, `2`).data); text != "echo: after the resume" {
+		t.Errorf("answer 2: %q", text)
+	}
+}
+
+// TestDuplicateAuthorizationRefused: a single-valued field sent twice gets
+// 400 on either endpoint, so that the session check and the upstream never
+// read different credentials.
+func TestDuplicateAuthorizationRefused(t *testing.T) {
+	up := newMCPUpstream(t, statefulSSE)
+	e := newEnv(t, up.URL, nil, nil)
+	s := openStream(t, e, http.Header{"Authorization": {"Bearer one"}})
+	s.initialize(t)
+	two := http.Header{"Authorization": {"Bearer one", "Bearer two"}}
+	if code, _, _ := doRaw(t, http.MethodGet, e.srv.URL+"/sse", "", two, ""); code != http.StatusBadRequest {
+		t.Errorf("GET with two Authorization headers: %d, want 400", code)
+	}
+	before := forwardedCalls(up)
+	if code, _, _ := postRaw(t, e.srv.URL+s.endpoint, echoCall(`2`, "x"), two, "application/json"); code != http.StatusBadRequest {
+		t.Errorf("POST with two Authorization headers: %d, want 400", code)
+	}
+	if n := forwardedCalls(up) - before; n != 0 {
+		t.Errorf("the upstream got %d calls, want none", n)
+	}
+}
