@@ -1035,6 +1035,13 @@ func TestUpstreamFailures(t *testing.T) {
 				if err := json.Unmarshal(errMember, &e); err != nil || e.Code == 0 || e.Message == "" {
 					t.Errorf("error for %s: %s", id, errMember)
 				}
+				// What happened, without the upstream's address.
+				if strings.Contains(e.Message, "127.0.0.1") || strings.Contains(e.Message, "dial") {
+					t.Errorf("error for %s names transport internals: %q", id, e.Message)
+				}
+				if c.name == "connection refused" && !strings.Contains(e.Message, "upstream unreachable") {
+					t.Errorf("error for %s: %q, want it to say the upstream is unreachable", id, e.Message)
+				}
 			}
 			for _, ev := range others {
 				t.Errorf("unexpected message: %s", ev.data)

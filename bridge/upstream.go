@@ -157,7 +157,7 @@ func (b *Bridge) forward(c *call) {
 		}
 		resp, err := b.do(ctx, http.MethodPost, sess, c.client, c.msg, "")
 		if err != nil {
-			b.fail(c, fmt.Sprintf("forwarding to upstream: %v", err))
+			b.failUpstream(c, "forwarding", err)
 			return
 		}
 		if resp.StatusCode >= 200 && resp.StatusCode < 300 {
@@ -175,7 +175,7 @@ func (b *Bridge) forward(c *call) {
 				zap.String("session", c.sessionID), zap.Int("status", resp.StatusCode))
 			fresh, err := b.reinitialize(ctx, sess, c.client)
 			if err != nil {
-				b.fail(c, fmt.Sprintf("upstream session lost and re-initialisation failed: %v", err))
+				b.failUpstream(c, "re-initialising the lost upstream session", err)
 				return
 			}
 			sess = fresh
@@ -252,7 +252,7 @@ func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, 
 		body, err := readBody(io.LimitReader(resp.Body, b.cfg.MaxMessageSize+1), resp.ContentLength, b.cfg.MaxMessageSize)
 		switch {
 		case err != nil:
-			b.fail(c, fmt.Sprintf("reading upstream response: %v", err))
+			b.failUpstream(c, "reading the response", err)
 			return
 		case int64(len(body)) > b.cfg.MaxMessageSize:
 			b.fail(c, "upstream response larger than max_message_size")
@@ -362,6 +362,25 @@ func (b *Bridge) fail(c *call, message string) {
 		return
 	}
 	b.answer(c, errorMessage(c.env.ID, codeInternalError, message))
+}
+
+// failUpstream answers a request whose upstream exchange failed with what
+// happened, in words that name no address or internal detail; those go to
+// the log.
+func (b *Bridge) failUpstream(c *call, doing string, err error) {
+	if b.background.Err() == nil {
+		b.log.Warn("upstream request failed", zap.String("session", c.sessionID), zap.String("method", c.env.Method),
+			zap.String("while", doing), zap.Error(err))
+	}
+	var netErr net.Error
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout()):
+		b.fail(c, "upstream timed out ("+doing+")")
+	case errors.As(err, &netErr):
+		b.fail(c, "upstream unreachable ("+doing+")")
+	default:
+		b.fail(c, "upstream failed ("+doing+")")
+	}
 }
 
 // failFromHTTP answers a request the upstream refused with an HTTP error:
