@@ -12,14 +12,15 @@ import (
 
 // Defaults for Config fields left zero.
 const (
-	DefaultSSEPath        = "/sse"
-	DefaultMessagePath    = "/messages"
-	DefaultKeepalive      = 15 * time.Second
-	DefaultSessionTTL     = 10 * time.Minute
-	DefaultMaxMessageSize = 4 << 20
-	DefaultMaxInflight    = 256
-	DefaultAdoptHold      = 2 * time.Second
-	DefaultInitializeTTL  = 24 * time.Hour
+	DefaultSSEPath          = "/sse"
+	DefaultMessagePath      = "/messages"
+	DefaultKeepalive        = 15 * time.Second
+	DefaultSessionTTL       = 10 * time.Minute
+	DefaultMaxMessageSize   = 4 << 20
+	DefaultMaxInflight      = 256
+	DefaultAdoptHold        = 2 * time.Second
+	DefaultUninitializedTTL = 30 * time.Second
+	DefaultInitializeTTL    = 24 * time.Hour
 	// acceptWait caps how long a legacy POST waits for the upstream's status
 	// line before it is answered 202 anyway (JSON-mode upstreams send their
 	// status only with the result; holding the POST longer would deadlock
@@ -66,6 +67,9 @@ type Config struct {
 	// so that a new client can show it is new (by POSTing initialize)
 	// before anything of an earlier client reaches it.
 	AdoptHold time.Duration
+	// UninitializedTTL is how long a session whose client never initialised
+	// it outlives its stream (at most SessionTTL).
+	UninitializedTTL time.Duration
 	// InitializeTTL is how long a caller's latest initialize is remembered
 	// to revive its sessions once they are gone; at least SessionTTL.
 	InitializeTTL time.Duration
@@ -122,6 +126,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.AdoptHold <= 0 {
 		c.AdoptHold = DefaultAdoptHold
+	}
+	if c.UninitializedTTL <= 0 {
+		c.UninitializedTTL = DefaultUninitializedTTL
 	}
 	if c.InitializeTTL <= 0 {
 		c.InitializeTTL = DefaultInitializeTTL

@@ -124,3 +124,27 @@ func TestDuplicateAuthorizationRefused(t *testing.T) {
 		t.Errorf("the upstream got %d calls, want none", n)
 	}
 }
+
+// TestUninitializedSessionsExpireSoon: a stream that never initialised its
+// session leaves it for UninitializedTTL, not for the session TTL, so that
+// a caller opening and dropping streams cannot fill the store.
+func TestUninitializedSessionsExpireSoon(t *testing.T) {
+	up := newMCPUpstream(t, statefulSSE)
+	e := newEnv(t, up.URL, nil, &Config{SessionTTL: time.Hour, UninitializedTTL: 30 * time.Second})
+	idle := openStream(t, e, nil)
+	used := openStream(t, e, nil)
+	used.initialize(t)
+	idle.close()
+	used.close()
+	awaitReleased(t, e, idle.sessionID)
+	awaitReleased(t, e, used.sessionID)
+	for id, want := range map[string]time.Duration{idle.sessionID: 30 * time.Second, used.sessionID: time.Hour} {
+		sess, err := e.store.Get(t.Context(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if left := time.Until(sess.ExpiresAt); left > want || left < want-time.Minute/2 {
+			t.Errorf("session %s expires in %v, want about %v", id, left.Round(time.Second), want)
+		}
+	}
+}

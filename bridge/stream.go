@@ -493,7 +493,10 @@ func (b *Bridge) renewLease(ctx context.Context, id, owner string) bool {
 }
 
 // releaseSession marks the session as without a stream: it stays
-// resumable for the session TTL.
+// resumable for the session TTL, or, when its client never used it (no
+// initialize, no link), for the much shorter UninitializedTTL: such a
+// session is worth nothing to anyone, and a caller opening and dropping
+// streams must not fill the store with them.
 func (b *Bridge) releaseSession(id, owner string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -504,7 +507,11 @@ func (b *Bridge) releaseSession(id, owner string) {
 		}
 		s.Owner = ""
 		s.OwnerLeaseUntil = time.Time{}
-		s.ExpiresAt = now.Add(b.cfg.SessionTTL)
+		ttl := b.cfg.SessionTTL
+		if neverInitialized(s) && s.Link == "" {
+			ttl = min(ttl, b.cfg.UninitializedTTL)
+		}
+		s.ExpiresAt = now.Add(ttl)
 		return nil
 	})
 	if err != nil && !errors.Is(err, sessionstore.ErrNotOwner) && !errors.Is(err, sessionstore.ErrNotFound) {

@@ -38,6 +38,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		adopt any|authenticated|off
 //		adopt_hold <duration>
 //		initialize_ttl <duration>
+//		uninitialized_ttl <duration>
 //		drain_timeout <duration>
 //		max_message_size <size>
 //		max_inflight <n>
@@ -82,7 +83,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&h.MessagePath) {
 				return d.ArgErr()
 			}
-		case "keepalive", "session_ttl", "adopt_hold", "initialize_ttl", "drain_timeout":
+		case "keepalive", "session_ttl", "adopt_hold", "initialize_ttl", "drain_timeout", "uninitialized_ttl":
 			var v string
 			if !d.AllArgs(&v) {
 				return d.ArgErr()
@@ -94,7 +95,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			*map[string]*caddy.Duration{
 				"keepalive": &h.Keepalive, "session_ttl": &h.SessionTTL,
 				"adopt_hold": &h.AdoptHold, "initialize_ttl": &h.InitializeTTL,
-				"drain_timeout": &h.DrainTimeout,
+				"drain_timeout": &h.DrainTimeout, "uninitialized_ttl": &h.UninitializedTTL,
 			}[opt] = caddy.Duration(dur)
 		case "adopt":
 			if !d.AllArgs(&h.Adopt) {

@@ -68,6 +68,12 @@ type Handler struct {
 	// earlier client's messages. Default: 2s.
 	AdoptHold caddy.Duration `json:"adopt_hold,omitempty"`
 
+	// UninitializedTTL is how long a session whose client never sent
+	// initialize outlives its stream (at most session_ttl): such sessions
+	// are worth nothing, and a caller opening and dropping streams must not
+	// fill the store with them. Default: 30s.
+	UninitializedTTL caddy.Duration `json:"uninitialized_ttl,omitempty"`
+
 	// InitializeTTL is how long each caller's latest initialize is kept, to
 	// give a client whose session is gone (store restarted, session expired)
 	// a new upstream session as it was initialised. At least session_ttl.
@@ -156,21 +162,22 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("parsing upstream %q: %w", h.Upstream, err)
 	}
 	h.bridge, err = bridge.New(bridge.Config{
-		Upstream:       upstream,
-		SSEPath:        h.SSEPath,
-		MessagePath:    h.MessagePath,
-		Keepalive:      time.Duration(h.Keepalive),
-		SessionTTL:     time.Duration(h.SessionTTL),
-		MaxMessageSize: h.MaxMessageSize,
-		MaxInflight:    h.MaxInflight,
-		Adopt:          bridge.AdoptMode(h.Adopt),
-		AdoptHold:      time.Duration(h.AdoptHold),
-		InitializeTTL:  time.Duration(h.InitializeTTL),
-		AllowedOrigins: h.AllowedOrigins,
-		ReplicaID:      replicaID(),
-		HeaderUp:       h.headerUp,
-		OriginalPath:   originalPath,
-		Logger:         h.logger,
+		Upstream:         upstream,
+		SSEPath:          h.SSEPath,
+		MessagePath:      h.MessagePath,
+		Keepalive:        time.Duration(h.Keepalive),
+		SessionTTL:       time.Duration(h.SessionTTL),
+		MaxMessageSize:   h.MaxMessageSize,
+		MaxInflight:      h.MaxInflight,
+		Adopt:            bridge.AdoptMode(h.Adopt),
+		AdoptHold:        time.Duration(h.AdoptHold),
+		InitializeTTL:    time.Duration(h.InitializeTTL),
+		UninitializedTTL: time.Duration(h.UninitializedTTL),
+		AllowedOrigins:   h.AllowedOrigins,
+		ReplicaID:        replicaID(),
+		HeaderUp:         h.headerUp,
+		OriginalPath:     originalPath,
+		Logger:           h.logger,
 	}, h.store.SessionStore())
 	if err != nil {
 		return fmt.Errorf("setting up the bridge: %w", err)
@@ -204,6 +211,7 @@ func (h *Handler) Validate() error {
 		"max_message_size": h.MaxMessageSize, "max_inflight": int64(h.MaxInflight),
 		"keepalive": int64(h.Keepalive), "session_ttl": int64(h.SessionTTL), "adopt_hold": int64(h.AdoptHold),
 		"initialize_ttl": int64(h.InitializeTTL), "drain_timeout": int64(h.DrainTimeout),
+		"uninitialized_ttl": int64(h.UninitializedTTL),
 	} {
 		if v < 0 {
 			return fmt.Errorf("%s must not be negative, got %d", name, v)
