@@ -87,7 +87,7 @@ func New(cfg Config, store sessionstore.Store) (*Bridge, error) {
 	transport := cfg.Transport
 	var own *http.Transport
 	if transport == nil {
-		own = newUpstreamTransport()
+		own = newUpstreamTransport(cfg.UpstreamHeaderTimeout)
 		transport = own
 	}
 	bg, cancel := context.WithCancel(context.Background())

@@ -12,15 +12,16 @@ import (
 
 // Defaults for Config fields left zero.
 const (
-	DefaultSSEPath          = "/sse"
-	DefaultMessagePath      = "/messages"
-	DefaultKeepalive        = 15 * time.Second
-	DefaultSessionTTL       = 10 * time.Minute
-	DefaultMaxMessageSize   = 4 << 20
-	DefaultMaxInflight      = 256
-	DefaultAdoptHold        = 2 * time.Second
-	DefaultUninitializedTTL = 30 * time.Second
-	DefaultInitializeTTL    = 24 * time.Hour
+	DefaultSSEPath               = "/sse"
+	DefaultMessagePath           = "/messages"
+	DefaultKeepalive             = 15 * time.Second
+	DefaultSessionTTL            = 10 * time.Minute
+	DefaultMaxMessageSize        = 4 << 20
+	DefaultMaxInflight           = 256
+	DefaultAdoptHold             = 2 * time.Second
+	DefaultUninitializedTTL      = 30 * time.Second
+	DefaultUpstreamHeaderTimeout = 2 * time.Minute
+	DefaultInitializeTTL         = 24 * time.Hour
 	// acceptWait caps how long a legacy POST waits for the upstream's status
 	// line before it is answered 202 anyway (JSON-mode upstreams send their
 	// status only with the result; holding the POST longer would deadlock
@@ -85,6 +86,10 @@ type Config struct {
 	// OriginalPath returns the path of the request as the client sent it,
 	// before any prefix was stripped. Defaults to r.URL.Path.
 	OriginalPath func(r *http.Request) string
+	// UpstreamHeaderTimeout bounds the wait for an upstream response's
+	// headers (a black-holed upstream); streamed answers send them at once.
+	// Used by the transport New makes.
+	UpstreamHeaderTimeout time.Duration
 	// Transport carries upstream requests; nil means a transport tuned for
 	// long-lived streams.
 	Transport http.RoundTripper
@@ -126,6 +131,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.AdoptHold <= 0 {
 		c.AdoptHold = DefaultAdoptHold
+	}
+	if c.UpstreamHeaderTimeout <= 0 {
+		c.UpstreamHeaderTimeout = DefaultUpstreamHeaderTimeout
 	}
 	if c.UninitializedTTL <= 0 {
 		c.UninitializedTTL = DefaultUninitializedTTL

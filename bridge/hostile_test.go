@@ -3,6 +3,7 @@ package bridge
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -147,4 +148,75 @@ func TestUninitializedSessionsExpireSoon(t *testing.T) {
 			t.Errorf("session %s expires in %v, want about %v", id, left.Round(time.Second), want)
 		}
 	}
+}
+
+// TestUpstreamHeaderTimeout: a black-holed upstream (it takes the
+// connection and never answers) gets each request a JSON-RPC error that
+// says it timed out, soon after UpstreamHeaderTimeout; a call whose answer
+// streams for longer than that timeout is not cut.
+func TestUpstreamHeaderTimeout(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	t.Run("black hole", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		held := make(chan net.Conn, 16)
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				held <- c // taken, never answered
+			}
+		}()
+		t.Cleanup(func() {
+			ln.Close()
+			close(held)
+			for c := range held {
+				c.Close()
+			}
+		})
+		e := newEnv(t, "http://"+ln.Addr().String()+"/mcp", nil, &Config{UpstreamHeaderTimeout: timeout})
+		s := openStream(t, e, nil)
+		start := time.Now()
+		s.post(t, initializeRequest)
+		ev := s.awaitResponse(t, `1`)
+		if !strings.Contains(ev.data, "upstream timed out") {
+			t.Errorf("answer to initialize: %s, want an error saying the upstream timed out", ev.data)
+		}
+		if took := time.Since(start); took > 10*timeout {
+			t.Errorf("the error took %v with a %v header timeout", took, timeout)
+		}
+	})
+	t.Run("long streamed call", func(t *testing.T) {
+		up := newFakeUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+			body, _ := io.ReadAll(r.Body)
+			env, err := PeekEnvelope(body)
+			switch {
+			case err != nil || env.Kind != KindRequest:
+				w.WriteHeader(http.StatusAccepted)
+			case env.Method == "initialize":
+				w.Header().Set("Content-Type", "application/json")
+				fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,"result":{"protocolVersion":"2025-03-26","capabilities":{},"serverInfo":{"name":"slow","version":"0"}}}`, env.ID)
+			default:
+				w.Header().Set("Content-Type", "text/event-stream")
+				w.WriteHeader(http.StatusOK)
+				for i := range 5 { // 1 s of progress, longer than the timeout
+					fmt.Fprintf(w, "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":\"p\",\"progress\":%d}}\n\n", i)
+					w.(http.Flusher).Flush()
+					time.Sleep(200 * time.Millisecond) // the upstream's pace
+				}
+				fmt.Fprintf(w, "data: {\"jsonrpc\":\"2.0\",\"id\":%s,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"done\"}]}}\n\n", env.ID)
+			}
+		})
+		e := newEnv(t, up.URL, nil, &Config{UpstreamHeaderTimeout: timeout})
+		s := openStream(t, e, nil)
+		s.initialize(t)
+		s.mustPost(t, `{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"slow","_meta":{"progressToken":"p"}}}`)
+		if text := resultText(t, s.awaitResponse(t, `2`).data); text != "done" {
+			t.Errorf("the long streamed call: %q, want done", text)
+		}
+	})
 }

@@ -46,6 +46,9 @@ func (b *Bridge) reinitialize(ctx context.Context, stale *sessionstore.Session, 
 // never reaches the client) and notifications/initialized, records it, and
 // tells the stream owner to (re)open the upstream GET stream.
 func (b *Bridge) openUpstreamSession(ctx context.Context, cur *sessionstore.Session, init []byte, client http.Header) (*sessionstore.Session, error) {
+	// Two round trips, with the session's lock held: bounded.
+	ctx, cancel := context.WithTimeout(ctx, 2*b.cfg.UpstreamHeaderTimeout)
+	defer cancel()
 	env, err := PeekEnvelope(init)
 	if err != nil {
 		return nil, fmt.Errorf("stored initialize: %w", err)

@@ -27,7 +27,7 @@ const (
 // maxErrorBody bounds how much of an upstream error body is read.
 const maxErrorBody = 64 << 10
 
-func newUpstreamTransport() *http.Transport {
+func newUpstreamTransport(headerTimeout time.Duration) *http.Transport {
 	return &http.Transport{
 		DialContext: (&net.Dialer{
 			Timeout:   10 * time.Second,
@@ -36,11 +36,13 @@ func newUpstreamTransport() *http.Transport {
 		ForceAttemptHTTP2:     true,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ExpectContinueTimeout: time.Second,
-		// No response header timeout: a JSON-mode upstream sends its
-		// headers only with the result of a long tool call.
-		MaxIdleConns:        1024,
-		MaxIdleConnsPerHost: 256,
-		IdleConnTimeout:     90 * time.Second,
+		// Bounds a black-holed upstream. A streaming answer sends its
+		// headers at once and is never cut; a JSON-mode upstream sends them
+		// only with the result, so the bound must outlast its longest call.
+		ResponseHeaderTimeout: headerTimeout,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   256,
+		IdleConnTimeout:       90 * time.Second,
 	}
 }
 

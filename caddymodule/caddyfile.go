@@ -39,6 +39,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		adopt_hold <duration>
 //		initialize_ttl <duration>
 //		uninitialized_ttl <duration>
+//		upstream_header_timeout <duration>
 //		drain_timeout <duration>
 //		max_message_size <size>
 //		max_inflight <n>
@@ -83,7 +84,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&h.MessagePath) {
 				return d.ArgErr()
 			}
-		case "keepalive", "session_ttl", "adopt_hold", "initialize_ttl", "drain_timeout", "uninitialized_ttl":
+		case "keepalive", "session_ttl", "adopt_hold", "initialize_ttl", "drain_timeout", "uninitialized_ttl",
+			"upstream_header_timeout":
 			var v string
 			if !d.AllArgs(&v) {
 				return d.ArgErr()
@@ -96,6 +98,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				"keepalive": &h.Keepalive, "session_ttl": &h.SessionTTL,
 				"adopt_hold": &h.AdoptHold, "initialize_ttl": &h.InitializeTTL,
 				"drain_timeout": &h.DrainTimeout, "uninitialized_ttl": &h.UninitializedTTL,
+				"upstream_header_timeout": &h.UpstreamHeaderTimeout,
 			}[opt] = caddy.Duration(dur)
 		case "adopt":
 			if !d.AllArgs(&h.Adopt) {

@@ -68,6 +68,14 @@ type Handler struct {
 	// earlier client's messages. Default: 2s.
 	AdoptHold caddy.Duration `json:"adopt_hold,omitempty"`
 
+	// UpstreamHeaderTimeout bounds the wait for the headers of an upstream
+	// response, so that a black-holed upstream does not hold requests
+	// forever. Answers streamed as text/event-stream send their headers at
+	// once and are never cut however long they run; a JSON-mode upstream
+	// sends them only with its result, so set this above its longest tool
+	// call. Default: 2m.
+	UpstreamHeaderTimeout caddy.Duration `json:"upstream_header_timeout,omitempty"`
+
 	// UninitializedTTL is how long a session whose client never sent
 	// initialize outlives its stream (at most session_ttl): such sessions
 	// are worth nothing, and a caller opening and dropping streams must not
@@ -162,22 +170,23 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("parsing upstream %q: %w", h.Upstream, err)
 	}
 	h.bridge, err = bridge.New(bridge.Config{
-		Upstream:         upstream,
-		SSEPath:          h.SSEPath,
-		MessagePath:      h.MessagePath,
-		Keepalive:        time.Duration(h.Keepalive),
-		SessionTTL:       time.Duration(h.SessionTTL),
-		MaxMessageSize:   h.MaxMessageSize,
-		MaxInflight:      h.MaxInflight,
-		Adopt:            bridge.AdoptMode(h.Adopt),
-		AdoptHold:        time.Duration(h.AdoptHold),
-		InitializeTTL:    time.Duration(h.InitializeTTL),
-		UninitializedTTL: time.Duration(h.UninitializedTTL),
-		AllowedOrigins:   h.AllowedOrigins,
-		ReplicaID:        replicaID(),
-		HeaderUp:         h.headerUp,
-		OriginalPath:     originalPath,
-		Logger:           h.logger,
+		Upstream:              upstream,
+		SSEPath:               h.SSEPath,
+		MessagePath:           h.MessagePath,
+		Keepalive:             time.Duration(h.Keepalive),
+		SessionTTL:            time.Duration(h.SessionTTL),
+		MaxMessageSize:        h.MaxMessageSize,
+		MaxInflight:           h.MaxInflight,
+		Adopt:                 bridge.AdoptMode(h.Adopt),
+		AdoptHold:             time.Duration(h.AdoptHold),
+		InitializeTTL:         time.Duration(h.InitializeTTL),
+		UninitializedTTL:      time.Duration(h.UninitializedTTL),
+		UpstreamHeaderTimeout: time.Duration(h.UpstreamHeaderTimeout),
+		AllowedOrigins:        h.AllowedOrigins,
+		ReplicaID:             replicaID(),
+		HeaderUp:              h.headerUp,
+		OriginalPath:          originalPath,
+		Logger:                h.logger,
 	}, h.store.SessionStore())
 	if err != nil {
 		return fmt.Errorf("setting up the bridge: %w", err)
@@ -211,7 +220,7 @@ func (h *Handler) Validate() error {
 		"max_message_size": h.MaxMessageSize, "max_inflight": int64(h.MaxInflight),
 		"keepalive": int64(h.Keepalive), "session_ttl": int64(h.SessionTTL), "adopt_hold": int64(h.AdoptHold),
 		"initialize_ttl": int64(h.InitializeTTL), "drain_timeout": int64(h.DrainTimeout),
-		"uninitialized_ttl": int64(h.UninitializedTTL),
+		"uninitialized_ttl": int64(h.UninitializedTTL), "upstream_header_timeout": int64(h.UpstreamHeaderTimeout),
 	} {
 		if v < 0 {
 			return fmt.Errorf("%s must not be negative, got %d", name, v)
