@@ -13,7 +13,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"net/http"
+	"math"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -70,6 +72,8 @@ type Bridge struct {
 	// seen holds the upstream event ids relayed per session, so that an
 	// upstream replaying them on resume is not relayed twice.
 	seen map[string]*seenEvents
+	// rate bounds how fast each client address opens sessions.
+	rate *sessionRate
 	// ownTransport is the transport New made (nil when Config gave one);
 	// its idle connections are closed with the bridge.
 	ownTransport *http.Transport
@@ -106,6 +110,7 @@ func New(cfg Config, store sessionstore.Store) (*Bridge, error) {
 		credentials:  make(map[string]*credential),
 		reinit:       make(map[string]*sync.Mutex),
 		seen:         make(map[string]*seenEvents),
+		rate:         newSessionRate(cfg.NewSessionRate, cfg.NewSessionBurst),
 		ownTransport: own,
 	}
 	b.wg.Add(1)
@@ -337,6 +342,11 @@ func (b *Bridge) storeError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, sessionstore.ErrNotFound):
 		httpError(w, http.StatusNotFound, "session not found")
+	case errors.As(err, new(tooManyNewSessions)):
+		var tm tooManyNewSessions
+		errors.As(err, &tm)
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(max(tm.wait, time.Second).Seconds()))))
+		httpError(w, http.StatusTooManyRequests, "too many new sessions from this address")
 	default:
 		// The details (addresses, causes) go to the log, not to the client.
 		msg := "session store unavailable"

@@ -21,6 +21,8 @@ const (
 	DefaultAdoptHold             = 2 * time.Second
 	DefaultUninitializedTTL      = 30 * time.Second
 	DefaultUpstreamHeaderTimeout = 2 * time.Minute
+	DefaultNewSessionRate        = 20
+	DefaultNewSessionBurst       = 100
 	DefaultInitializeTTL         = 24 * time.Hour
 	// acceptWait caps how long a legacy POST waits for the upstream's status
 	// line before it is answered 202 anyway (JSON-mode upstreams send their
@@ -90,6 +92,14 @@ type Config struct {
 	// headers (a black-holed upstream); streamed answers send them at once.
 	// Used by the transport New makes.
 	UpstreamHeaderTimeout time.Duration
+	// NewSessionRate and NewSessionBurst bound how fast one client address
+	// opens sessions on this replica (a token bucket: NewSessionRate per
+	// second, up to NewSessionBurst at once); beyond it, 429.
+	NewSessionRate  float64
+	NewSessionBurst int
+	// ClientAddress names the client of a request for NewSessionRate;
+	// defaults to the peer's IP.
+	ClientAddress func(r *http.Request) string
 	// Transport carries upstream requests; nil means a transport tuned for
 	// long-lived streams.
 	Transport http.RoundTripper
@@ -131,6 +141,15 @@ func (c *Config) setDefaults() error {
 	}
 	if c.AdoptHold <= 0 {
 		c.AdoptHold = DefaultAdoptHold
+	}
+	if c.NewSessionRate <= 0 {
+		c.NewSessionRate = DefaultNewSessionRate
+	}
+	if c.NewSessionBurst <= 0 {
+		c.NewSessionBurst = DefaultNewSessionBurst
+	}
+	if c.ClientAddress == nil {
+		c.ClientAddress = remoteHost
 	}
 	if c.UpstreamHeaderTimeout <= 0 {
 		c.UpstreamHeaderTimeout = DefaultUpstreamHeaderTimeout

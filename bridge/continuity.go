@@ -131,7 +131,7 @@ func (b *Bridge) claimReleased(ctx context.Context, cand *sessionstore.Session, 
 // sessionstore.ErrNotFound for another caller's session.
 func (b *Bridge) postTarget(ctx context.Context, r *http.Request, id string, initialize bool) (*sessionstore.Session, error) {
 	fp := fingerprint(r)
-	sess, err := b.loadOrRecreate(ctx, id, fp)
+	sess, err := b.loadOrRecreate(ctx, r, id, fp)
 	if err != nil {
 		return nil, err
 	}
@@ -162,7 +162,7 @@ func (b *Bridge) postTarget(ctx context.Context, r *http.Request, id string, ini
 // restarted, session expired) under its id for the caller, so that its
 // client carries on instead of failing: ids the bridge never minted are
 // refused.
-func (b *Bridge) loadOrRecreate(ctx context.Context, id, fp string) (*sessionstore.Session, error) {
+func (b *Bridge) loadOrRecreate(ctx context.Context, r *http.Request, id, fp string) (*sessionstore.Session, error) {
 	var sess *sessionstore.Session
 	err := b.retryUnavailable(ctx, func() (err error) {
 		sess, err = b.store.Get(ctx, id)
@@ -170,6 +170,9 @@ func (b *Bridge) loadOrRecreate(ctx context.Context, id, fp string) (*sessionsto
 	})
 	if !errors.Is(err, sessionstore.ErrNotFound) || !validSessionID(id) {
 		return sess, err
+	}
+	if err := b.admitNewSession(r); err != nil {
+		return nil, err
 	}
 	now := b.now()
 	sess = &sessionstore.Session{

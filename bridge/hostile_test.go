@@ -220,3 +220,31 @@ func TestUpstreamHeaderTimeout(t *testing.T) {
 		}
 	})
 }
+
+// TestNewSessionRate: one client address opening sessions faster than
+// NewSessionRate allows gets 429 with Retry-After once its burst is spent,
+// while another address still connects and calls.
+func TestNewSessionRate(t *testing.T) {
+	up := newMCPUpstream(t, statefulSSE)
+	e := newEnv(t, up.URL, nil, &Config{NewSessionRate: 0.01, NewSessionBurst: 3,
+		ClientAddress: func(r *http.Request) string { return r.Header.Get("X-Test-Client") }})
+	flood := http.Header{"X-Test-Client": {"flooder"}}
+	for range 3 {
+		openStream(t, e, flood).close()
+	}
+	code, h, _ := doRaw(t, http.MethodGet, e.srv.URL+"/sse", "", flood, "")
+	if code != http.StatusTooManyRequests || h.Get("Retry-After") == "" {
+		t.Errorf("fourth new session from one address: %d, Retry-After %q; want 429 with Retry-After", code, h.Get("Retry-After"))
+	}
+	// A POST to a session that is gone would recreate it: it counts too.
+	code, h, _ = postRaw(t, e.srv.URL+"/messages?sessionId=0123456789abcdef0123456789abcdef", echoCall(`1`, "x"), flood, "application/json")
+	if code != http.StatusTooManyRequests || h.Get("Retry-After") == "" {
+		t.Errorf("a recreating POST from the same address: %d, want 429 with Retry-After", code)
+	}
+	other := openStream(t, e, http.Header{"X-Test-Client": {"someone else"}})
+	other.initialize(t)
+	other.mustPost(t, echoCall(`2`, "still served"))
+	if text := resultText(t, other.awaitResponse(t, `2`).data); text != "echo: still served" {
+		t.Errorf("answer to the other address: %q", text)
+	}
+}

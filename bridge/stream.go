@@ -125,6 +125,9 @@ func (ls *legacyStream) open(ctx context.Context) (*sessionstore.Session, bool, 
 			return nil, false, err
 		}
 	}
+	if err := b.admitNewSession(ls.r); err != nil {
+		return nil, false, err
+	}
 	now := b.now()
 	sess := &sessionstore.Session{
 		ID:              randomID(),

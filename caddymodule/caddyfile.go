@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"math"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -40,6 +41,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		initialize_ttl <duration>
 //		uninitialized_ttl <duration>
 //		upstream_header_timeout <duration>
+//		new_session_rate <per_second>
+//		new_session_burst <n>
 //		drain_timeout <duration>
 //		max_message_size <size>
 //		max_inflight <n>
@@ -119,6 +122,20 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("invalid max_message_size %q", v)
 			}
 			h.MaxMessageSize = int64(size)
+		case "new_session_rate":
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil || f <= 0 || math.IsInf(f, 0) {
+				return d.Errf("invalid new_session_rate %q: a positive number of sessions per second", v)
+			}
+			h.NewSessionRate = f
+		case "new_session_burst":
+			if err := parsePositiveInt(d, &h.NewSessionBurst); err != nil {
+				return err
+			}
 		case "max_inflight":
 			if err := parsePositiveInt(d, &h.MaxInflight); err != nil {
 				return err

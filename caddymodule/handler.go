@@ -11,6 +11,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"math"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -75,6 +77,13 @@ type Handler struct {
 	// sends them only with its result, so set this above its longest tool
 	// call. Default: 2m.
 	UpstreamHeaderTimeout caddy.Duration `json:"upstream_header_timeout,omitempty"`
+
+	// NewSessionRate is how many sessions per second one client address
+	// (Caddy's client IP, which honours trusted_proxies) may open on this
+	// replica, and NewSessionBurst how many at once; beyond them a new
+	// stream gets 429 with Retry-After. Defaults: 20 per second, 100.
+	NewSessionRate  float64 `json:"new_session_rate,omitempty"`
+	NewSessionBurst int     `json:"new_session_burst,omitempty"`
 
 	// UninitializedTTL is how long a session whose client never sent
 	// initialize outlives its stream (at most session_ttl): such sessions
@@ -182,6 +191,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		InitializeTTL:         time.Duration(h.InitializeTTL),
 		UninitializedTTL:      time.Duration(h.UninitializedTTL),
 		UpstreamHeaderTimeout: time.Duration(h.UpstreamHeaderTimeout),
+		NewSessionRate:        h.NewSessionRate,
+		NewSessionBurst:       h.NewSessionBurst,
+		ClientAddress:         clientIP,
 		AllowedOrigins:        h.AllowedOrigins,
 		ReplicaID:             replicaID(),
 		HeaderUp:              h.headerUp,
@@ -221,6 +233,7 @@ func (h *Handler) Validate() error {
 		"keepalive": int64(h.Keepalive), "session_ttl": int64(h.SessionTTL), "adopt_hold": int64(h.AdoptHold),
 		"initialize_ttl": int64(h.InitializeTTL), "drain_timeout": int64(h.DrainTimeout),
 		"uninitialized_ttl": int64(h.UninitializedTTL), "upstream_header_timeout": int64(h.UpstreamHeaderTimeout),
+		"new_session_rate": int64(math.Ceil(h.NewSessionRate)), "new_session_burst": int64(h.NewSessionBurst),
 	} {
 		if v < 0 {
 			return fmt.Errorf("%s must not be negative, got %d", name, v)
@@ -248,6 +261,19 @@ func (h *Handler) Validate() error {
 		}
 	}
 	return nil
+}
+
+// clientIP is the client's address as Caddy determined it (trusted_proxies
+// and client_ip_headers honoured), else the peer's.
+func clientIP(r *http.Request) string {
+	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
+		return ip
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
 }
 
 // defaultDrainTimeout is DrainTimeout's default.

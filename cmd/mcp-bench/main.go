@@ -453,7 +453,8 @@ func (ci *caddyInst) sseURL() string { return ci.base + "/sse" }
 func caddyfileText(port int, admin, upstream, store string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "{\n\tadmin %s\n\tauto_https off\n\tpersist_config off\n\tgrace_period 1s\n}\n\n", admin)
-	fmt.Fprintf(&b, "http://127.0.0.1:%d {\n\tbind 127.0.0.1\n\tmcp_sse_bridge {\n\t\tupstream %s\n", port, upstream)
+	// The bench opens its thousands of sessions from one address.
+	fmt.Fprintf(&b, "http://127.0.0.1:%d {\n\tbind 127.0.0.1\n\tmcp_sse_bridge {\n\t\tupstream %s\n\t\tnew_session_rate 1000000\n", port, upstream)
 	for _, l := range strings.Split(strings.TrimSpace(store), "\n") {
 		fmt.Fprintf(&b, "\t\t%s\n", l)
 	}

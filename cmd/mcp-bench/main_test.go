@@ -353,7 +353,7 @@ func bufioReader(s string) *bufio.Reader { return bufio.NewReader(strings.NewRea
 func TestCaddyfileText(t *testing.T) {
 	got := caddyfileText(8080, "off", "http://127.0.0.1:9/mcp", storeBlock("memory", "", 12000))
 	want := "{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n\tgrace_period 1s\n}\n\n" +
-		"http://127.0.0.1:8080 {\n\tbind 127.0.0.1\n\tmcp_sse_bridge {\n\t\tupstream http://127.0.0.1:9/mcp\n" +
+		"http://127.0.0.1:8080 {\n\tbind 127.0.0.1\n\tmcp_sse_bridge {\n\t\tupstream http://127.0.0.1:9/mcp\n\t\tnew_session_rate 1000000\n" +
 		"\t\tstore memory {\n\t\t\tmax_sessions 12000\n\t\t}\n\t}\n}\n"
 	if got != want {
 		t.Errorf("caddyfileText:\n%s\nwant:\n%s", got, want)
