@@ -336,17 +336,17 @@ func httpError(w http.ResponseWriter, status int, msg string) {
 
 func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
-// storeError answers a store failure: 404 for missing sessions, 503 with
-// Retry-After when the store is out of reach or full.
+// storeError answers a failure to find or make a session: 404 for missing
+// sessions, 429 with Retry-After for too many new ones from one address,
+// 503 with Retry-After when the store is out of reach or full.
 func (b *Bridge) storeError(w http.ResponseWriter, err error) {
+	var tooMany tooManyNewSessions
 	switch {
 	case errors.Is(err, sessionstore.ErrNotFound):
 		httpError(w, http.StatusNotFound, "session not found")
-	case errors.As(err, new(tooManyNewSessions)):
-		var tm tooManyNewSessions
-		errors.As(err, &tm)
-		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(max(tm.wait, time.Second).Seconds()))))
-		httpError(w, http.StatusTooManyRequests, "too many new sessions from this address")
+	case errors.As(err, &tooMany):
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(max(tooMany.wait, time.Second).Seconds()))))
+		httpError(w, http.StatusTooManyRequests, tooMany.Error())
 	default:
 		// The details (addresses, causes) go to the log, not to the client.
 		msg := "session store unavailable"
