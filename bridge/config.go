@@ -123,15 +123,6 @@ func (c *Config) setDefaults() error {
 	if c.SSEPath == c.MessagePath {
 		return errors.New("sse_path and message_path must differ")
 	}
-	if c.Keepalive <= 0 {
-		c.Keepalive = DefaultKeepalive
-	}
-	if c.SessionTTL <= 0 {
-		c.SessionTTL = DefaultSessionTTL
-	}
-	if c.MaxMessageSize <= 0 {
-		c.MaxMessageSize = DefaultMaxMessageSize
-	}
 	switch c.Adopt {
 	case "":
 		c.Adopt = AdoptAny
@@ -139,30 +130,18 @@ func (c *Config) setDefaults() error {
 	default:
 		return fmt.Errorf("adopt must be any, authenticated or off, not %q", c.Adopt)
 	}
-	if c.AdoptHold <= 0 {
-		c.AdoptHold = DefaultAdoptHold
-	}
-	if c.NewSessionRate <= 0 {
-		c.NewSessionRate = DefaultNewSessionRate
-	}
-	if c.NewSessionBurst <= 0 {
-		c.NewSessionBurst = DefaultNewSessionBurst
-	}
+	c.Keepalive = positiveOr(c.Keepalive, DefaultKeepalive)
+	c.SessionTTL = positiveOr(c.SessionTTL, DefaultSessionTTL)
+	c.MaxMessageSize = positiveOr(c.MaxMessageSize, DefaultMaxMessageSize)
+	c.MaxInflight = positiveOr(c.MaxInflight, DefaultMaxInflight)
+	c.AdoptHold = positiveOr(c.AdoptHold, DefaultAdoptHold)
+	c.NewSessionRate = positiveOr(c.NewSessionRate, DefaultNewSessionRate)
+	c.NewSessionBurst = positiveOr(c.NewSessionBurst, DefaultNewSessionBurst)
+	c.UpstreamHeaderTimeout = positiveOr(c.UpstreamHeaderTimeout, DefaultUpstreamHeaderTimeout)
+	c.UninitializedTTL = positiveOr(c.UninitializedTTL, DefaultUninitializedTTL)
+	c.InitializeTTL = max(positiveOr(c.InitializeTTL, DefaultInitializeTTL), c.SessionTTL)
 	if c.ClientAddress == nil {
 		c.ClientAddress = remoteHost
-	}
-	if c.UpstreamHeaderTimeout <= 0 {
-		c.UpstreamHeaderTimeout = DefaultUpstreamHeaderTimeout
-	}
-	if c.UninitializedTTL <= 0 {
-		c.UninitializedTTL = DefaultUninitializedTTL
-	}
-	if c.InitializeTTL <= 0 {
-		c.InitializeTTL = DefaultInitializeTTL
-	}
-	c.InitializeTTL = max(c.InitializeTTL, c.SessionTTL)
-	if c.MaxInflight <= 0 {
-		c.MaxInflight = DefaultMaxInflight
 	}
 	if c.OriginalPath == nil {
 		c.OriginalPath = func(r *http.Request) string { return r.URL.Path }
@@ -171,4 +150,12 @@ func (c *Config) setDefaults() error {
 		c.Logger = zap.NewNop()
 	}
 	return nil
+}
+
+// positiveOr is v, or def when v is zero or less (left unset).
+func positiveOr[T int | int64 | float64 | time.Duration](v, def T) T {
+	if v <= 0 {
+		return def
+	}
+	return v
 }
