@@ -98,25 +98,38 @@ func (b *Bridge) recoverOrphans(ctx context.Context, sessionID string) {
 
 // settleDuplicate handles a request whose id is already in flight in the
 // session: a client never reuses an id within a session (the spec forbids
-// it, and a new incarnation gets its own session), so it is the same POST
-// sent again, as a load balancer does when the replica it first went to
-// died or stopped. It reports whether to forward the request now. While the
-// first copy's replica lives, that replica answers it: this copy waits,
-// for as long as it takes that replica's heartbeat to lapse, and is dropped
-// once the first is answered. Should the replica die, this copy claims the
-// request and resumes its upstream stream where that replica left it, or,
-// when it had none yet, forwards the request again: the client gets one
-// answer either way.
+// it, and a new incarnation gets its own session or retires the old
+// requests), so it is the same POST sent again, as a load balancer does when
+// the replica it first went to died or stopped. It reports whether to
+// forward the request now.
+//
+// The first copy's replica answers it while it lives; this copy takes the
+// record over meanwhile (so that the orphan recovery, which answers a dead
+// replica's requests with an error when it cannot resume them, leaves it
+// alone) and waits. When that replica dies, this copy claims the request
+// and resumes its upstream stream where the replica left it, or, when it
+// had none yet, forwards the request again; when the request is answered,
+// this copy is dropped. The client gets one answer either way.
 func (b *Bridge) settleDuplicate(ctx context.Context, c *call) bool {
-	deadline := time.Now().Add(b.adoptWindow())
+	first := ""
 	for {
 		reqs, err := b.store.ListRequests(ctx, c.sessionID)
 		r, found := reqs[c.key]
-		if err == nil && !found {
-			return true // answered meanwhile, or claimed: track it again
-		}
-		if err == nil {
-			if alive, err := b.store.ReplicaAlive(ctx, r.Replica); err == nil && !alive {
+		switch {
+		case err != nil:
+		case !found:
+			return false // answered by its first copy's replica
+		case first == "":
+			first = r.Replica
+			if first != b.cfg.ReplicaID {
+				waiting := r
+				waiting.Replica = b.cfg.ReplicaID
+				if _, err := b.store.ReassignRequest(ctx, c.sessionID, c.key, waiting); err == nil {
+					defer b.giveBack(c, r)
+				}
+			}
+		default:
+			if alive, err := b.store.ReplicaAlive(ctx, first); err == nil && !alive {
 				if claimed, err := b.store.ClaimRequest(ctx, c.sessionID, c.key); err == nil && claimed {
 					if r.LastEventID == "" {
 						b.log.Info("a request sent again after its replica died: forwarding it anew", zap.String("session", c.sessionID))
@@ -128,10 +141,20 @@ func (b *Bridge) settleDuplicate(ctx context.Context, c *call) bool {
 				}
 			}
 		}
-		if time.Now().After(deadline) || !sleepCtx(ctx, seekInterval) {
-			b.log.Info("a request sent again while in flight: left to its first copy", zap.String("session", c.sessionID))
+		if !sleepCtx(ctx, seekInterval) {
 			return false
 		}
+	}
+}
+
+// giveBack returns a request taken over by settleDuplicate to its first
+// replica's name when this replica stops waiting for it (shutdown), so that
+// whoever outlives which answers it.
+func (b *Bridge) giveBack(c *call, r sessionstore.Request) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if _, err := b.store.ReassignRequest(ctx, c.sessionID, c.key, r); err != nil {
+		b.log.Debug("giving a request back to its replica", zap.String("session", c.sessionID), zap.Error(err))
 	}
 }
 

@@ -201,6 +201,10 @@ type Requests interface {
 	// mailbox in one step. It reports false, and appends nothing, when the
 	// record is gone: another replica claimed the request and answers it.
 	FinishRequest(ctx context.Context, sessionID, key string, answer Message) (bool, error)
+	// ReassignRequest records r's replica and upstream session for the
+	// request in flight under key, keeping its last event id, and reports
+	// whether there was one (nothing is written otherwise).
+	ReassignRequest(ctx context.Context, sessionID, key string, r Request) (bool, error)
 	// ClaimRequest removes the request's record and reports whether this call
 	// removed it: the caller then owes the client the answer.
 	ClaimRequest(ctx context.Context, sessionID, key string) (bool, error)

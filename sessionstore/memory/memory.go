@@ -387,6 +387,23 @@ func (st *Store) FinishRequest(_ context.Context, sessionID, key string, answer 
 	return true, nil
 }
 
+// ReassignRequest implements sessionstore.Store.
+func (st *Store) ReassignRequest(_ context.Context, sessionID, key string, r sessionstore.Request) (bool, error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	e, ok := st.sessions[sessionID]
+	if !ok {
+		return false, sessionstore.ErrNotFound
+	}
+	cur, ok := e.requests[key]
+	if !ok {
+		return false, nil
+	}
+	cur.Replica, cur.UpstreamSessionID = r.Replica, r.UpstreamSessionID
+	e.requests[key] = cur
+	return true, nil
+}
+
 // ClaimRequest implements sessionstore.Store.
 func (st *Store) ClaimRequest(_ context.Context, sessionID, key string) (bool, error) {
 	st.mu.Lock()

@@ -54,6 +54,22 @@ func (s *Store) TrackRequest(ctx context.Context, sessionID, key string, r sessi
 	return nil
 }
 
+// ReassignRequest implements sessionstore.Store.
+func (s *Store) ReassignRequest(ctx context.Context, sessionID, key string, r sessionstore.Request) (bool, error) {
+	if sessionID == "" {
+		return false, sessionstore.ErrNotFound
+	}
+	rest, err := encodeRest(r)
+	if err != nil {
+		return false, err
+	}
+	n, err := reassignScript.Run(ctx, s.rdb(), []string{s.requestsKey(sessionID)}, key, rest).Int()
+	if err != nil {
+		return false, unavailable("reassigning request", err)
+	}
+	return n == 1, nil
+}
+
 // SetRequestEventID implements sessionstore.Store.
 func (s *Store) SetRequestEventID(ctx context.Context, sessionID, key, eventID string) error {
 	if sessionID == "" {

@@ -200,6 +200,20 @@ return 1
 //	KEYS: requests
 //	ARGV: key
 //	→ 1 removed, 0 not tracked
+// reassignScript replaces a request's replica and upstream session, if the
+// request is tracked.
+//
+//	KEYS: requests
+//	ARGV: key, rest (JSON)
+//	→ 1 set, 0 not tracked
+var reassignScript = goredis.NewScript(`
+if redis.call('HEXISTS', KEYS[1], 'q:' .. ARGV[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'q:' .. ARGV[1], ARGV[2])
+return 1
+`)
+
 var claimScript = goredis.NewScript(`
 return redis.call('HDEL', KEYS[1], 'q:' .. ARGV[1], 'i:' .. ARGV[1], 'e:' .. ARGV[1]) > 0 and 1 or 0
 `)

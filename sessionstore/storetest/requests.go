@@ -40,6 +40,19 @@ func testTrackListClaim(t *testing.T, st sessionstore.Store) {
 	if err := st.SetRequestEventID(ctx, id, `"req-ü-1"`, "stream-1_7"); err != nil {
 		t.Fatalf("SetRequestEventID: %v", err)
 	}
+	// Reassigned, it keeps its event id; a missing one is not written.
+	if ok, err := st.ReassignRequest(ctx, id, `"req-ü-1"`, sessionstore.Request{Replica: "replica-x", UpstreamSessionID: "up-1"}); err != nil || !ok {
+		t.Fatalf("ReassignRequest: %v, %v", ok, err)
+	}
+	if got, err := st.ListRequests(ctx, id); err != nil || got[`"req-ü-1"`].Replica != "replica-x" || got[`"req-ü-1"`].LastEventID != "stream-1_7" {
+		t.Errorf("after ReassignRequest: %+v, %v; want replica-x with its event id", got[`"req-ü-1"`], err)
+	}
+	if ok, err := st.ReassignRequest(ctx, id, "no-such-request", sessionstore.Request{Replica: "replica-x"}); err != nil || ok {
+		t.Errorf("ReassignRequest of a missing request: %v, %v; want false", ok, err)
+	}
+	if ok, err := st.ReassignRequest(ctx, id, `"req-ü-1"`, sessionstore.Request{Replica: "replica-b", UpstreamSessionID: "up-1"}); err != nil || !ok {
+		t.Fatalf("ReassignRequest back: %v, %v", ok, err)
+	}
 	if err := st.SetRequestEventID(ctx, id, "no-such-request", "x"); err != nil {
 		t.Errorf("SetRequestEventID on a missing request: %v, want nil", err)
 	}
