@@ -200,6 +200,7 @@ return 1
 //	KEYS: requests
 //	ARGV: key
 //	→ 1 removed, 0 not tracked
+//
 // reassignScript replaces a request's replica and upstream session, if the
 // request is tracked.
 //
