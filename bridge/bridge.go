@@ -52,7 +52,8 @@ type Bridge struct {
 	streams atomic.Int64
 	// pokes is closed, and replaced, to make every stream look for
 	// requests whose replica stopped (see takeOverLapsed).
-	pokes chan struct{}
+	// An atomic pointer: every stream reads it at every wake-up.
+	pokes atomic.Pointer[chan struct{}]
 	// stopJanitor ends the expiry loop (Close).
 	stopJanitor chan struct{}
 	closeOnce   sync.Once
@@ -103,7 +104,6 @@ func New(cfg Config, store sessionstore.Store) (*Bridge, error) {
 		background:   bg,
 		cancelBG:     cancel,
 		shuttingDown: make(chan struct{}),
-		pokes:        make(chan struct{}),
 		stopJanitor:  make(chan struct{}),
 		inflight:     make(map[string]int),
 		cancelled:    make(map[string]map[string]struct{}),
@@ -113,6 +113,8 @@ func New(cfg Config, store sessionstore.Store) (*Bridge, error) {
 		rate:         newSessionRate(cfg.NewSessionRate, cfg.NewSessionBurst),
 		ownTransport: own,
 	}
+	pokes := make(chan struct{})
+	b.pokes.Store(&pokes)
 	b.wg.Add(1)
 	go b.runJanitor()
 	return b, nil
@@ -210,18 +212,12 @@ func (b *Bridge) stopping() bool {
 // pokeStreams makes every stream of this replica look for requests whose
 // replica stopped.
 func (b *Bridge) pokeStreams() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	close(b.pokes)
-	b.pokes = make(chan struct{})
+	next := make(chan struct{})
+	close(*b.pokes.Swap(&next))
 }
 
 // streamPokes returns the channel the next pokeStreams closes.
-func (b *Bridge) streamPokes() <-chan struct{} {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.pokes
-}
+func (b *Bridge) streamPokes() <-chan struct{} { return *b.pokes.Load() }
 
 // closeIdleConnections releases pooled upstream connections; connections in
 // use (streams, requests in flight) stay until their requests end.
