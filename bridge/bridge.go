@@ -143,14 +143,7 @@ func (b *Bridge) Stop() {
 // Stop.
 func (b *Bridge) Drain(ctx context.Context) {
 	b.Stop()
-	done := make(chan struct{})
-	go func() {
-		b.work.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-ctx.Done():
+	if !b.WaitIdle(ctx) {
 		b.log.Info("shutting down with requests still in flight: left to the other replicas")
 	}
 	b.cancelBG()
@@ -162,8 +155,21 @@ func (b *Bridge) Drain(ctx context.Context) {
 	b.closeIdleConnections()
 }
 
-// WaitIdle waits until no request is being answered here.
-func (b *Bridge) WaitIdle() { b.work.Wait() }
+// WaitIdle waits until no request is being answered here, or ctx ends; it
+// reports whether the bridge is idle.
+func (b *Bridge) WaitIdle(ctx context.Context) bool {
+	idle := make(chan struct{})
+	go func() {
+		b.work.Wait()
+		close(idle)
+	}()
+	select {
+	case <-idle:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
 
 // WaitStreams waits until every stream has ended (after Stop), or ctx ends.
 func (b *Bridge) WaitStreams(ctx context.Context) {

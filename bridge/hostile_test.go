@@ -248,3 +248,29 @@ func TestNewSessionRate(t *testing.T) {
 		t.Errorf("answer to the other address: %q", text)
 	}
 }
+
+// TestBoundedMemories: what a replica remembers per client address (the
+// new-session rate) and per session (upstream event ids relayed) stays
+// within its bound, forgetting the oldest first.
+func TestBoundedMemories(t *testing.T) {
+	r := newSessionRate(1, 1)
+	now := time.Now()
+	for i := range maxRateKeys + 10 {
+		r.allow(fmt.Sprint("10.0.0.", i), now)
+	}
+	if n := len(r.limiters); n > maxRateKeys {
+		t.Errorf("%d client addresses remembered, want at most %d", n, maxRateKeys)
+	}
+
+	up := newMCPUpstream(t, statefulSSE)
+	e := newEnv(t, up.URL, nil, nil)
+	for i := range seenEventsPerSession + 1 {
+		e.bridge.markRelayed("s", fmt.Sprint("ev-", i))
+	}
+	if e.bridge.relayedBefore("s", "ev-0") {
+		t.Error("the oldest event id is still remembered past the bound")
+	}
+	if !e.bridge.relayedBefore("s", fmt.Sprint("ev-", seenEventsPerSession)) {
+		t.Error("the newest event id is forgotten")
+	}
+}

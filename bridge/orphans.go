@@ -141,7 +141,8 @@ func (b *Bridge) settleDuplicate(ctx context.Context, c *call) bool {
 				}
 			}
 		}
-		if !sleepCtx(ctx, seekInterval) {
+		// A beat: the first copy's replica cannot be seen dead sooner.
+		if !sleepCtx(ctx, b.heartbeatInterval()) {
 			return false
 		}
 	}

@@ -313,10 +313,12 @@ func (h *Handler) retireBridge(storeGone bool) {
 		b.Drain(ctx)
 	case storeGone:
 		go func() {
-			waitIdle(b, drain)
+			ctx, cancel := context.WithTimeout(context.Background(), drain)
+			defer cancel()
+			b.WaitIdle(ctx)
 			b.Stop()
 			// The streams send what their mailboxes hold, then end.
-			ctx, cancel := context.WithTimeout(context.Background(), drain)
+			ctx, cancel = context.WithTimeout(context.Background(), drain)
 			defer cancel()
 			b.WaitStreams(ctx)
 			releaseStore(h.store)
@@ -328,22 +330,9 @@ func (h *Handler) retireBridge(storeGone bool) {
 		return
 	}
 	go func() {
-		b.WaitIdle()
+		b.WaitIdle(context.Background())
 		releaseStore(h.store)
 	}()
-}
-
-// waitIdle waits until the bridge answers no request, or d has passed.
-func waitIdle(b *bridge.Bridge, d time.Duration) {
-	idle := make(chan struct{})
-	go func() {
-		b.WaitIdle()
-		close(idle)
-	}()
-	select {
-	case <-idle:
-	case <-time.After(d):
-	}
 }
 
 // ServeHTTP serves the bridge's two endpoints and passes other requests on.

@@ -329,10 +329,11 @@ type rawStream struct {
 	other [][]byte
 }
 
-// openRawStream GETs url and expects a 200 event stream.
-func openRawStream(t testing.TB, hc *http.Client, url string, hdr http.Header) *rawStream {
+// getEventStream GETs url with hdr and expects a 200 event stream; cancel
+// ends it from the client's side.
+func getEventStream(t testing.TB, hc *http.Client, url string, hdr http.Header) (resp *http.Response, ctx context.Context, cancel context.CancelFunc) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel = context.WithCancel(context.Background())
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		cancel()
@@ -342,7 +343,7 @@ func openRawStream(t testing.TB, hc *http.Client, url string, hdr http.Header) *
 	for k, v := range hdr {
 		req.Header[k] = v
 	}
-	resp, err := hc.Do(req)
+	resp, err = hc.Do(req)
 	if err != nil {
 		cancel()
 		t.Fatalf("GET %s: %v", url, err)
@@ -353,6 +354,13 @@ func openRawStream(t testing.TB, hc *http.Client, url string, hdr http.Header) *
 		cancel()
 		t.Fatalf("GET %s: %s %s", url, resp.Status, body)
 	}
+	return resp, ctx, cancel
+}
+
+// openRawStream GETs url and expects a 200 event stream.
+func openRawStream(t testing.TB, hc *http.Client, url string, hdr http.Header) *rawStream {
+	t.Helper()
+	resp, ctx, cancel := getEventStream(t, hc, url, hdr)
 	s := &rawStream{resp: resp, events: make(chan bridge.Event, 1024), done: make(chan struct{})}
 	go func() {
 		defer close(s.done)

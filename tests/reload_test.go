@@ -273,26 +273,7 @@ func (s *observedStream) text() string { return s.out.String() }
 // ends and waits for its endpoint event.
 func observeStream(t testing.TB, hc *http.Client, sseURL string) *observedStream {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, sseURL, nil)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	req.Header.Set("Accept", "text/event-stream")
-	for k, v := range rlProbeHeader {
-		req.Header[k] = v
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		cancel()
-		t.Fatalf("GET %s: %v", sseURL, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		resp.Body.Close()
-		cancel()
-		t.Fatalf("GET %s: %s", sseURL, resp.Status)
-	}
+	resp, _, cancel := getEventStream(t, hc, sseURL, rlProbeHeader)
 	s := &observedStream{out: newOutput(), done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
