@@ -110,7 +110,9 @@ func (c *authChallenge) write(w http.ResponseWriter) {
 // 405 for lack of a session). It returns nil when the upstream does not
 // refuse, or cannot be asked.
 func (b *Bridge) probeAuthorization(ctx context.Context, r *http.Request) *authChallenge {
-	anonymous := !hasCredentials(r)
+	// Without credentials for the upstream; another caller's probe
+	// cannot speak for a token.
+	anonymous := r.Header.Get("Authorization") == ""
 	if anonymous && b.now().UnixNano() < b.upstreamOpenUntil.Load() {
 		return nil
 	}

@@ -93,6 +93,12 @@ type Config struct {
 	// OriginalPath returns the path of the request as the client sent it,
 	// before any prefix was stripped. Defaults to r.URL.Path.
 	OriginalPath func(r *http.Request) string
+	// Identity, if set, names the caller a request comes from (a user
+	// authenticated in front of the bridge); sessions are bound to it
+	// instead of the request's Authorization and client certificate, so
+	// that a client keeps its session when its token is refreshed. An
+	// empty value is an anonymous caller.
+	Identity func(r *http.Request) string
 	// IdentitySecret keys the hashes that stand for callers in the store
 	// (fingerprints); empty means the store's own random key.
 	IdentitySecret string

@@ -52,7 +52,7 @@ func (b *Bridge) mayAdopt(r *http.Request) bool {
 	case AdoptOff:
 		return false
 	case AdoptAuthenticated:
-		return hasCredentials(r)
+		return b.hasIdentity(r)
 	}
 	return true
 }

@@ -24,6 +24,18 @@ func (b *Bridge) rememberCredentials(id string, r *http.Request) *credential {
 	return c
 }
 
+// refreshCredentials replaces what is remembered for a session streamed
+// here with the credentials of a newer request of its caller (a refreshed
+// token), so that the bridge's own upstream requests do not go on with an
+// expired one.
+func (b *Bridge) refreshCredentials(id string, r *http.Request) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if c := b.credentials[id]; c != nil && c.header.Get("Authorization") != r.Header.Get("Authorization") {
+		c.header = b.upstreamHeaders(r)
+	}
+}
+
 // streamEnded starts the countdown of the credentials a stream left, unless
 // a newer stream of the session replaced them.
 func (b *Bridge) streamEnded(id string, c *credential) {

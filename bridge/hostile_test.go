@@ -416,3 +416,25 @@ func TestFingerprintIsKeyed(t *testing.T) {
 	}
 	s.awaitResponse(t, `1`)
 }
+
+// TestIdentityOutlivesTokens: with Identity configured (a user verified in
+// front of the bridge), a session belongs to that user whatever token each
+// request carries, so a refreshed token keeps the session; another user's
+// requests still get 404.
+func TestIdentityOutlivesTokens(t *testing.T) {
+	up := newMCPUpstream(t, statefulSSE)
+	e := newEnv(t, up.URL, nil, &Config{Identity: func(r *http.Request) string { return r.Header.Get("X-Verified-User") }})
+	s := openStream(t, e, http.Header{"X-Verified-User": {"alice"}, "Authorization": {"Bearer first"}})
+	s.initialize(t)
+	refreshed := http.Header{"X-Verified-User": {"alice"}, "Authorization": {"Bearer refreshed"}}
+	if code, _, body := postRaw(t, e.srv.URL+s.endpoint, echoCall(`2`, "after refresh"), refreshed, "application/json"); code != http.StatusAccepted {
+		t.Fatalf("POST with a refreshed token: %d %q, want 202", code, body)
+	}
+	if text := resultText(t, s.awaitResponse(t, `2`).data); text != "echo: after refresh" {
+		t.Errorf("answer after the refresh: %q", text)
+	}
+	other := http.Header{"X-Verified-User": {"bob"}, "Authorization": {"Bearer refreshed"}}
+	if code, _, body := postRaw(t, e.srv.URL+s.endpoint, echoCall(`3`, "hijack"), other, "application/json"); code != http.StatusNotFound {
+		t.Errorf("POST by another user with the same token: %d %q, want 404", code, body)
+	}
+}

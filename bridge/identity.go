@@ -34,27 +34,42 @@ func (b *Bridge) loadIdentityKey(ctx context.Context) error {
 	return nil
 }
 
-// fingerprint identifies the caller by a keyed hash of its credentials (its
-// Authorization and its TLS client certificate), so that a session id alone
-// does not let another caller use the session.
+// fingerprint identifies the caller by a keyed hash of its identity (see
+// identityOf), so that a session id alone does not let another caller use
+// the session.
 func (b *Bridge) fingerprint(r *http.Request) string {
-	return b.keyedHash("credentials", r.Header.Get("Authorization"), clientCertificate(r))
+	return b.keyedHash("identity", b.identityOf(r)...)
+}
+
+// identityOf is what identifies the caller: Config.Identity's value when
+// configured (a user verified in front of the bridge, which stays the same
+// when its tokens are refreshed), else its Authorization and its TLS client
+// certificate. All empty: an anonymous caller.
+func (b *Bridge) identityOf(r *http.Request) []string {
+	if b.cfg.Identity != nil {
+		return []string{b.cfg.Identity(r)}
+	}
+	return []string{r.Header.Get("Authorization"), clientCertificate(r)}
 }
 
 // caller names whom a new session counts against for the sessions-per-
-// caller limit: the credentials when there are any, else the client address
+// caller limit: the identity when there is one, else the client address
 // (anonymous callers share one fingerprint, but not one limit).
 func (b *Bridge) caller(r *http.Request) string {
-	if hasCredentials(r) {
+	if b.hasIdentity(r) {
 		return "c" + b.fingerprint(r)
 	}
 	return "a" + b.keyedHash("address", b.cfg.ClientAddress(r))
 }
 
-// hasCredentials reports whether the request carries Authorization or a
-// TLS client certificate.
-func hasCredentials(r *http.Request) bool {
-	return r.Header.Get("Authorization") != "" || clientCertificate(r) != ""
+// hasIdentity reports whether the caller is not anonymous.
+func (b *Bridge) hasIdentity(r *http.Request) bool {
+	for _, part := range b.identityOf(r) {
+		if part != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // clientCertificate is the hash of the request's TLS client certificate,

@@ -49,6 +49,7 @@ func (b *Bridge) serveMessage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id = sess.ID
+	b.refreshCredentials(id, r)
 
 	// Every message in flight holds a slot (each is a goroutine and an
 	// upstream request), notifications and responses included.

@@ -48,6 +48,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_message_size <size>
 //		max_inflight <n>
 //		allowed_origins <origin...>
+//		identity <placeholder>
 //		identity_secret <secret>
 //		public_url <origin>
 //		header_up <field> <value>
@@ -93,6 +94,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "identity_secret":
 			if !d.AllArgs(&h.IdentitySecret) || h.IdentitySecret == "" {
+				return d.ArgErr()
+			}
+		case "identity":
+			if !d.AllArgs(&h.Identity) || h.Identity == "" {
 				return d.ArgErr()
 			}
 		case "public_url":

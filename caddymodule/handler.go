@@ -128,6 +128,14 @@ type Handler struct {
 	// header instead. The client's Authorization is always forwarded.
 	HeaderUp map[string]string `json:"header_up,omitempty"`
 
+	// Identity names the caller a request comes from, usually a placeholder
+	// set by authentication in front of the bridge (e.g.
+	// "{http.auth.user.id}", or a header a forward_auth copied). Sessions
+	// are bound to it, so that a client keeps its session when its token is
+	// refreshed. An empty value is an anonymous caller. Default: the
+	// request's Authorization header and TLS client certificate.
+	Identity string `json:"identity,omitempty"`
+
 	// IdentitySecret keys the hashes that stand for callers' credentials
 	// and addresses in the store (fingerprints), so that a copy of the store
 	// does not reveal whose session is whose. Placeholders such as
@@ -211,6 +219,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Keepalive:             time.Duration(h.Keepalive),
 		StreamWriteTimeout:    time.Duration(h.StreamWriteTimeout),
 		IdentitySecret:        caddy.NewReplacer().ReplaceAll(h.IdentitySecret, ""),
+		Identity:              h.identity(),
 		PublicURL:             publicURL,
 		SessionTTL:            time.Duration(h.SessionTTL),
 		MaxMessageSize:        h.MaxMessageSize,
@@ -377,6 +386,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	h.bridge.ServeHTTP(w, r)
 	return nil
+}
+
+// identity evaluates the identity option for a request; nil without one.
+func (h *Handler) identity() func(r *http.Request) string {
+	if h.Identity == "" {
+		return nil
+	}
+	return func(r *http.Request) string {
+		repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+		if repl == nil {
+			return ""
+		}
+		return repl.ReplaceAll(h.Identity, "")
+	}
 }
 
 // headerUp applies header_up to an upstream request's headers.
