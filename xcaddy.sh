@@ -4,13 +4,17 @@
 #   ./xcaddy.sh build   build ./caddy (xcaddy when on PATH, else go build ./cmd/caddy)
 #   ./xcaddy.sh run     build, then serve Caddyfile.example; without MCP_UPSTREAM
 #                       a demo Streamable HTTP MCP server is started on loopback
-#   ./xcaddy.sh test    build, install the test peers, then go vet and all tests
+#   ./xcaddy.sh test    build, install the test peers, then go vet and all tests,
+#                       then each fuzz target for 10s
 #   ./xcaddy.sh bench   the benchmarks
+#   ./xcaddy.sh fuzz    each fuzz target in turn, for FUZZTIME each (default 2m)
 set -euo pipefail
 cd "$(dirname "$0")"
 
 MODULE=github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge
 CADDY_VERSION=${CADDY_VERSION:-v2.11.9}
+# The fuzz targets of ./bridge (bridge/fuzz_test.go), run by test and fuzz.
+FUZZ_TARGETS=(FuzzEventReader FuzzPeekEnvelope FuzzMessageBody FuzzSessionID FuzzEventID)
 
 build() {
 	if command -v xcaddy >/dev/null 2>&1; then
@@ -62,6 +66,18 @@ test_all() {
 	node_peers
 	go vet ./...
 	CADDY_BIN="$PWD/caddy" go test -race -count=1 -timeout 30m ./...
+	fuzz 10s
+}
+
+# fuzz runs each fuzz target in turn for $1 (two workers, so that the
+# machine stays usable); a failing input is written under
+# bridge/testdata/fuzz/<target>/.
+fuzz() {
+	local target
+	for target in "${FUZZ_TARGETS[@]}"; do
+		echo "---- $target (-fuzztime $1) ----" >&2
+		go test -run '^$' -fuzz "^${target}\$" -fuzztime "$1" -parallel 2 ./bridge
+	done
 }
 
 bench() {
@@ -92,8 +108,9 @@ build) build ;;
 run) run ;;
 test) test_all ;;
 bench) bench ;;
+fuzz) fuzz "${FUZZTIME:-2m}" ;;
 *)
-	echo "usage: $0 build|run|test|bench" >&2
+	echo "usage: $0 build|run|test|bench|fuzz" >&2
 	exit 2
 	;;
 esac
