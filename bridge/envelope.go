@@ -235,7 +235,8 @@ func skipValue(b []byte, i int) int {
 }
 
 // SplitBatch returns the elements of a JSON array, each as its own bytes.
-// data must be valid JSON starting with '['.
+// data must be valid JSON starting with '['; on anything else it returns
+// what it found before the first byte it cannot read as an element.
 func SplitBatch(data []byte) []json.RawMessage {
 	var out []json.RawMessage
 	i := skipSpace(data, 0) + 1
@@ -250,6 +251,9 @@ func SplitBatch(data []byte) []json.RawMessage {
 		}
 		start := i
 		i = skipValue(data, i)
+		if i == start {
+			return out // not an element: not a valid array
+		}
 		out = append(out, data[start:i])
 	}
 }

@@ -539,10 +539,11 @@ func (b *Bridge) endpointURL(r *http.Request, id string) string {
 	return b.clientPrefix(r) + b.cfg.MessagePath + "?sessionId=" + id
 }
 
-// parseEventID splits a legacy event id "<session>-<seq>".
+// parseEventID splits a legacy event id "<session>-<seq>"; the session part
+// must have the form of the ids the bridge mints.
 func parseEventID(v string) (string, uint64, bool) {
 	i := strings.LastIndexByte(v, '-')
-	if i <= 0 {
+	if i <= 0 || !validSessionID(v[:i]) {
 		return "", 0, false
 	}
 	seq, err := strconv.ParseUint(v[i+1:], 10, 64)
