@@ -9,7 +9,6 @@ package bridge
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"math"
@@ -78,6 +77,14 @@ type Bridge struct {
 	// ownTransport is the transport New made (nil when Config gave one);
 	// its idle connections are closed with the bridge.
 	ownTransport *http.Transport
+	// upstreamMetadataURL is the protected-resource metadata URL named by
+	// the upstream's last authorization challenge.
+	upstreamMetadataURL atomic.Pointer[string]
+	// upstreamOpenUntil (Unix ns) is until when anonymous streams skip the
+	// authorization probe (probeAuthorization).
+	upstreamOpenUntil atomic.Int64
+	// identityKey keys the fingerprints (loadIdentityKey).
+	identityKey atomic.Pointer[[]byte]
 }
 
 // New returns a bridge over store. Call Close when the configuration that
@@ -235,7 +242,7 @@ func (b *Bridge) closeIdleConnections() {
 
 // Handles reports whether the request path is one of the bridge's endpoints.
 func (b *Bridge) Handles(r *http.Request) bool {
-	return r.URL.Path == b.cfg.SSEPath || r.URL.Path == b.cfg.MessagePath
+	return r.URL.Path == b.cfg.SSEPath || r.URL.Path == b.cfg.MessagePath || isResourceMetadataPath(r.URL.Path)
 }
 
 // ServeHTTP serves the event stream and the message endpoint. Requests to
@@ -248,6 +255,14 @@ func (b *Bridge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// A single-valued field sent twice: which one counts would be up
 		// to whoever reads it (the session check, the upstream).
 		httpError(w, http.StatusBadRequest, "Authorization must be sent once")
+		return
+	}
+	if err := b.loadIdentityKey(r.Context()); err != nil {
+		b.storeError(w, err)
+		return
+	}
+	if tokenInQuery(r) {
+		httpError(w, http.StatusBadRequest, "access tokens are not accepted in the URL; send them in the Authorization header")
 		return
 	}
 	if b.stopping() && r.Method != http.MethodOptions {
@@ -279,6 +294,10 @@ func (b *Bridge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			httpError(w, http.StatusMethodNotAllowed, "the message endpoint takes POST")
 		}
 	default:
+		if isResourceMetadataPath(r.URL.Path) {
+			b.serveResourceMetadata(w, r)
+			return
+		}
 		http.NotFound(w, r)
 	}
 }
@@ -315,13 +334,6 @@ func (b *Bridge) checkOrigin(w http.ResponseWriter, r *http.Request) bool {
 	return true
 }
 
-// fingerprint identifies the caller by a hash of its credentials, so that a
-// session id alone does not let another caller use the session.
-func fingerprint(r *http.Request) string {
-	sum := sha256.Sum256([]byte("mcp-sse-bridge identity\x00" + r.Header.Get("Authorization")))
-	return hex.EncodeToString(sum[:16])
-}
-
 // randomID returns 128 random bits as 32 hex digits.
 func randomID() string {
 	var b [16]byte
@@ -349,6 +361,11 @@ func (b *Bridge) storeError(w http.ResponseWriter, err error) {
 	case errors.As(err, &tooMany):
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(max(tooMany.wait, time.Second).Seconds()))))
 		httpError(w, http.StatusTooManyRequests, tooMany.Error())
+	case errors.Is(err, sessionstore.ErrTooManyForCaller):
+		// The soonest one of the caller's sessions can free its place: a
+		// dropped session its client never initialised.
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(b.cfg.UninitializedTTL.Seconds()))))
+		httpError(w, http.StatusTooManyRequests, "too many sessions for this caller")
 	default:
 		// The details (addresses, causes) go to the log, not to the client.
 		msg := "session store unavailable"

@@ -24,6 +24,7 @@ const (
 	DefaultNewSessionRate        = 20
 	DefaultNewSessionBurst       = 100
 	DefaultInitializeTTL         = 24 * time.Hour
+	DefaultStreamWriteTimeout    = time.Minute
 	// acceptWait caps how long a legacy POST waits for the upstream's status
 	// line before it is answered 202 anyway (JSON-mode upstreams send their
 	// status only with the result; holding the POST longer would deadlock
@@ -58,6 +59,10 @@ type Config struct {
 	MessagePath string
 	// Keepalive is the interval of ': ping' comments on each stream.
 	Keepalive time.Duration
+	// StreamWriteTimeout bounds each write to a client's event stream: a
+	// client that reads nothing for that long is disconnected (its messages
+	// wait in the store for its reconnection).
+	StreamWriteTimeout time.Duration
 	// SessionTTL is how long a session outlives its stream.
 	SessionTTL time.Duration
 	// MaxMessageSize bounds a legacy POST body and one upstream message.
@@ -88,6 +93,13 @@ type Config struct {
 	// OriginalPath returns the path of the request as the client sent it,
 	// before any prefix was stripped. Defaults to r.URL.Path.
 	OriginalPath func(r *http.Request) string
+	// IdentitySecret keys the hashes that stand for callers in the store
+	// (fingerprints); empty means the store's own random key.
+	IdentitySecret string
+	// PublicURL, if set, gives the scheme and host clients use to reach the
+	// bridge (behind a proxy that terminates TLS), for the URLs of the
+	// authorization flow; else they come from each request.
+	PublicURL *url.URL
 	// UpstreamHeaderTimeout bounds the wait for an upstream response's
 	// headers (a black-holed upstream); streamed answers send them at once.
 	// Used by the transport New makes.
@@ -131,6 +143,7 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("adopt must be any, authenticated or off, not %q", c.Adopt)
 	}
 	c.Keepalive = positiveOr(c.Keepalive, DefaultKeepalive)
+	c.StreamWriteTimeout = positiveOr(c.StreamWriteTimeout, DefaultStreamWriteTimeout)
 	c.SessionTTL = positiveOr(c.SessionTTL, DefaultSessionTTL)
 	c.MaxMessageSize = positiveOr(c.MaxMessageSize, DefaultMaxMessageSize)
 	c.MaxInflight = positiveOr(c.MaxInflight, DefaultMaxInflight)

@@ -52,7 +52,7 @@ func (b *Bridge) mayAdopt(r *http.Request) bool {
 	case AdoptOff:
 		return false
 	case AdoptAuthenticated:
-		return r.Header.Get("Authorization") != "" || (r.TLS != nil && len(r.TLS.PeerCertificates) > 0)
+		return hasCredentials(r)
 	}
 	return true
 }
@@ -130,7 +130,7 @@ func (b *Bridge) claimReleased(ctx context.Context, cand *sessionstore.Session, 
 // session that is gone is recreated (and revived by forward). It returns
 // sessionstore.ErrNotFound for another caller's session.
 func (b *Bridge) postTarget(ctx context.Context, r *http.Request, id string, initialize bool) (*sessionstore.Session, error) {
-	fp := fingerprint(r)
+	fp := b.fingerprint(r)
 	sess, err := b.loadOrRecreate(ctx, r, id, fp)
 	if err != nil {
 		return nil, err
@@ -179,6 +179,7 @@ func (b *Bridge) loadOrRecreate(ctx context.Context, r *http.Request, id, fp str
 		ID:          id,
 		Upstream:    b.cfg.Upstream.String(),
 		Fingerprint: fp,
+		Caller:      b.caller(r),
 		NoAdopt:     true,
 		CreatedAt:   now,
 		// As long as a session a stream opened: its client is about to

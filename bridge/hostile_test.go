@@ -2,6 +2,9 @@ package bridge
 
 import (
 	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +13,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore"
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore/memory"
 )
 
 // forwardedCalls counts the tools/call requests the upstream got.
@@ -273,4 +279,140 @@ func TestBoundedMemories(t *testing.T) {
 	if !e.bridge.relayedBefore("s", fmt.Sprint("ev-", seenEventsPerSession)) {
 		t.Error("the newest event id is forgotten")
 	}
+}
+
+// TestSessionsPerCaller: one caller (a credential, or an anonymous client
+// address) holds at most max_sessions_per_caller live sessions; beyond it a
+// new stream gets 429 with Retry-After, and other callers still connect.
+func TestSessionsPerCaller(t *testing.T) {
+	up := newMCPUpstream(t, statefulSSE)
+	store := memory.New(memory.Options{MaxSessionsPerCaller: 2})
+	e := newEnv(t, up.URL, store, &Config{
+		ClientAddress: func(r *http.Request) string { return r.Header.Get("X-Test-Client") }})
+	for _, caller := range []http.Header{
+		{"Authorization": {"Bearer A"}, "X-Test-Client": {"one"}},
+		{"X-Test-Client": {"anonymous-1"}},
+	} {
+		for range 2 {
+			openStream(t, e, caller)
+		}
+		code, h, body := doRaw(t, http.MethodGet, e.srv.URL+"/sse", "", caller, "")
+		if code != http.StatusTooManyRequests || h.Get("Retry-After") == "" {
+			t.Errorf("third session of caller %v: %d %q, Retry-After %q; want 429 with Retry-After", caller, code, body, h.Get("Retry-After"))
+		}
+	}
+	// Another credential from the same address, and another anonymous
+	// address, are other callers.
+	for _, other := range []http.Header{
+		{"Authorization": {"Bearer B"}, "X-Test-Client": {"one"}},
+		{"X-Test-Client": {"anonymous-2"}},
+	} {
+		s := openStream(t, e, other)
+		s.initialize(t)
+		s.mustPost(t, echoCall(`2`, "served"))
+		if text := resultText(t, s.awaitResponse(t, `2`).data); text != "echo: served" {
+			t.Errorf("answer to another caller %v: %q", other, text)
+		}
+	}
+}
+
+// TestSlowClientDisconnected: a client that stops reading its stream is
+// disconnected after StreamWriteTimeout instead of holding the stream, and
+// gets every message from the store when it reconnects with Last-Event-ID.
+func TestSlowClientDisconnected(t *testing.T) {
+	up := newMCPUpstream(t, statefulSSE)
+	// The replay window the Caddy module gives the memory store: messages
+	// written into socket buffers the client never read are sent again.
+	e := newEnv(t, up.URL, memory.New(memory.Options{ReplayWindow: 64}), &Config{StreamWriteTimeout: 300 * time.Millisecond})
+	// The client: a raw connection with a small receive buffer that reads
+	// the endpoint event and then nothing (a stalled consumer).
+	conn, err := net.Dial("tcp", strings.TrimPrefix(e.srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.(*net.TCPConn).SetReadBuffer(4 << 10)
+	fmt.Fprintf(conn, "GET /sse HTTP/1.1\r\nHost: bridge\r\nAccept: text/event-stream\r\n\r\n")
+	br := bufio.NewReader(conn)
+	var id string
+	for id == "" {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("reading the endpoint: %v", err)
+		}
+		if _, rest, ok := strings.Cut(line, "sessionId="); ok {
+			id = strings.TrimSpace(rest)
+		}
+	}
+	// 16 MiB for it: far more than the socket buffers hold.
+	const messages, size = 16, 1 << 20
+	for i := range messages {
+		data := fmt.Sprintf(`{"jsonrpc":"2.0","method":"notifications/message","params":{"n":%d,"pad":"%s"}}`, i, strings.Repeat("x", size))
+		if _, err := e.store.Append(context.Background(), id, sessionstore.Message{Data: []byte(data)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		sess, err := e.store.Get(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sess.Owner == "" {
+			break // the stream ended and released the session
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a client that reads nothing still holds its stream after 10 s (timeout 300 ms)")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	conn.Close()
+
+	s := openStream(t, e, http.Header{"Last-Event-ID": {id + "-0"}})
+	for i := range messages {
+		ev := s.nextEvent(t)
+		if !strings.Contains(ev.data, fmt.Sprintf(`"n":%d,`, i)) || len(ev.data) < size {
+			t.Fatalf("message %d after reconnecting: %.80s… (%d bytes)", i, ev.data, len(ev.data))
+		}
+	}
+}
+
+// TestFingerprintIsKeyed: the store holds a keyed hash of the caller's
+// credentials, never the credentials nor their plain hash; replicas sharing
+// a store share its key (a session opened on one is the caller's on the
+// other), and a configured identity secret gives other fingerprints.
+func TestFingerprintIsKeyed(t *testing.T) {
+	up := newMCPUpstream(t, statefulSSE)
+	store := memory.New(memory.Options{})
+	replicaA, replicaB := newEnv(t, up.URL, store, nil), newEnv(t, up.URL, store, nil)
+	withSecret := newEnv(t, up.URL, store, &Config{IdentitySecret: "configured secret"})
+	const token = "Bearer secret-token-123"
+	hdr := http.Header{"Authorization": {token}}
+	fingerprintOf := func(e *testEnv) string {
+		s := openStream(t, e, hdr)
+		sess, err := store.Get(context.Background(), s.sessionID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sess.Fingerprint
+	}
+	fpA, fpB, fpSecret := fingerprintOf(replicaA), fingerprintOf(replicaB), fingerprintOf(withSecret)
+	plain := sha256.Sum256([]byte(token))
+	for _, fp := range []string{fpA, fpSecret} {
+		if strings.Contains(fp, "secret-token") || strings.HasPrefix(hex.EncodeToString(plain[:]), fp) {
+			t.Errorf("fingerprint %q reveals the token or its plain hash", fp)
+		}
+	}
+	if fpA != fpB {
+		t.Errorf("two replicas of one store: fingerprints %q and %q, want the same", fpA, fpB)
+	}
+	if fpA == fpSecret {
+		t.Error("a configured identity secret gives the same fingerprint as the store's key")
+	}
+	// A session streamed by one replica takes the caller's POSTs on another.
+	s := openStream(t, replicaA, hdr)
+	if code, _, body := postRaw(t, replicaB.srv.URL+s.endpoint, initializeRequest, hdr, "application/json"); code != http.StatusAccepted {
+		t.Errorf("POST to the other replica: %d %q, want 202", code, body)
+	}
+	s.awaitResponse(t, `1`)
 }

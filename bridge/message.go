@@ -59,6 +59,7 @@ func (b *Bridge) serveMessage(w http.ResponseWriter, r *http.Request) {
 	}
 
 	client := b.upstreamHeaders(r)
+	metadataURL := b.resourceMetadataURL(r)
 	statuses := make([]chan *upstreamStatus, len(msgs))
 	for i := range msgs {
 		statuses[i] = make(chan *upstreamStatus, 1)
@@ -70,6 +71,7 @@ func (b *Bridge) serveMessage(w http.ResponseWriter, r *http.Request) {
 			env:           envs[i],
 			client:        client,
 			clientVersion: r.Header.Get("MCP-Protocol-Version"),
+			metadataURL:   metadataURL,
 			status:        statuses[i],
 		})
 	}
@@ -82,14 +84,10 @@ wait:
 	for _, ch := range statuses {
 		select {
 		case st := <-ch:
-			if st != nil && st.authChallenge {
+			if st != nil && st.challenge != nil {
 				// 401/403 with a challenge goes back on the POST so that the
 				// client can run its authorization flow.
-				for k, v := range st.header {
-					w.Header()[k] = v
-				}
-				w.WriteHeader(st.code)
-				_, _ = w.Write(st.body)
+				st.challenge.write(w)
 				return
 			}
 		case <-timer.C:

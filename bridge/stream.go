@@ -36,6 +36,10 @@ func (b *Bridge) serveStream(w http.ResponseWriter, r *http.Request) {
 	b.streams.Add(1)
 	defer b.streams.Add(-1)
 	ctx := r.Context()
+	if c := b.probeAuthorization(ctx, r); c != nil {
+		c.write(w)
+		return
+	}
 	ls := &legacyStream{
 		b:     b,
 		w:     w,
@@ -108,7 +112,7 @@ type legacyStream struct {
 // creates a new one, owned by this stream.
 func (ls *legacyStream) open(ctx context.Context) (*sessionstore.Session, bool, error) {
 	b := ls.b
-	fp := fingerprint(ls.r)
+	fp := b.fingerprint(ls.r)
 	if id, seq, ok := parseEventID(ls.r.Header.Get("Last-Event-ID")); ok {
 		var sess *sessionstore.Session
 		err := b.retryUnavailable(ctx, func() (err error) {
@@ -133,6 +137,7 @@ func (ls *legacyStream) open(ctx context.Context) (*sessionstore.Session, bool, 
 		ID:              randomID(),
 		Upstream:        b.cfg.Upstream.String(),
 		Fingerprint:     fp,
+		Caller:          b.caller(ls.r),
 		Owner:           ls.owner,
 		OwnerLeaseUntil: now.Add(b.lease()),
 		CreatedAt:       now,
@@ -303,7 +308,7 @@ func (ls *legacyStream) seek(ctx context.Context) {
 	if ls.seekUntil.IsZero() || ls.cur != ls.addr {
 		return
 	}
-	addr := &sessionstore.Session{ID: ls.addr, Fingerprint: fingerprint(ls.r)}
+	addr := &sessionstore.Session{ID: ls.addr, Fingerprint: b.fingerprint(ls.r)}
 	adopted, err := b.linkAdoptable(ctx, addr, ls.owner, b.now().Add(b.lease()), ls.protocolVersion, true)
 	switch {
 	case err == nil:
@@ -423,6 +428,8 @@ func (ls *legacyStream) sessions() []string {
 // end releases what the stream holds (its sessions stay resumable for the
 // session TTL) and starts the countdown of the credentials it kept.
 func (ls *legacyStream) end() {
+	// The connection may serve other requests: no deadline of ours stays.
+	_ = ls.rc.SetWriteDeadline(time.Time{})
 	if ls.stopPumps != nil {
 		ls.stopPump()
 		ls.stopPumps()
@@ -443,7 +450,11 @@ func (ls *legacyStream) write(p []byte) bool {
 	return ls.writeRaw(p) && ls.rc.Flush() == nil
 }
 
+// writeRaw writes to the client within StreamWriteTimeout: a client that
+// stops reading is disconnected rather than holding the stream, and resumes
+// from the store when it reconnects.
 func (ls *legacyStream) writeRaw(p []byte) bool {
+	_ = ls.rc.SetWriteDeadline(time.Now().Add(ls.b.cfg.StreamWriteTimeout))
 	_, err := ls.w.Write(p)
 	return err == nil
 }
@@ -525,12 +536,7 @@ func (b *Bridge) releaseSession(id, owner string) {
 // endpointURL is the absolute path of the message endpoint for the session,
 // under the same prefix as the stream's original request path.
 func (b *Bridge) endpointURL(r *http.Request, id string) string {
-	orig := b.cfg.OriginalPath(r)
-	prefix := ""
-	if strings.HasSuffix(orig, r.URL.Path) {
-		prefix = strings.TrimSuffix(orig, r.URL.Path)
-	}
-	return prefix + b.cfg.MessagePath + "?sessionId=" + id
+	return b.clientPrefix(r) + b.cfg.MessagePath + "?sessionId=" + id
 }
 
 // parseEventID splits a legacy event id "<session>-<seq>".

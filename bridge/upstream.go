@@ -49,10 +49,8 @@ func newUpstreamTransport(headerTimeout time.Duration) *http.Transport {
 // upstreamStatus is what a legacy POST learns about its upstream request.
 type upstreamStatus struct {
 	code int
-	// authChallenge: 401/403 with WWW-Authenticate, passed back on the POST.
-	authChallenge bool
-	header        http.Header
-	body          []byte
+	// challenge: 401/403 with WWW-Authenticate, passed back on the POST.
+	challenge *authChallenge
 }
 
 // call is one client message on its way upstream.
@@ -65,8 +63,11 @@ type call struct {
 	// clientVersion is the MCP-Protocol-Version the client sent, for a
 	// revived session's minimal initialize.
 	clientVersion string
-	status        chan *upstreamStatus
-	reported      bool
+	// metadataURL is the bridge's protected-resource metadata URL for the
+	// client's stream, named in a challenge passed back to it.
+	metadataURL string
+	status      chan *upstreamStatus
+	reported    bool
 	// answered is set once the request's answer is settled here; the
 	// watcher of a resumed stream reads it from another goroutine.
 	answered atomic.Bool
@@ -183,13 +184,8 @@ func (b *Bridge) forward(c *call) {
 			sess = fresh
 			continue
 		}
-		if (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden) &&
-			resp.Header.Get("WWW-Authenticate") != "" {
-			h := http.Header{"Www-Authenticate": resp.Header.Values("WWW-Authenticate")}
-			if ct := resp.Header.Get("Content-Type"); ct != "" {
-				h.Set("Content-Type", ct)
-			}
-			c.report(&upstreamStatus{code: resp.StatusCode, authChallenge: true, header: h, body: body})
+		if challenge := b.challengeFrom(resp, body, c.metadataURL); challenge != nil {
+			c.report(&upstreamStatus{code: resp.StatusCode, challenge: challenge})
 			return
 		}
 		c.report(&upstreamStatus{code: resp.StatusCode})

@@ -35,6 +35,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		sse_path <path>
 //		message_path <path>
 //		keepalive <duration>
+//		stream_write_timeout <duration>
 //		session_ttl <duration>
 //		adopt any|authenticated|off
 //		adopt_hold <duration>
@@ -47,11 +48,14 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_message_size <size>
 //		max_inflight <n>
 //		allowed_origins <origin...>
+//		identity_secret <secret>
+//		public_url <origin>
 //		header_up <field> <value>
 //		header_up -<field>
 //		store memory {
 //			max_sessions <n>
 //			max_pending <n>
+//			max_sessions_per_caller <n>
 //		}
 //	}
 //
@@ -87,8 +91,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&h.MessagePath) {
 				return d.ArgErr()
 			}
+		case "identity_secret":
+			if !d.AllArgs(&h.IdentitySecret) || h.IdentitySecret == "" {
+				return d.ArgErr()
+			}
+		case "public_url":
+			if !d.AllArgs(&h.PublicURL) {
+				return d.ArgErr()
+			}
 		case "keepalive", "session_ttl", "adopt_hold", "initialize_ttl", "drain_timeout", "uninitialized_ttl",
-			"upstream_header_timeout":
+			"upstream_header_timeout", "stream_write_timeout":
 			var v string
 			if !d.AllArgs(&v) {
 				return d.ArgErr()
@@ -101,7 +113,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				"keepalive": &h.Keepalive, "session_ttl": &h.SessionTTL,
 				"adopt_hold": &h.AdoptHold, "initialize_ttl": &h.InitializeTTL,
 				"drain_timeout": &h.DrainTimeout, "uninitialized_ttl": &h.UninitializedTTL,
-				"upstream_header_timeout": &h.UpstreamHeaderTimeout,
+				"upstream_header_timeout": &h.UpstreamHeaderTimeout, "stream_write_timeout": &h.StreamWriteTimeout,
 			}[opt] = caddy.Duration(dur)
 		case "adopt":
 			if !d.AllArgs(&h.Adopt) {

@@ -52,6 +52,12 @@ type Handler struct {
 	// keep proxies and clients from closing idle streams. Default: 15s.
 	Keepalive caddy.Duration `json:"keepalive,omitempty"`
 
+	// StreamWriteTimeout bounds each write to a client's event stream: a
+	// client that reads nothing for that long is disconnected, and its
+	// messages wait in the store (bounded by the store's max_pending) until
+	// it reconnects. Default: 1m.
+	StreamWriteTimeout caddy.Duration `json:"stream_write_timeout,omitempty"`
+
 	// SessionTTL is how long a session outlives its stream, so that a client
 	// can come back to it; after that its upstream session is ended with
 	// DELETE. Default: 10m.
@@ -122,6 +128,20 @@ type Handler struct {
 	// header instead. The client's Authorization is always forwarded.
 	HeaderUp map[string]string `json:"header_up,omitempty"`
 
+	// IdentitySecret keys the hashes that stand for callers' credentials
+	// and addresses in the store (fingerprints), so that a copy of the store
+	// does not reveal whose session is whose. Placeholders such as
+	// {env.MCP_BRIDGE_IDENTITY_SECRET} are resolved at start-up. All
+	// replicas sharing a store must use the same one. Default: a random key
+	// kept in the store, made by the first replica.
+	IdentitySecret string `json:"identity_secret,omitempty"`
+
+	// PublicURL is the bridge's origin as clients reach it
+	// ("https://mcp.example.com"), for the URLs of the authorization flow
+	// (the resource and its metadata), when a proxy in front changes the
+	// scheme or host. Default: taken from each request.
+	PublicURL string `json:"public_url,omitempty"`
+
 	// StoreRaw is the session store guest module. Default: memory.
 	StoreRaw json.RawMessage `json:"store,omitempty" caddy:"namespace=http.handlers.mcp_sse_bridge.stores inline_key=backend"`
 
@@ -178,11 +198,20 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("parsing upstream %q: %w", h.Upstream, err)
 	}
+	var publicURL *url.URL
+	if h.PublicURL != "" {
+		if publicURL, err = url.Parse(h.PublicURL); err != nil {
+			return fmt.Errorf("parsing public_url %q: %w", h.PublicURL, err)
+		}
+	}
 	h.bridge, err = bridge.New(bridge.Config{
 		Upstream:              upstream,
 		SSEPath:               h.SSEPath,
 		MessagePath:           h.MessagePath,
 		Keepalive:             time.Duration(h.Keepalive),
+		StreamWriteTimeout:    time.Duration(h.StreamWriteTimeout),
+		IdentitySecret:        caddy.NewReplacer().ReplaceAll(h.IdentitySecret, ""),
+		PublicURL:             publicURL,
 		SessionTTL:            time.Duration(h.SessionTTL),
 		MaxMessageSize:        h.MaxMessageSize,
 		MaxInflight:           h.MaxInflight,
@@ -234,9 +263,15 @@ func (h *Handler) Validate() error {
 		"initialize_ttl": int64(h.InitializeTTL), "drain_timeout": int64(h.DrainTimeout),
 		"uninitialized_ttl": int64(h.UninitializedTTL), "upstream_header_timeout": int64(h.UpstreamHeaderTimeout),
 		"new_session_rate": int64(math.Ceil(h.NewSessionRate)), "new_session_burst": int64(h.NewSessionBurst),
+		"stream_write_timeout": int64(h.StreamWriteTimeout),
 	} {
 		if v < 0 {
 			return fmt.Errorf("%s must not be negative, got %d", name, v)
+		}
+	}
+	if h.PublicURL != "" {
+		if u, err := url.Parse(h.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			return fmt.Errorf("public_url %q must be an origin (http[s]://host[:port])", h.PublicURL)
 		}
 	}
 	for name, p := range map[string]string{"sse_path": h.SSEPath, "message_path": h.MessagePath} {

@@ -53,6 +53,10 @@ type RedisStore struct {
 	// MaxPending caps the undelivered messages of one session's mailbox.
 	// Default: 1024.
 	MaxPending int `json:"max_pending,omitempty"`
+	// MaxSessionsPerCaller caps the live sessions of one caller (one
+	// credential; one client address for anonymous callers) across all
+	// replicas; beyond it a new stream gets 429. Default: 1000.
+	MaxSessionsPerCaller int `json:"max_sessions_per_caller,omitempty"`
 	// PoolSize caps the connections of this replica's Redis client (per
 	// Cluster node), besides the one Pub/Sub connection for wake-ups. Store
 	// operations are short, so a few connections serve many sessions.
@@ -94,9 +98,9 @@ type pooledRedis struct {
 // redisSettings are what a configuration asks of a pooled Redis store
 // beyond the data it names.
 type redisSettings struct {
-	opts                    *goredis.UniversalOptions
-	clientFP                string
-	maxSessions, maxPending int
+	opts     *goredis.UniversalOptions
+	clientFP string
+	limits   sessionstore.Limits
 }
 
 func (p *pooledRedis) Destruct() error {
@@ -116,7 +120,7 @@ const oldClientGrace = 10 * time.Second
 // apply puts a configuration's limits and client options in force: the
 // client is swapped in place when its options changed.
 func (p *pooledRedis) apply(s redisSettings) {
-	p.store.SetLimits(s.maxSessions, s.maxPending)
+	p.store.SetLimits(s.limits)
 	if s.clientFP == p.clientFP {
 		return
 	}
@@ -196,10 +200,11 @@ func (r *RedisStore) Provision(ctx caddy.Context) error {
 	v, loaded, err := stores.LoadOrNew(r.key, func() (caddy.Destructor, error) {
 		client := goredis.NewUniversalClient(opts)
 		store, err := redisstore.New(client, redisstore.Options{
-			KeyPrefix:   r.KeyPrefix,
-			MaxSessions: r.MaxSessions,
-			MaxPending:  r.MaxPending,
-			Logger:      logger,
+			KeyPrefix:            r.KeyPrefix,
+			MaxSessions:          r.MaxSessions,
+			MaxPending:           r.MaxPending,
+			MaxSessionsPerCaller: r.MaxSessionsPerCaller,
+			Logger:               logger,
 		})
 		if err != nil {
 			_ = client.Close()
@@ -213,7 +218,8 @@ func (r *RedisStore) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("setting up the redis store: %w", err)
 	}
 	r.pooled = v.(*pooledRedis)
-	r.pooled.settings.push(r, redisSettings{opts: opts, clientFP: clientFP, maxSessions: r.MaxSessions, maxPending: r.MaxPending})
+	r.pooled.settings.push(r, redisSettings{opts: opts, clientFP: clientFP, limits: sessionstore.Limits{
+		MaxSessions: r.MaxSessions, MaxPending: r.MaxPending, MaxSessionsPerCaller: r.MaxSessionsPerCaller}})
 	r.store = r.pooled.store
 	if !loaded {
 		pingCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -246,7 +252,8 @@ func (r *RedisStore) Validate() error {
 			}
 		}
 	}
-	for name, v := range map[string]int{"db": r.DB, "max_sessions": r.MaxSessions, "max_pending": r.MaxPending, "pool_size": r.PoolSize} {
+	for name, v := range map[string]int{"db": r.DB, "max_sessions": r.MaxSessions, "max_pending": r.MaxPending, "pool_size": r.PoolSize,
+		"max_sessions_per_caller": r.MaxSessionsPerCaller} {
 		if v < 0 {
 			return fmt.Errorf("redis store: %s must not be negative, got %d", name, v)
 		}
@@ -306,6 +313,7 @@ func (r *RedisStore) poolKey() string { return r.key }
 //		key_prefix <prefix>
 //		max_sessions <n>
 //		max_pending <n>
+//		max_sessions_per_caller <n>
 //		pool_size <n>
 //	}
 func (r *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -362,6 +370,10 @@ func (r *RedisStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "max_pending":
 			if err := parsePositiveInt(d, &r.MaxPending); err != nil {
+				return err
+			}
+		case "max_sessions_per_caller":
+			if err := parsePositiveInt(d, &r.MaxSessionsPerCaller); err != nil {
 				return err
 			}
 		case "pool_size":

@@ -121,6 +121,10 @@ type MemoryStore struct {
 	// MaxPending caps the messages waiting in one session's mailbox for the
 	// client's stream. Default: 1024.
 	MaxPending int `json:"max_pending,omitempty"`
+	// MaxSessionsPerCaller caps the live sessions of one caller (one
+	// credential; one client address for anonymous callers); beyond it a
+	// new stream gets 429. Default: 1000.
+	MaxSessionsPerCaller int `json:"max_sessions_per_caller,omitempty"`
 
 	key    string
 	store  *memory.Store
@@ -139,7 +143,7 @@ func (MemoryStore) CaddyModule() caddy.ModuleInfo {
 // configurations using it asked for.
 type pooledMemory struct {
 	*memory.Store
-	limits *settingsStack[[2]int]
+	limits *settingsStack[sessionstore.Limits]
 }
 
 func (pooledMemory) Destruct() error { return nil }
@@ -157,16 +161,15 @@ func (m *MemoryStore) Provision(caddy.Context) error {
 	m.key = memoryStoreKey(m.Name)
 	v, _, err := stores.LoadOrNew(m.key, func() (caddy.Destructor, error) {
 		st := memory.New(memory.Options{ReplayWindow: 64})
-		return pooledMemory{Store: st, limits: &settingsStack[[2]int]{
-			apply: func(l [2]int) { st.SetLimits(l[0], l[1]) },
-		}}, nil
+		return pooledMemory{Store: st, limits: &settingsStack[sessionstore.Limits]{apply: st.SetLimits}}, nil
 	})
 	if err != nil {
 		return err
 	}
 	m.pooled = v.(pooledMemory)
 	m.store = m.pooled.Store
-	m.pooled.limits.push(m, [2]int{m.MaxSessions, m.MaxPending})
+	m.pooled.limits.push(m, sessionstore.Limits{MaxSessions: m.MaxSessions, MaxPending: m.MaxPending,
+		MaxSessionsPerCaller: m.MaxSessionsPerCaller})
 	return nil
 }
 
@@ -177,6 +180,9 @@ func (m *MemoryStore) Validate() error {
 	}
 	if m.MaxPending < 0 {
 		return fmt.Errorf("memory store: max_pending must not be negative, got %d", m.MaxPending)
+	}
+	if m.MaxSessionsPerCaller < 0 {
+		return fmt.Errorf("memory store: max_sessions_per_caller must not be negative, got %d", m.MaxSessionsPerCaller)
 	}
 	return nil
 }
@@ -203,6 +209,7 @@ func (m *MemoryStore) poolKey() string { return m.key }
 //		name <name>
 //		max_sessions <n>
 //		max_pending <n>
+//		max_sessions_per_caller <n>
 //	}
 func (m *MemoryStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the store name
@@ -221,6 +228,8 @@ func (m *MemoryStore) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			target = &m.MaxSessions
 		case "max_pending":
 			target = &m.MaxPending
+		case "max_sessions_per_caller":
+			target = &m.MaxSessionsPerCaller
 		default:
 			return d.Errf("unrecognized memory store option: %s", d.Val())
 		}

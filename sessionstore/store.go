@@ -23,6 +23,9 @@ var (
 	ErrExists = errors.New("session already exists")
 	// ErrTooManySessions: the store holds its maximum number of sessions.
 	ErrTooManySessions = errors.New("too many sessions")
+	// ErrTooManyForCaller: the session's caller holds its maximum number of
+	// live sessions (Limits.MaxSessionsPerCaller).
+	ErrTooManyForCaller = errors.New("too many sessions for this caller")
 	// ErrMailboxFull: the session's mailbox holds its maximum number of
 	// undelivered messages.
 	ErrMailboxFull = errors.New("session mailbox full")
@@ -49,6 +52,11 @@ type Session struct {
 	// Fingerprint identifies the caller (a hash of its credentials, never the
 	// credentials themselves).
 	Fingerprint string `json:"fingerprint"`
+	// Caller names whoever the session counts against for
+	// Limits.MaxSessionsPerCaller: the fingerprint for callers with
+	// credentials, a keyed hash of the client address for anonymous ones.
+	// Set at Create and never changed.
+	Caller string `json:"caller,omitempty"`
 	// UpstreamSessionID is the upstream's Mcp-Session-Id, empty for stateless
 	// upstreams and before initialize.
 	UpstreamSessionID string `json:"upstream_session_id,omitempty"`
@@ -95,6 +103,22 @@ type Session struct {
 	ExpiresAt time.Time `json:"expires_at"`
 }
 
+// Limits bound a store; implementations apply them in place (a
+// configuration reload) through SetLimits. Zero means the default.
+type Limits struct {
+	// MaxSessions caps the number of sessions; Create fails beyond it.
+	MaxSessions int
+	// MaxPending caps the undelivered messages of one mailbox; Append fails
+	// beyond it.
+	MaxPending int
+	// MaxSessionsPerCaller caps the live sessions (ExpiresAt after the new
+	// session's CreatedAt) with one Caller; Create fails beyond it.
+	MaxSessionsPerCaller int
+}
+
+// DefaultMaxSessionsPerCaller is the default of Limits.MaxSessionsPerCaller.
+const DefaultMaxSessionsPerCaller = 1000
+
 // Message is one entry of a session's mailbox.
 type Message struct {
 	// Seq orders the mailbox; it starts at 1 and only grows.
@@ -116,7 +140,9 @@ type Store interface {
 
 // Sessions keeps the session records.
 type Sessions interface {
-	// Create stores a new session.
+	// Create stores a new session. It fails with ErrTooManySessions when the
+	// store is full, and with ErrTooManyForCaller when s.Caller (if set)
+	// holds Limits.MaxSessionsPerCaller live sessions.
 	Create(ctx context.Context, s *Session) error
 	// Get returns a copy of the session.
 	Get(ctx context.Context, id string) (*Session, error)
@@ -143,6 +169,10 @@ type Sessions interface {
 	RememberInitialize(ctx context.Context, fingerprint, upstream string, msg []byte, ttl time.Duration) error
 	// RecallInitialize returns what RememberInitialize kept, or ErrNotFound.
 	RecallInitialize(ctx context.Context, fingerprint, upstream string) ([]byte, error)
+	// IdentityKey returns the store's secret key for fingerprints (at least
+	// 32 random bytes, made by the first caller and the same for every
+	// replica sharing the store), used when the configuration gives none.
+	IdentityKey(ctx context.Context) ([]byte, error)
 }
 
 // Mailboxes keeps each session's messages for its stream.

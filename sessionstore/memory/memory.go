@@ -5,6 +5,7 @@ package memory
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"sync"
 	"time"
@@ -25,6 +26,9 @@ type Options struct {
 	// MaxPending caps the undelivered messages of one mailbox; Append fails
 	// beyond it.
 	MaxPending int
+	// MaxSessionsPerCaller caps the live sessions of one Caller; Create
+	// fails beyond it. Default: sessionstore.DefaultMaxSessionsPerCaller.
+	MaxSessionsPerCaller int
 	// ReplayWindow is how many delivered messages are kept for replay.
 	ReplayWindow int
 }
@@ -39,6 +43,10 @@ type Store struct {
 	replicas map[string]time.Time
 	// initializes holds each caller's latest initialize per upstream.
 	initializes map[string]rememberedInitialize
+	// callers holds the ids of each Caller's sessions.
+	callers map[string]map[string]struct{}
+	// identityKey is made at New and never leaves the process.
+	identityKey []byte
 }
 
 type rememberedInitialize struct {
@@ -66,21 +74,27 @@ func New(opts Options) *Store {
 	if opts.MaxPending <= 0 {
 		opts.MaxPending = DefaultMaxPending
 	}
+	if opts.MaxSessionsPerCaller <= 0 {
+		opts.MaxSessionsPerCaller = sessionstore.DefaultMaxSessionsPerCaller
+	}
 	if opts.ReplayWindow < 0 {
 		opts.ReplayWindow = 0
 	}
-	return &Store{opts: opts, sessions: make(map[string]*entry), replicas: make(map[string]time.Time),
-		initializes: make(map[string]rememberedInitialize)}
+	key := make([]byte, 32)
+	_, _ = rand.Read(key)
+	return &Store{opts: opts, identityKey: key, sessions: make(map[string]*entry), replicas: make(map[string]time.Time),
+		initializes: make(map[string]rememberedInitialize), callers: make(map[string]map[string]struct{})}
 }
 
-// SetLimits changes MaxSessions and MaxPending in place (a configuration
-// reload); zero or less means the default. Sessions and messages already
-// held beyond a lowered limit stay.
-func (st *Store) SetLimits(maxSessions, maxPending int) {
+// SetLimits changes the limits in place (a configuration reload); zero or
+// less means the default. Sessions and messages already held beyond a
+// lowered limit stay.
+func (st *Store) SetLimits(l sessionstore.Limits) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	st.opts.MaxSessions = cmp.Or(max(maxSessions, 0), DefaultMaxSessions)
-	st.opts.MaxPending = cmp.Or(max(maxPending, 0), DefaultMaxPending)
+	st.opts.MaxSessions = cmp.Or(max(l.MaxSessions, 0), DefaultMaxSessions)
+	st.opts.MaxPending = cmp.Or(max(l.MaxPending, 0), DefaultMaxPending)
+	st.opts.MaxSessionsPerCaller = cmp.Or(max(l.MaxSessionsPerCaller, 0), sessionstore.DefaultMaxSessionsPerCaller)
 }
 
 func copySession(s *sessionstore.Session) *sessionstore.Session {
@@ -101,12 +115,38 @@ func (st *Store) Create(_ context.Context, s *sessionstore.Session) error {
 	if len(st.sessions) >= st.opts.MaxSessions {
 		return sessionstore.ErrTooManySessions
 	}
+	if s.Caller != "" {
+		if st.liveSessionsLocked(s.Caller, s.CreatedAt) >= st.opts.MaxSessionsPerCaller {
+			return sessionstore.ErrTooManyForCaller
+		}
+		if st.callers[s.Caller] == nil {
+			st.callers[s.Caller] = make(map[string]struct{})
+		}
+		st.callers[s.Caller][s.ID] = struct{}{}
+	}
 	st.sessions[s.ID] = &entry{
 		session:     *copySession(s),
 		subscribers: make(map[chan struct{}]struct{}),
 		requests:    make(map[string]sessionstore.Request),
 	}
 	return nil
+}
+
+// liveSessionsLocked counts the caller's sessions that expire after now
+// (expired ones wait for the janitor, and count no more).
+func (st *Store) liveSessionsLocked(caller string, now time.Time) int {
+	n := 0
+	for id := range st.callers[caller] {
+		if e := st.sessions[id]; e != nil && e.session.ExpiresAt.After(now) {
+			n++
+		}
+	}
+	return n
+}
+
+// IdentityKey implements sessionstore.Store.
+func (st *Store) IdentityKey(context.Context) ([]byte, error) {
+	return append([]byte(nil), st.identityKey...), nil
 }
 
 // Get implements sessionstore.Store.
@@ -133,6 +173,7 @@ func (st *Store) Update(_ context.Context, id string, fn func(*sessionstore.Sess
 		return nil, err
 	}
 	next.ID = id
+	next.Caller = e.session.Caller // fixed at Create: the count follows it
 	e.session = *copySession(next)
 	return next, nil
 }
@@ -146,6 +187,12 @@ func (st *Store) Delete(_ context.Context, id string) (bool, error) {
 		return false, nil
 	}
 	delete(st.sessions, id)
+	if ids := st.callers[e.session.Caller]; ids != nil {
+		delete(ids, id)
+		if len(ids) == 0 {
+			delete(st.callers, e.session.Caller)
+		}
+	}
 	// Wake subscribers so that they notice the session is gone.
 	for ch := range e.subscribers {
 		wake(ch)

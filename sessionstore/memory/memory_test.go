@@ -24,9 +24,10 @@ func TestContract(t *testing.T) {
 		t.Run("ReplayWindow="+strconv.Itoa(window), func(t *testing.T) {
 			storetest.Run(t, func(t *testing.T) sessionstore.Store {
 				return memory.New(memory.Options{
-					MaxSessions:  storetest.MinSessions,
-					MaxPending:   storetest.MaxPending,
-					ReplayWindow: window,
+					MaxSessions:          storetest.MinSessions,
+					MaxPending:           storetest.MaxPending,
+					ReplayWindow:         window,
+					MaxSessionsPerCaller: storetest.MaxSessionsPerCaller,
 				})
 			})
 		})

@@ -9,8 +9,8 @@
 //
 //   - mcpbridge:{ID}: a hash with the fields rec (the Session as JSON,
 //     without Delivered), owner (a copy of Session.Owner, for Ack), exp
-//     (ExpiresAt in Unix ms) and fp (the fingerprint), both for index
-//     repairs, last (the last Seq assigned), acked (the Delivered position)
+//     (ExpiresAt in Unix ms), fp (the fingerprint) and caller (Session.Caller),
+//     for index repairs, last (the last Seq assigned), acked (the Delivered position)
 //     and v (the record version, for Update's compare-and-set);
 //   - mcpbridge:{ID}:m: a stream, the mailbox, with entry ids "<seq>-0" and
 //     the fields c ("1" for Control) and d (the data);
@@ -33,7 +33,13 @@
 //   - mcpbridge:expiry: a sorted set of all session ids scored by ExpiresAt
 //     (Unix ms), read by Expired and counted for MaxSessions;
 //   - mcpbridge:adopt:<fingerprint>: a sorted set of one caller's session
-//     ids scored by ExpiresAt, read by Adoptable.
+//     ids scored by ExpiresAt, read by Adoptable;
+//   - mcpbridge:caller:<caller>: a sorted set of the session ids of one
+//     Session.Caller scored by ExpiresAt, counted (entries before now
+//     dropped) for MaxSessionsPerCaller.
+//
+// The string mcpbridge:identity-key holds the random key of the
+// fingerprints when the configuration gives none (IdentityKey).
 //
 // A caller's latest initialize request for an upstream is the string
 // mcpbridge:init:<fingerprint>:<hash of the upstream URL>, with the TTL

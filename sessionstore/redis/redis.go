@@ -3,6 +3,7 @@ package redis
 import (
 	"cmp"
 	"context"
+	cryptorand "crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -63,6 +64,10 @@ type Options struct {
 	// MaxPending caps the undelivered messages of one mailbox; Append beyond
 	// it returns sessionstore.ErrMailboxFull. Default 1024.
 	MaxPending int
+	// MaxSessionsPerCaller caps the live sessions of one Session.Caller;
+	// Create beyond it returns sessionstore.ErrTooManyForCaller. Default
+	// sessionstore.DefaultMaxSessionsPerCaller.
+	MaxSessionsPerCaller int
 	// ReplayWindow is how many delivered messages are kept for
 	// Last-Event-ID replay. Zero means the default, 64; a negative value
 	// keeps none.
@@ -87,7 +92,7 @@ type Store struct {
 	opts     Options
 	log      *zap.Logger
 	// The limits, which SetLimits changes in place.
-	maxSessions, maxPending atomic.Int64
+	maxSessions, maxPending, maxPerCaller atomic.Int64
 
 	prefix  string
 	expiry  string // ZSET of all sessions by ExpiresAt
@@ -154,7 +159,8 @@ func New(client goredis.UniversalClient, opts Options) (*Store, error) {
 		stopRefresh: make(chan struct{}),
 		subs:        make(map[string]map[chan struct{}]struct{}),
 	}
-	s.SetLimits(opts.MaxSessions, opts.MaxPending)
+	s.SetLimits(sessionstore.Limits{MaxSessions: opts.MaxSessions, MaxPending: opts.MaxPending,
+		MaxSessionsPerCaller: opts.MaxSessionsPerCaller})
 	s.subscribe()
 	s.refreshDone = make(chan struct{})
 	go s.refreshClusterState()
@@ -220,11 +226,12 @@ func (s *Store) SwapClient(client goredis.UniversalClient) goredis.UniversalClie
 	return old
 }
 
-// SetLimits changes MaxSessions and MaxPending in place (a configuration
-// reload); zero or less means the default.
-func (s *Store) SetLimits(maxSessions, maxPending int) {
-	s.maxSessions.Store(int64(cmp.Or(max(maxSessions, 0), DefaultMaxSessions)))
-	s.maxPending.Store(int64(cmp.Or(max(maxPending, 0), DefaultMaxPending)))
+// SetLimits changes the limits in place (a configuration reload); zero or
+// less means the default.
+func (s *Store) SetLimits(l sessionstore.Limits) {
+	s.maxSessions.Store(int64(cmp.Or(max(l.MaxSessions, 0), DefaultMaxSessions)))
+	s.maxPending.Store(int64(cmp.Or(max(l.MaxPending, 0), DefaultMaxPending)))
+	s.maxPerCaller.Store(int64(cmp.Or(max(l.MaxSessionsPerCaller, 0), sessionstore.DefaultMaxSessionsPerCaller)))
 }
 
 // Close stops the wake-up subscriber. It does not close the client. Open
@@ -261,6 +268,7 @@ func (s *Store) requestsKey(id string) string { return s.prefix + "{" + id + "}:
 func (s *Store) replicaKey(r string) string   { return s.prefix + "replica:" + r }
 func (s *Store) replicasKey() string          { return s.prefix + "replicas" }
 func (s *Store) adoptKey(fp string) string    { return s.prefix + "adopt:" + fp }
+func (s *Store) callerKey(c string) string    { return s.prefix + "caller:" + c }
 
 // initializeKey names a caller's remembered initialize for an upstream; the
 // upstream URL is hashed to keep the key short and free of its characters.
@@ -356,8 +364,21 @@ func (s *Store) Create(ctx context.Context, sess *sessionstore.Session) error {
 		}
 	}
 
+	if sess.Caller != "" {
+		// The caller's place next, so that a caller at its limit takes no
+		// session; its entry is dropped again if the session is not made.
+		reserved, err := callerReserveScript.Run(ctx, s.rdb(), []string{s.callerKey(sess.Caller)},
+			exp, id, ttl, s.maxPerCaller.Load(), score(sess.CreatedAt)).Int()
+		if err != nil {
+			return unavailable("reserving session", err)
+		}
+		if reserved == 0 {
+			s.rdb().ZRem(ctx, s.expiry, id)
+			return sessionstore.ErrTooManyForCaller
+		}
+	}
 	created, err := createScript.Run(ctx, s.rdb(), []string{s.hashKey(id), s.mailboxKey(id), s.requestsKey(id)},
-		rec, sess.Owner, exp, sess.Fingerprint, ttl).Int()
+		rec, sess.Owner, exp, sess.Fingerprint, ttl, sess.Caller).Int()
 	if err != nil {
 		return unavailable("creating session", err)
 	}
@@ -366,7 +387,7 @@ func (s *Store) Create(ctx context.Context, sess *sessionstore.Session) error {
 	}
 	// The reservation did not move the score of an entry left over from an
 	// earlier session with this id; the adoption index is new.
-	if err := s.syncIndexes(ctx, id, exp, sess.Fingerprint, "", ttl); err != nil {
+	if err := s.syncIndexes(ctx, id, exp, sess.Fingerprint, "", sess.Caller, ttl); err != nil {
 		return unavailable("indexing session", err)
 	}
 	return nil
@@ -414,6 +435,7 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*sessionstore.Ses
 			return nil, err
 		}
 		next.ID = id
+		next.Caller = cur.Caller // fixed at Create: the count follows it
 		next.Delivered = cur.Delivered
 		rec, err := encode(next)
 		if err != nil {
@@ -432,7 +454,7 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*sessionstore.Ses
 			continue
 		}
 		if exp != score(cur.ExpiresAt) || next.Fingerprint != cur.Fingerprint {
-			if err := s.syncIndexes(ctx, id, exp, next.Fingerprint, cur.Fingerprint, ttl); err != nil {
+			if err := s.syncIndexes(ctx, id, exp, next.Fingerprint, cur.Fingerprint, cur.Caller, ttl); err != nil {
 				// The session is updated; the indexes are repaired by the
 				// next writer or by Expired.
 				s.log.Warn("indexing session", zap.String("session", id), zap.Error(err))
@@ -464,17 +486,20 @@ func copySession(sess *sessionstore.Session) *sessionstore.Session {
 	return &c
 }
 
-// syncIndexes makes the session's entries in the expiry and adoption
-// indexes match the record, which lives in another slot: write, then read
-// the record back and write again if it changed meanwhile. Whoever writes
-// an index last has then seen the latest record, so concurrent Updates
-// cannot leave an outdated score behind. oldFp, if not empty and not fp,
-// is an adoption index the session leaves.
-func (s *Store) syncIndexes(ctx context.Context, id string, exp int64, fp, oldFp string, ttl int64) error {
+// syncIndexes makes the session's entries in the expiry, adoption and
+// caller indexes match the record, which lives in another slot: write, then
+// read the record back and write again if it changed meanwhile. Whoever
+// writes an index last has then seen the latest record, so concurrent
+// Updates cannot leave an outdated score behind. oldFp, if not empty and
+// not fp, is an adoption index the session leaves.
+func (s *Store) syncIndexes(ctx context.Context, id string, exp int64, fp, oldFp, caller string, ttl int64) error {
 	for range indexSyncRounds {
 		calls := []*scriptCall{
 			{script: indexAddScript, keys: []string{s.expiry}, args: []any{exp, id, ttl, 0}},
 			{script: indexAddScript, keys: []string{s.adoptKey(fp)}, args: []any{exp, id, ttl, 0}},
+		}
+		if caller != "" {
+			calls = append(calls, &scriptCall{script: indexAddScript, keys: []string{s.callerKey(caller)}, args: []any{exp, id, ttl, 0}})
 		}
 		var extra []goredis.Cmder
 		if oldFp != "" && oldFp != fp {
@@ -493,6 +518,9 @@ func (s *Store) syncIndexes(ctx context.Context, id string, exp int64, fp, oldFp
 			_, err := s.rdb().Pipelined(ctx, func(p goredis.Pipeliner) error {
 				p.ZRem(ctx, s.expiry, id)
 				p.ZRem(ctx, s.adoptKey(fp), id)
+				if caller != "" {
+					p.ZRem(ctx, s.callerKey(caller), id)
+				}
 				return nil
 			})
 			return err
@@ -559,13 +587,17 @@ func (s *Store) Delete(ctx context.Context, id string) (bool, error) {
 	if err != nil {
 		return false, unavailable("deleting session", err)
 	}
-	fp := ""
-	if len(res) > 0 {
+	var fp, caller string
+	if len(res) > 1 {
 		fp, _ = res[0].(string)
+		caller, _ = res[1].(string)
 	}
 	if _, err := s.rdb().Pipelined(ctx, func(p goredis.Pipeliner) error {
 		p.ZRem(ctx, s.expiry, id)
 		p.ZRem(ctx, s.adoptKey(fp), id)
+		if caller != "" {
+			p.ZRem(ctx, s.callerKey(caller), id)
+		}
 		return nil
 	}); err != nil {
 		// Deleted; readers of the indexes drop entries of missing sessions.
@@ -666,7 +698,7 @@ func (s *Store) Expired(ctx context.Context, now time.Time, limit int) ([]*sessi
 	}
 	for _, sess := range stale {
 		exp := score(sess.ExpiresAt)
-		if err := s.syncIndexes(ctx, sess.ID, exp, sess.Fingerprint, "", s.keyTTL(sess.ExpiresAt)); err != nil {
+		if err := s.syncIndexes(ctx, sess.ID, exp, sess.Fingerprint, "", sess.Caller, s.keyTTL(sess.ExpiresAt)); err != nil {
 			s.log.Debug("correcting index entry", zap.String("session", sess.ID), zap.Error(err))
 		}
 	}
@@ -755,6 +787,24 @@ func (s *Store) RecallInitialize(ctx context.Context, fingerprint, upstream stri
 		return nil, unavailable("recalling initialize", err)
 	}
 	return msg, nil
+}
+
+// IdentityKey implements sessionstore.Store: the first replica to ask
+// stores a random key (SET NX, no TTL), and every replica reads that one.
+func (s *Store) IdentityKey(ctx context.Context) ([]byte, error) {
+	fresh := make([]byte, 32)
+	if _, err := cryptorand.Read(fresh); err != nil {
+		return nil, err
+	}
+	key := s.prefix + "identity-key"
+	if err := s.rdb().SetNX(ctx, key, fresh, 0).Err(); err != nil {
+		return nil, unavailable("making the identity key", err)
+	}
+	stored, err := s.rdb().Get(ctx, key).Bytes()
+	if err != nil {
+		return nil, unavailable("reading the identity key", err)
+	}
+	return stored, nil
 }
 
 // replicaAliveOr reports whether the replica named in owner has a live

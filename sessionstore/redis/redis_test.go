@@ -27,9 +27,10 @@ func TestContract(t *testing.T) {
 			t.Run("ReplayWindow="+strconv.Itoa(window), func(t *testing.T) {
 				storetest.Run(t, func(t *testing.T) sessionstore.Store {
 					return newStore(t, newSingleClient(t), Options{
-						MaxSessions:  storetest.MinSessions,
-						MaxPending:   storetest.MaxPending,
-						ReplayWindow: window,
+						MaxSessions:          storetest.MinSessions,
+						MaxPending:           storetest.MaxPending,
+						ReplayWindow:         window,
+						MaxSessionsPerCaller: storetest.MaxSessionsPerCaller,
 					})
 				})
 			})
@@ -38,8 +39,9 @@ func TestContract(t *testing.T) {
 	t.Run("Cluster", func(t *testing.T) {
 		storetest.Run(t, func(t *testing.T) sessionstore.Store {
 			return newStore(t, newClusterClient(t), Options{
-				MaxSessions: storetest.MinSessions,
-				MaxPending:  storetest.MaxPending,
+				MaxSessions:          storetest.MinSessions,
+				MaxPending:           storetest.MaxPending,
+				MaxSessionsPerCaller: storetest.MaxSessionsPerCaller,
 			})
 		})
 	})
@@ -969,7 +971,7 @@ func TestSetLimits(t *testing.T) {
 	ctx := context.Background()
 	st := newStore(t, newSingleClient(t), Options{MaxPending: 8})
 	create(t, st, "a")
-	st.SetLimits(0, 1)
+	st.SetLimits(sessionstore.Limits{MaxPending: 1})
 	if _, err := st.Append(ctx, "a", sessionstore.Message{Data: []byte(`1`)}); err != nil {
 		t.Fatal(err)
 	}

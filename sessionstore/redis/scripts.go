@@ -20,7 +20,7 @@ const (
 // createScript stores a new session unless the id is taken.
 //
 //	KEYS: hash, mailbox, requests
-//	ARGV: rec, owner, exp (ms), fp, ttl (ms)
+//	ARGV: rec, owner, exp (ms), fp, ttl (ms), caller
 //	→ 1 created, 0 exists
 var createScript = goredis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -28,7 +28,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 redis.call('DEL', KEYS[2], KEYS[3])
 redis.call('HSET', KEYS[1], 'rec', ARGV[1], 'owner', ARGV[2], 'exp', ARGV[3], 'fp', ARGV[4],
-  'last', '0', 'acked', '0', 'v', '1')
+  'caller', ARGV[6], 'last', '0', 'acked', '0', 'v', '1')
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
 `)
@@ -60,15 +60,15 @@ return 1
 //
 //	KEYS: hash, mailbox, requests
 //	ARGV: wake channel, id
-//	→ {fingerprint} deleted, nil missing
+//	→ {fingerprint, caller} deleted, nil missing
 var deleteScript = goredis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return false
 end
-local fp = redis.call('HGET', KEYS[1], 'fp') or ''
+local f = redis.call('HMGET', KEYS[1], 'fp', 'caller')
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 redis.call('PUBLISH', ARGV[1], ARGV[2])
-return {fp}
+return {f[1] or '', f[2] or ''}
 `)
 
 // appendBody is the body of Append, shared with FinishRequest: with the
@@ -150,6 +150,28 @@ if max > 0 then
 else
   redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 end
+local ttl = tonumber(ARGV[3])
+if redis.call('PTTL', KEYS[1]) < ttl then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
+return 1
+`)
+
+// callerReserveScript puts a new session into its caller's index unless
+// the caller already holds max live sessions: entries scored before now
+// (sessions expired, or left by a Create that failed) are dropped first.
+//
+//	KEYS: zset
+//	ARGV: score, member, ttl (ms), max, now (ms)
+//	→ 1 done, 0 full
+var callerReserveScript = goredis.NewScript(`
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[5])
+if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then
+  if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+    return 0
+  end
+end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 local ttl = tonumber(ARGV[3])
 if redis.call('PTTL', KEYS[1]) < ttl then
   redis.call('PEXPIRE', KEYS[1], ttl)

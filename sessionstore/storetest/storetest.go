@@ -16,7 +16,9 @@
 //   - room for at least MinSessions sessions (ErrTooManySessions is not
 //     part of the generic contract: each implementation tests its own limit);
 //   - mailboxes that hold exactly MaxPending undelivered (unacknowledged)
-//     messages: the MaxPending+1st Append fails with ErrMailboxFull.
+//     messages: the MaxPending+1st Append fails with ErrMailboxFull;
+//   - MaxSessionsPerCaller live sessions per Session.Caller: the next
+//     Create with that Caller fails with ErrTooManyForCaller.
 //
 // Expired and Adoptable are checked by exact results, so the store must
 // not hold sessions of other tests.
@@ -43,6 +45,10 @@ import (
 // MaxPending is the mailbox capacity, in undelivered messages, that the
 // factory passed to Run must configure.
 const MaxPending = 128
+
+// MaxSessionsPerCaller is the per-caller limit the factory passed to Run
+// must configure.
+const MaxSessionsPerCaller = 5
 
 // MinSessions is how many sessions the store must be able to hold at once.
 const MinSessions = 100
@@ -87,6 +93,8 @@ func Run(t *testing.T, newStore func(t *testing.T) sessionstore.Store) {
 		{"Adoptable", testAdoptable},
 		{"AdoptableNone", testAdoptableNone},
 		{"RememberInitialize", testRememberInitialize},
+		{"SessionsPerCaller", testSessionsPerCaller},
+		{"IdentityKey", testIdentityKey},
 	}
 	for _, tc := range append(tests, requestTests...) {
 		t.Run(tc.name, func(t *testing.T) {
@@ -158,6 +166,7 @@ func equalSessions(a, b *sessionstore.Session) bool {
 	return a.ID == b.ID &&
 		a.Upstream == b.Upstream &&
 		a.Fingerprint == b.Fingerprint &&
+		a.Caller == b.Caller &&
 		a.UpstreamSessionID == b.UpstreamSessionID &&
 		a.ProtocolVersion == b.ProtocolVersion &&
 		bytes.Equal(a.Initialize, b.Initialize) &&
@@ -1353,5 +1362,76 @@ func testRememberInitialize(t *testing.T, st sessionstore.Store) {
 			t.Fatalf("an initialize remembered for 50ms is still recalled after 5s (%v)", err)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// testSessionsPerCaller: a caller holds at most MaxSessionsPerCaller live
+// sessions; other callers and sessions without a Caller are not counted
+// against it; a deleted or expired session frees its place; Update never
+// changes a session's Caller.
+func testSessionsPerCaller(t *testing.T, st sessionstore.Store) {
+	ctx := ctxFor(t)
+	caller := newID("caller")
+	create := func(caller string) (*sessionstore.Session, error) {
+		s := sampleSession(newID("s"))
+		s.Caller = caller
+		return s, st.Create(ctx, s)
+	}
+	var held []*sessionstore.Session
+	for range MaxSessionsPerCaller {
+		s, err := create(caller)
+		if err != nil {
+			t.Fatalf("Create within the caller's limit: %v", err)
+		}
+		held = append(held, s)
+	}
+	if _, err := create(caller); !errors.Is(err, sessionstore.ErrTooManyForCaller) {
+		t.Fatalf("Create beyond %d sessions of one caller: %v, want ErrTooManyForCaller", MaxSessionsPerCaller, err)
+	}
+	if _, err := create(newID("other-caller")); err != nil {
+		t.Errorf("Create for another caller: %v", err)
+	}
+	if _, err := create(""); err != nil {
+		t.Errorf("Create without a caller: %v", err)
+	}
+
+	got, err := st.Update(ctx, held[0].ID, func(s *sessionstore.Session) error {
+		s.Caller = "someone-else"
+		return nil
+	})
+	if err != nil || got.Caller != caller {
+		t.Fatalf("Update that changes Caller: (%+v, %v), want the Caller kept", got, err)
+	}
+	if ok, err := st.Delete(ctx, held[0].ID); !ok || err != nil {
+		t.Fatalf("Delete: (%v, %v)", ok, err)
+	}
+	if _, err := create(caller); err != nil {
+		t.Fatalf("Create after one of the caller's sessions was deleted: %v", err)
+	}
+	if _, err := create(caller); !errors.Is(err, sessionstore.ErrTooManyForCaller) {
+		t.Fatalf("Create beyond the limit again: %v, want ErrTooManyForCaller", err)
+	}
+	// An expired session waits for the janitor; it no longer counts.
+	if _, err := st.Update(ctx, held[1].ID, func(s *sessionstore.Session) error {
+		s.ExpiresAt = time.Now().Add(-time.Minute).UTC().Truncate(time.Millisecond)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := create(caller); err != nil {
+		t.Errorf("Create when one of the caller's sessions has expired: %v", err)
+	}
+}
+
+// testIdentityKey: the store's identity key is long enough and stable.
+func testIdentityKey(t *testing.T, st sessionstore.Store) {
+	ctx := ctxFor(t)
+	first, err := st.IdentityKey(ctx)
+	if err != nil || len(first) < 32 {
+		t.Fatalf("IdentityKey: (%d bytes, %v), want at least 32 bytes", len(first), err)
+	}
+	again, err := st.IdentityKey(ctx)
+	if err != nil || !bytes.Equal(first, again) {
+		t.Errorf("IdentityKey again: (%x, %v), want the same key %x", again, err, first)
 	}
 }

@@ -1,0 +1,265 @@
+package bridge
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// MCP authorization (the 2025-06-18 revision and later) as legacy clients
+// run it through the bridge: the client learns that authorization is needed
+// from a 401 with a WWW-Authenticate challenge, reads the protected-resource
+// metadata (RFC 9728) the challenge names, gets a token from the
+// authorization server listed there for the resource, and sends it as a
+// bearer token. The bridge is the resource the client sees, so the
+// challenge and the metadata name the bridge's URL; the authorization
+// server and the token check stay the upstream's.
+
+// wellKnownResourcePath is where protected-resource metadata lives, alone
+// or followed by the resource's path (RFC 9728 §3.1).
+const wellKnownResourcePath = "/.well-known/oauth-protected-resource"
+
+const (
+	// authProbeTimeout bounds the upstream round trip that asks whether a
+	// new stream's credentials are accepted; past it the stream opens and
+	// the client learns of a refusal on its first POST.
+	authProbeTimeout = 5 * time.Second
+	// maxMetadataBody bounds the protected-resource metadata read upstream.
+	maxMetadataBody = 64 << 10
+	// openUpstreamMemory is how long an upstream that let an anonymous
+	// probe through is taken to need no authorization: streams without
+	// credentials skip the probe meanwhile.
+	openUpstreamMemory = time.Minute
+)
+
+// resourceMetadataParam matches the resource_metadata parameter of a
+// Bearer challenge, quoted or not (RFC 9110 §11.2 auth-param).
+var resourceMetadataParam = regexp.MustCompile(`(?i)\bresource_metadata\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]*)`)
+
+// isResourceMetadataPath reports whether p asks for protected-resource
+// metadata.
+func isResourceMetadataPath(p string) bool {
+	return p == wellKnownResourcePath || strings.HasPrefix(p, wellKnownResourcePath+"/")
+}
+
+// authChallenge is an upstream's refusal of a client's credentials: 401 or
+// 403 with its WWW-Authenticate, passed back to the client.
+type authChallenge struct {
+	code   int
+	header http.Header
+	body   []byte
+}
+
+// challengeFrom returns the upstream response's challenge, if it is one,
+// with its resource_metadata pointing at metadataURL, the bridge's own
+// metadata URL for the stream the client uses: the client fetches it from
+// the bridge, and checks that it names the resource it connected to. It
+// remembers the upstream's metadata URL for serveResourceMetadata.
+func (b *Bridge) challengeFrom(resp *http.Response, body []byte, metadataURL string) *authChallenge {
+	if resp.StatusCode != http.StatusUnauthorized && resp.StatusCode != http.StatusForbidden {
+		return nil
+	}
+	values := resp.Header.Values("WWW-Authenticate")
+	if len(values) == 0 {
+		return nil
+	}
+	h := http.Header{}
+	for _, v := range values {
+		if m := resourceMetadataParam.FindStringSubmatch(v); m != nil {
+			if u := strings.Trim(m[1], `"`); u != "" {
+				b.upstreamMetadataURL.Store(&u)
+			}
+		}
+		h.Add("WWW-Authenticate", resourceMetadataParam.ReplaceAllLiteralString(v, `resource_metadata="`+metadataURL+`"`))
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "" {
+		h.Set("Content-Type", ct)
+	}
+	return &authChallenge{code: resp.StatusCode, header: h, body: body}
+}
+
+// resourceMetadataURL is the bridge's metadata URL for the event stream
+// the request belongs to.
+func (b *Bridge) resourceMetadataURL(r *http.Request) string {
+	return b.publicOrigin(r) + wellKnownResourcePath + b.clientPrefix(r) + b.cfg.SSEPath
+}
+
+// write answers the client with the challenge.
+func (c *authChallenge) write(w http.ResponseWriter) {
+	for k, v := range c.header {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(c.code)
+	_, _ = w.Write(c.body)
+}
+
+// probeAuthorization asks the upstream whether the credentials a new stream
+// carries are accepted, before the stream opens: clients (the TypeScript SDK
+// among them) start their authorization flow from a 401 on the GET, and a
+// stream that opens first would leave them with a refusal on every POST and
+// no flow. It sends what a client without a session would: a GET for an
+// event stream, which a server answers without side effects (401, or 400 or
+// 405 for lack of a session). It returns nil when the upstream does not
+// refuse, or cannot be asked.
+func (b *Bridge) probeAuthorization(ctx context.Context, r *http.Request) *authChallenge {
+	anonymous := !hasCredentials(r)
+	if anonymous && b.now().UnixNano() < b.upstreamOpenUntil.Load() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, authProbeTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.cfg.Upstream.String(), nil)
+	if err != nil {
+		return nil
+	}
+	req.Header = b.upstreamHeaders(r)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := b.client.Do(req)
+	if err != nil {
+		b.log.Debug("authorization probe failed", zap.Error(err))
+		return nil
+	}
+	defer resp.Body.Close()
+	var body []byte
+	if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
+		body, _ = io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	}
+	challenge := b.challengeFrom(resp, body, b.resourceMetadataURL(r))
+	if anonymous && challenge == nil && resp.StatusCode != http.StatusUnauthorized && resp.StatusCode != http.StatusForbidden {
+		b.upstreamOpenUntil.Store(b.now().Add(openUpstreamMemory).UnixNano())
+	}
+	return challenge
+}
+
+// serveResourceMetadata answers GET /.well-known/oauth-protected-resource[/path]
+// with the upstream's metadata, its resource replaced by the bridge's URL
+// for that path, so that the client's check that the metadata is about the
+// server it connected to holds (RFC 9728 §3.3).
+func (b *Bridge) serveResourceMetadata(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		httpError(w, http.StatusMethodNotAllowed, "metadata takes GET")
+		return
+	}
+	meta, err := b.fetchResourceMetadata(r.Context())
+	switch {
+	case errors.Is(err, errNoMetadata):
+		httpError(w, http.StatusNotFound, "the upstream publishes no protected-resource metadata")
+		return
+	case err != nil:
+		b.log.Warn("fetching the upstream's protected-resource metadata", zap.Error(err))
+		httpError(w, http.StatusBadGateway, "upstream metadata unavailable")
+		return
+	}
+	suffix := strings.TrimPrefix(r.URL.Path, wellKnownResourcePath)
+	if suffix == "" {
+		suffix = "/"
+	}
+	resource, _ := json.Marshal(b.publicOrigin(r) + suffix)
+	meta["resource"] = resource
+	out, err := json.Marshal(meta)
+	if err != nil {
+		httpError(w, http.StatusBadGateway, "upstream metadata unusable")
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "max-age=300")
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodGet {
+		_, _ = w.Write(out)
+	}
+}
+
+// errNoMetadata: the upstream answered, and has no metadata.
+var errNoMetadata = errors.New("no protected-resource metadata")
+
+// fetchResourceMetadata reads the upstream's metadata from the URL its last
+// challenge named, else from the well-known URL for its path, then the
+// root one (RFC 9728 §3.1 and the MCP authorization discovery order).
+func (b *Bridge) fetchResourceMetadata(ctx context.Context) (map[string]json.RawMessage, error) {
+	var candidates []string
+	if u := b.upstreamMetadataURL.Load(); u != nil {
+		candidates = append(candidates, *u)
+	}
+	up := b.cfg.Upstream
+	origin := up.Scheme + "://" + up.Host
+	if p := strings.TrimSuffix(up.EscapedPath(), "/"); p != "" {
+		candidates = append(candidates, origin+wellKnownResourcePath+p)
+	}
+	candidates = append(candidates, origin+wellKnownResourcePath)
+	var lastErr error = errNoMetadata
+	for _, u := range candidates {
+		meta, err := b.getMetadata(ctx, u)
+		if err == nil {
+			return meta, nil
+		}
+		if !errors.Is(err, errNoMetadata) {
+			lastErr = err
+		}
+	}
+	return nil, lastErr
+}
+
+func (b *Bridge) getMetadata(ctx context.Context, rawURL string) (map[string]json.RawMessage, error) {
+	if u, err := url.Parse(rawURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") {
+		return nil, errNoMetadata
+	}
+	ctx, cancel := context.WithTimeout(ctx, authProbeTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
+	if err != nil {
+		return nil, errNoMetadata
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := b.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, errNoMetadata
+	}
+	var meta map[string]json.RawMessage
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxMetadataBody)).Decode(&meta); err != nil || meta == nil {
+		return nil, errNoMetadata
+	}
+	return meta, nil
+}
+
+// publicOrigin is the bridge's origin as the client sees it: PublicURL's
+// when configured (behind a proxy that terminates TLS), else the request's.
+func (b *Bridge) publicOrigin(r *http.Request) string {
+	if u := b.cfg.PublicURL; u != nil {
+		return u.Scheme + "://" + u.Host
+	}
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + r.Host
+}
+
+// clientPrefix is the part of the request's original path that a route
+// stripped before the bridge saw it (handle_path).
+func (b *Bridge) clientPrefix(r *http.Request) string {
+	orig := b.cfg.OriginalPath(r)
+	if strings.HasSuffix(orig, r.URL.Path) {
+		return strings.TrimSuffix(orig, r.URL.Path)
+	}
+	return ""
+}
+
+// tokenInQuery reports whether the request carries an access token in its
+// URL, which MCP forbids (tokens in URLs end up in logs and histories); the
+// bridge refuses rather than ignoring it, so the client learns at once.
+func tokenInQuery(r *http.Request) bool {
+	return r.URL.Query().Has("access_token")
+}
