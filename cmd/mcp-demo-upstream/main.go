@@ -34,6 +34,27 @@
 //		Disable the SDK's DNS-rebinding protection, which rejects requests
 //		that arrive on a loopback address with a non-loopback Host header
 //		(for example when a proxy forwards the client's Host unchanged).
+//	-require-token-from URL
+//		Require an OAuth 2.1 bearer token on /mcp (go-sdk's
+//		auth.RequireBearerToken), verified by POSTing it to this RFC 7662
+//		token introspection endpoint: the token must be active, have an
+//		expiry and carry the scope "mcp:tools". Refused requests get 401 (403
+//		without the scope) and WWW-Authenticate: Bearer
+//		resource_metadata="http://ADDR/.well-known/oauth-protected-resource/mcp",
+//		scope="mcp:tools". That URL serves the RFC 9728 protected resource
+//		metadata: resource http://ADDR/mcp, authorization_servers
+//		[-authorization-server], scopes_supported ["mcp:tools"]. Each request
+//		to /mcp logs one line to stderr, "auth METHOD PATH ok|refused
+//		bearer=none|<first 12 hex digits of the token's SHA-256> [reason]",
+//		and each metadata request "metadata METHOD PATH".
+//	-authorization-server URL
+//		The issuer listed in the protected resource metadata (default: the
+//		scheme and host of -require-token-from).
+//	-token-audience URL
+//		With -require-token-from, also require the introspected token's
+//		"aud" to contain this URL (RFC 8707: the resource the client asked
+//		the token for). Behind a proxy that presents the server under its
+//		own URL, that is the proxy's URL.
 //
 // Once the listener is open the command prints exactly one line to stdout,
 //
@@ -93,6 +114,7 @@ type config struct {
 	modernOnly   bool
 	eventStore   bool
 	allowAnyHost bool
+	oauth        oauthConfig
 }
 
 // parseFlags parses the command-line arguments (without the program name).
@@ -107,7 +129,13 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&cfg.modernOnly, "modern-only", false, "support only protocol version "+modernProtocolVersion+" (requires -mode stateless)")
 	fs.BoolVar(&cfg.eventStore, "event-store", false, "use an in-memory event store so SSE events carry ids and streams can be resumed")
 	fs.BoolVar(&cfg.allowAnyHost, "allow-any-host", false, "disable DNS-rebinding protection (accept any Host header on loopback)")
+	fs.StringVar(&cfg.oauth.introspectionURL, "require-token-from", "", "require bearer tokens, verified with this RFC 7662 introspection `URL`")
+	fs.StringVar(&cfg.oauth.authorizationServer, "authorization-server", "", "issuer `URL` in the protected resource metadata (default: the origin of -require-token-from)")
+	fs.StringVar(&cfg.oauth.audience, "token-audience", "", "with -require-token-from, the audience `URL` a token must have")
 	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if err := checkOAuthFlags(&cfg.oauth); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
@@ -149,13 +177,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if cfg.eventStore {
 		opts.EventStore = mcp.NewMemoryEventStore(nil)
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/mcp", withHostHeader(mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server }, opts)))
-
 	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
 		return err
 	}
+	baseURL := "http://" + ln.Addr().String()
+
+	var mcpHandler http.Handler = withHostHeader(mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server }, opts))
+	mux := http.NewServeMux()
+	if cfg.oauth.introspectionURL != "" {
+		// Token introspection gets its own connection pool, closed on exit.
+		tr := &http.Transport{}
+		defer tr.CloseIdleConnections()
+		logw := &lockedWriter{w: stderr}
+		metadataPath := protectedResourceWellKnown + "/mcp"
+		mcpHandler = protect(mcpHandler, &cfg.oauth, &http.Client{Transport: tr}, baseURL+metadataPath, logw)
+		mux.Handle(metadataPath, metadataHandler(baseURL+"/mcp", &cfg.oauth, logw))
+	}
+	mux.Handle("/mcp", mcpHandler)
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -179,7 +218,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
-	if _, err := fmt.Fprintf(stdout, "listening on http://%s/mcp\n", ln.Addr()); err != nil {
+	if _, err := fmt.Fprintf(stdout, "listening on %s/mcp\n", baseURL); err != nil {
 		_ = srv.Close()
 		<-serveErr
 		return fmt.Errorf("announcing address: %w", err)

@@ -3,12 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strings"
 	"sync"
@@ -549,6 +552,9 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"extra"}, "unexpected arguments"},
 		{[]string{"-nope"}, "flag provided but not defined"},
 		{[]string{"-addr", "127.0.0.1:notaport"}, "listen tcp"},
+		{[]string{"-token-audience", "http://x/mcp"}, "require -require-token-from"},
+		{[]string{"-require-token-from", "/introspect"}, "invalid -require-token-from"},
+		{[]string{"-require-token-from", "http://as/introspect", "-authorization-server", "as"}, "invalid -authorization-server"},
 	} {
 		var stdout, stderr syncBuffer
 		err := run(context.Background(), tc.args, &stdout, &stderr)
@@ -745,6 +751,117 @@ func TestHostProtection(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != tc.want {
 			t.Errorf("%v: Host example.com: status %d, want %d", tc.args, resp.StatusCode, tc.want)
+		}
+	}
+}
+
+// TestRequireToken checks -require-token-from against a fake introspection
+// endpoint: the 401 challenge, the protected resource metadata, and which
+// tokens pass.
+func TestRequireToken(t *testing.T) {
+	exp := time.Now().Add(time.Hour).Unix()
+	tokens := map[string]string{ // token -> introspection response
+		"good":      fmt.Sprintf(`{"active":true,"scope":"mcp:tools other","exp":%d,"aud":"http://proxy.example/sse"}`, exp),
+		"aud-list":  fmt.Sprintf(`{"active":true,"scope":"mcp:tools","exp":%d,"aud":["http://a.example","http://proxy.example/sse/"]}`, exp),
+		"no-scope":  fmt.Sprintf(`{"active":true,"scope":"other","exp":%d,"aud":"http://proxy.example/sse"}`, exp),
+		"other-aud": fmt.Sprintf(`{"active":true,"scope":"mcp:tools","exp":%d,"aud":"http://other.example/mcp"}`, exp),
+		"expired":   fmt.Sprintf(`{"active":true,"scope":"mcp:tools","exp":%d,"aud":"http://proxy.example/sse"}`, time.Now().Add(-time.Hour).Unix()),
+	}
+	var mu sync.Mutex
+	var introspected []string
+	as := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost || r.URL.Path != "/introspect" {
+			http.NotFound(w, r)
+			return
+		}
+		tok := r.PostFormValue("token")
+		mu.Lock()
+		introspected = append(introspected, tok)
+		mu.Unlock()
+		body, ok := tokens[tok]
+		if !ok {
+			body = `{"active":false}`
+		}
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, body)
+	}))
+	defer as.Close()
+
+	u := startServer(t, "-require-token-from", as.URL+"/introspect", "-token-audience", "http://proxy.example/sse")
+	// Not newHTTPClient: that one sends a fixed Authorization.
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr}
+	base := strings.TrimSuffix(u.url, "/mcp")
+	wantChallenge := `Bearer resource_metadata="` + base + `/.well-known/oauth-protected-resource/mcp", scope="mcp:tools"`
+	for _, tc := range []struct {
+		token string
+		want  int
+	}{
+		{"", http.StatusUnauthorized},
+		{"unknown", http.StatusUnauthorized},
+		{"good", http.StatusOK},
+		{"aud-list", http.StatusOK},
+		{"no-scope", http.StatusForbidden},
+		{"other-aud", http.StatusUnauthorized},
+		{"expired", http.StatusUnauthorized},
+	} {
+		req, err := http.NewRequest(http.MethodPost, u.url, strings.NewReader(initializeBody("2025-11-25")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		if tc.token != "" {
+			req.Header.Set("Authorization", "Bearer "+tc.token)
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("token %q: status %d, want %d: %s", tc.token, resp.StatusCode, tc.want, body)
+		}
+		if got := resp.Header.Get("WWW-Authenticate"); tc.want != http.StatusOK && got != wantChallenge {
+			t.Errorf("token %q: WWW-Authenticate %q, want %q", tc.token, got, wantChallenge)
+		}
+	}
+	mu.Lock()
+	if want := []string{"unknown", "good", "aud-list", "no-scope", "other-aud", "expired"}; fmt.Sprint(introspected) != fmt.Sprint(want) {
+		t.Errorf("introspected %q, want %q", introspected, want)
+	}
+	mu.Unlock()
+
+	resp, err := hc.Get(base + "/.well-known/oauth-protected-resource/mcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var meta struct {
+		Resource             string   `json:"resource"`
+		AuthorizationServers []string `json:"authorization_servers"`
+		ScopesSupported      []string `json:"scopes_supported"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&meta)
+	resp.Body.Close()
+	if err != nil || meta.Resource != u.url || fmt.Sprint(meta.AuthorizationServers) != fmt.Sprint([]string{as.URL}) ||
+		fmt.Sprint(meta.ScopesSupported) != "[mcp:tools]" {
+		t.Errorf("metadata %+v (%v), want resource %s, authorization_servers [%s], scopes_supported [mcp:tools]", meta, err, u.url, as.URL)
+	}
+
+	// The log names each outcome and token.
+	fp := func(tok string) string { s := sha256.Sum256([]byte(tok)); return hex.EncodeToString(s[:])[:12] }
+	for _, want := range []string{
+		"auth POST /mcp refused bearer=none no bearer token",
+		"auth POST /mcp refused bearer=" + fp("unknown") + " inactive token",
+		"auth POST /mcp ok bearer=" + fp("good"),
+		"auth POST /mcp refused bearer=" + fp("no-scope") + " missing scope or expired token",
+		"auth POST /mcp refused bearer=" + fp("other-aud") + ` token audience ["http://other.example/mcp"], want "http://proxy.example/sse"`,
+		"metadata GET /.well-known/oauth-protected-resource/mcp",
+	} {
+		if !strings.Contains(u.stderr.String(), want+"\n") {
+			t.Errorf("stderr lacks %q:\n%s", want, u.stderr)
 		}
 	}
 }
