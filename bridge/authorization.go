@@ -58,17 +58,17 @@ type authChallenge struct {
 	body   []byte
 }
 
-// challengeFrom returns the upstream response's challenge, if it is one,
-// with its resource_metadata pointing at metadataURL, the bridge's own
-// metadata URL for the stream the client uses: the client fetches it from
-// the bridge, and checks that it names the resource it connected to. It
-// remembers the upstream's metadata URL for serveResourceMetadata.
+// challengeFrom returns the upstream response's refusal of the client's
+// credentials, if it is one: any 401 (clients start their authorization
+// flow from the status, with or without WWW-Authenticate), and a 403 that
+// carries a challenge (insufficient scope). Its resource_metadata points at
+// metadataURL, the bridge's own metadata URL for the stream the client
+// uses: the client fetches it from the bridge, and checks that it names the
+// resource it connected to. The upstream's metadata URL is remembered for
+// serveResourceMetadata.
 func (b *Bridge) challengeFrom(resp *http.Response, body []byte, metadataURL string) *authChallenge {
-	if resp.StatusCode != http.StatusUnauthorized && resp.StatusCode != http.StatusForbidden {
-		return nil
-	}
 	values := resp.Header.Values("WWW-Authenticate")
-	if len(values) == 0 {
+	if resp.StatusCode != http.StatusUnauthorized && (resp.StatusCode != http.StatusForbidden || len(values) == 0) {
 		return nil
 	}
 	h := http.Header{}
@@ -151,7 +151,7 @@ func (b *Bridge) serveResourceMetadata(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusMethodNotAllowed, "metadata takes GET")
 		return
 	}
-	meta, err := b.fetchResourceMetadata(r.Context())
+	meta, err := b.resourceMetadata(r.Context())
 	switch {
 	case errors.Is(err, errNoMetadata):
 		httpError(w, http.StatusNotFound, "the upstream publishes no protected-resource metadata")
@@ -166,8 +166,12 @@ func (b *Bridge) serveResourceMetadata(w http.ResponseWriter, r *http.Request) {
 		suffix = "/"
 	}
 	resource, _ := json.Marshal(b.publicOrigin(r) + suffix)
-	meta["resource"] = resource
-	out, err := json.Marshal(meta)
+	mine := make(map[string]json.RawMessage, len(meta))
+	for k, v := range meta {
+		mine[k] = v
+	}
+	mine["resource"] = resource
+	out, err := json.Marshal(mine)
 	if err != nil {
 		httpError(w, http.StatusBadGateway, "upstream metadata unusable")
 		return
@@ -178,6 +182,32 @@ func (b *Bridge) serveResourceMetadata(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodGet {
 		_, _ = w.Write(out)
 	}
+}
+
+// metadataCacheTTL is how long the upstream's metadata (or its absence)
+// is served from memory: clients fetch it at every authorization, and
+// nobody may make the bridge fetch it for every request they send.
+const metadataCacheTTL = time.Minute
+
+// cachedMetadata is the upstream's metadata as last fetched.
+type cachedMetadata struct {
+	meta  map[string]json.RawMessage
+	err   error
+	until time.Time
+}
+
+// resourceMetadata is the upstream's metadata, fetched at most once per
+// metadataCacheTTL (failures to reach it are not kept). Callers must not
+// change the map they get: serveResourceMetadata copies it.
+func (b *Bridge) resourceMetadata(ctx context.Context) (map[string]json.RawMessage, error) {
+	if c := b.metadata.Load(); c != nil && b.now().Before(c.until) {
+		return c.meta, c.err
+	}
+	meta, err := b.fetchResourceMetadata(ctx)
+	if err == nil || errors.Is(err, errNoMetadata) {
+		b.metadata.Store(&cachedMetadata{meta: meta, err: err, until: b.now().Add(metadataCacheTTL)})
+	}
+	return meta, err
 }
 
 // errNoMetadata: the upstream answered, and has no metadata.

@@ -80,6 +80,8 @@ type Bridge struct {
 	// upstreamMetadataURL is the protected-resource metadata URL named by
 	// the upstream's last authorization challenge.
 	upstreamMetadataURL atomic.Pointer[string]
+	// metadata is the upstream's protected-resource metadata, cached.
+	metadata atomic.Pointer[cachedMetadata]
 	// upstreamOpenUntil (Unix ns) is until when anonymous streams skip the
 	// authorization probe (probeAuthorization).
 	upstreamOpenUntil atomic.Int64

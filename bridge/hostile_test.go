@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -436,5 +437,53 @@ func TestIdentityOutlivesTokens(t *testing.T) {
 	other := http.Header{"X-Verified-User": {"bob"}, "Authorization": {"Bearer refreshed"}}
 	if code, _, body := postRaw(t, e.srv.URL+s.endpoint, echoCall(`3`, "hijack"), other, "application/json"); code != http.StatusNotFound {
 		t.Errorf("POST by another user with the same token: %d %q, want 404", code, body)
+	}
+}
+
+// TestRefusedCallSentAgain: a call the upstream refuses for the client's
+// credentials (401 while its POST waits) is not accepted: the POST gets the
+// 401, nothing of it stays in flight, and the same message sent again (the
+// TypeScript SDK's retry after refreshing its token, same id) is forwarded
+// and answered. A refusal that comes after the POST got 202 is answered on
+// the stream with a JSON-RPC error instead, so no accepted call goes
+// unanswered.
+func TestRefusedCallSentAgain(t *testing.T) {
+	up := newMCPUpstream(t, statefulSSE)
+	var refusals atomic.Int32
+	refusals.Store(1)
+	var delay atomic.Int64
+	up.mu.Lock()
+	inner := up.handler
+	up.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		r.Body = io.NopCloser(strings.NewReader(string(body)))
+		if strings.Contains(string(body), `"tools/call"`) && refusals.Load() > 0 {
+			refusals.Add(-1)
+			time.Sleep(time.Duration(delay.Load()))
+			w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		inner.ServeHTTP(w, r)
+	})
+	up.mu.Unlock()
+	e := newEnv(t, up.URL, nil, nil)
+	s := openStream(t, e, http.Header{"Authorization": {"Bearer t"}})
+	s.initialize(t)
+
+	if code, _, body := postRaw(t, e.srv.URL+s.endpoint, echoCall(`7`, "again"), s.header, "application/json"); code != http.StatusUnauthorized {
+		t.Fatalf("a refused call: %d %q, want 401", code, body)
+	}
+	s.mustPost(t, echoCall(`7`, "again"))
+	if text := resultText(t, s.awaitResponse(t, `7`).data); text != "echo: again" {
+		t.Errorf("the call sent again: %q", text)
+	}
+
+	// Refused only after the POST was accepted (202 after acceptWait).
+	delay.Store(int64(defaultAcceptWait + 500*time.Millisecond))
+	refusals.Store(1)
+	s.mustPost(t, echoCall(`8`, "late"))
+	if ev := s.awaitResponse(t, `8`); !strings.Contains(ev.data, `"error"`) || !strings.Contains(ev.data, "401") {
+		t.Errorf("a call refused after its POST was accepted: %s, want a JSON-RPC error naming the 401", ev.data)
 	}
 }

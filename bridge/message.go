@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -61,11 +62,9 @@ func (b *Bridge) serveMessage(w http.ResponseWriter, r *http.Request) {
 
 	client := b.upstreamHeaders(r)
 	metadataURL := b.resourceMetadataURL(r)
-	statuses := make([]chan *upstreamStatus, len(msgs))
+	calls := make([]*call, len(msgs))
 	for i := range msgs {
-		statuses[i] = make(chan *upstreamStatus, 1)
-		b.startWork()
-		go b.forward(&call{
+		calls[i] = &call{
 			sessionID:     id,
 			session:       sess,
 			msg:           msgs[i],
@@ -73,31 +72,53 @@ func (b *Bridge) serveMessage(w http.ResponseWriter, r *http.Request) {
 			client:        client,
 			clientVersion: r.Header.Get("MCP-Protocol-Version"),
 			metadataURL:   metadataURL,
-			status:        statuses[i],
-		})
+			status:        make(chan *upstreamStatus, 1),
+		}
+		b.startWork()
+		go b.forward(calls[i])
 	}
+	if challenge := awaitAcceptance(r.Context(), calls); challenge != nil {
+		// The upstream refused the client's credentials: the POST says so,
+		// so that the client runs its authorization flow and sends again.
+		challenge.write(w)
+		return
+	}
+	w.WriteHeader(http.StatusAccepted)
+}
 
-	// Answer once the upstream took every message, or after acceptWait:
-	// whatever happens later reaches the client on its stream.
+// awaitAcceptance waits until the upstream took every call, or acceptWait
+// passed (whatever happens later reaches the client on its stream), and
+// marks the calls accepted. It returns the challenge of a call the
+// upstream refused for the client's credentials before that.
+func awaitAcceptance(ctx context.Context, calls []*call) *authChallenge {
 	timer := time.NewTimer(defaultAcceptWait)
 	defer timer.Stop()
+	received := make([]*upstreamStatus, len(calls))
 wait:
-	for _, ch := range statuses {
+	for i, c := range calls {
 		select {
-		case st := <-ch:
-			if st != nil && st.challenge != nil {
-				// 401/403 with a challenge goes back on the POST so that the
-				// client can run its authorization flow.
-				st.challenge.write(w)
-				return
+		case received[i] = <-c.status:
+			if received[i] != nil && received[i].challenge != nil {
+				return received[i].challenge
 			}
 		case <-timer.C:
 			break wait
-		case <-r.Context().Done():
+		case <-ctx.Done():
 			break wait
 		}
 	}
-	w.WriteHeader(http.StatusAccepted)
+	for i, c := range calls {
+		if !c.accept() {
+			// Refused meanwhile: its status carries the challenge.
+			if received[i] == nil {
+				received[i] = <-c.status
+			}
+			if received[i] != nil && received[i].challenge != nil {
+				return received[i].challenge
+			}
+		}
+	}
+	return nil
 }
 
 func isInitialize(env Envelope) bool {

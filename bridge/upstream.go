@@ -68,6 +68,10 @@ type call struct {
 	metadataURL string
 	status      chan *upstreamStatus
 	reported    bool
+	// post is where the client's POST stands: a refusal of the client's
+	// credentials goes back on the POST while it waits, and a call whose
+	// POST was accepted (202) must be answered on the stream instead.
+	post atomic.Int32
 	// answered is set once the request's answer is settled here; the
 	// watcher of a resumed stream reads it from another goroutine.
 	answered atomic.Bool
@@ -104,6 +108,31 @@ func (b *Bridge) track(ctx context.Context, c *call, sess *sessionstore.Session)
 			b.log.Warn("recording a request in flight", zap.String("session", c.sessionID), zap.Error(err))
 			return true
 		}
+	}
+}
+
+// Where a call's POST stands (call.post).
+const (
+	postWaiting int32 = iota
+	postAccepted
+	postRefused
+)
+
+// accept marks the call's POST as answered 202; it reports false when the
+// call was refused first (its challenge must answer the POST).
+func (c *call) accept() bool {
+	return c.post.CompareAndSwap(postWaiting, postAccepted) || c.post.Load() == postAccepted
+}
+
+// refuse marks the call as refused by the upstream while its POST waits;
+// it reports false when the POST was accepted already.
+func (c *call) refuse() bool { return c.post.CompareAndSwap(postWaiting, postRefused) }
+
+// untrack drops the record of a request that was not accepted.
+func (b *Bridge) untrack(c *call) {
+	if c.tracked {
+		_, _ = b.store.ClaimRequest(b.background, c.sessionID, c.key)
+		c.tracked = false
 	}
 }
 
@@ -184,7 +213,10 @@ func (b *Bridge) forward(c *call) {
 			sess = fresh
 			continue
 		}
-		if challenge := b.challengeFrom(resp, body, c.metadataURL); challenge != nil {
+		if challenge := b.challengeFrom(resp, body, c.metadataURL); challenge != nil && c.refuse() {
+			// Not accepted: the client sends the message again with new
+			// credentials, under the same id.
+			b.untrack(c)
 			c.report(&upstreamStatus{code: resp.StatusCode, challenge: challenge})
 			return
 		}
