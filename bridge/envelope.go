@@ -48,6 +48,10 @@ func PeekEnvelope(msg []byte) (Envelope, error) {
 		hasMethod, hasID    bool
 		hasResult, hasError bool
 		methodRaw           []byte
+		// seen holds the envelope members met, so that one sent twice is
+		// refused: peers that keep the first and peers that keep the last
+		// would act on different messages.
+		seen = map[string]bool{}
 	)
 	for {
 		i = skipSpace(msg, i)
@@ -71,7 +75,15 @@ func PeekEnvelope(msg []byte) (Envelope, error) {
 		valStart := i
 		i = skipValue(msg, i)
 		val := msg[valStart:i]
-		switch string(memberName(key)) {
+		name := string(memberName(key))
+		switch name {
+		case "jsonrpc", "method", "id", "result", "error", "params":
+			if seen[name] {
+				return env, errors.New("member " + name + " sent twice")
+			}
+			seen[name] = true
+		}
+		switch name {
 		case "jsonrpc":
 			version = val
 		case "method":

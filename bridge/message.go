@@ -20,15 +20,27 @@ import (
 // serveMessage serves POST message_path?sessionId=…: one JSON-RPC message
 // (or a batch, which is split) for the session's upstream.
 func (b *Bridge) serveMessage(w http.ResponseWriter, r *http.Request) {
-	id := r.URL.Query().Get("sessionId")
-	if id == "" {
+	ids := r.URL.Query()["sessionId"]
+	switch {
+	case len(ids) == 0 || ids[0] == "":
 		httpError(w, http.StatusBadRequest, "missing sessionId query parameter")
 		return
+	case len(ids) > 1:
+		// Which one counts would be up to whoever reads it.
+		httpError(w, http.StatusBadRequest, "sessionId must be sent once")
+		return
 	}
+	id := ids[0]
 	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
 		httpError(w, http.StatusUnsupportedMediaType, "Content-Type must be application/json")
 		return
 	}
+	if r.ContentLength > b.cfg.MaxMessageSize {
+		httpError(w, http.StatusRequestEntityTooLarge, "message larger than max_message_size")
+		return
+	}
+	// A body trickled in (slowloris) must not hold the request forever.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyReadTimeout))
 	body, err := readBody(http.MaxBytesReader(w, r.Body, b.cfg.MaxMessageSize), r.ContentLength, b.cfg.MaxMessageSize)
 	if err != nil {
 		var tooLarge *http.MaxBytesError
@@ -120,6 +132,9 @@ wait:
 	}
 	return nil
 }
+
+// bodyReadTimeout bounds the reading of a POST body.
+const bodyReadTimeout = 30 * time.Second
 
 func isInitialize(env Envelope) bool {
 	return env.Kind == KindRequest && env.Method == "initialize"

@@ -3,6 +3,7 @@ package bridge
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -481,16 +482,23 @@ func (b *Bridge) noteCancelled(sessionID string, msg []byte) {
 		b.cancelled[sessionID] = set
 	}
 	if len(set) < b.cfg.MaxInflight {
-		set[string(n.Params.RequestID)] = struct{}{}
+		set[cancelKey(n.Params.RequestID)] = struct{}{}
 	}
+}
+
+// cancelKey is a fixed-size stand-in for a request id, so that what is
+// remembered per cancellation stays small whatever the id's length.
+func cancelKey(id []byte) string {
+	sum := sha256.Sum256(id)
+	return string(sum[:16])
 }
 
 func (b *Bridge) wasCancelled(sessionID string, id json.RawMessage) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	set := b.cancelled[sessionID]
-	if _, ok := set[string(id)]; ok {
-		delete(set, string(id))
+	if _, ok := set[cancelKey(id)]; ok {
+		delete(set, cancelKey(id))
 		return true
 	}
 	return false

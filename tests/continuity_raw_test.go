@@ -448,6 +448,12 @@ func (u *rawUpstream) serve(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "not acceptable", http.StatusNotAcceptable)
 			return
 		}
+		if r.Header.Get("Mcp-Session-Id") == "" {
+			// The bridge's authorization probe before a stream opens: a
+			// GET without a session, which real servers refuse so.
+			http.Error(w, "Bad Request: Mcp-Session-Id header is required", http.StatusBadRequest)
+			return
+		}
 		if !u.knownSession(r) {
 			http.Error(w, "session not found", http.StatusNotFound)
 			return
