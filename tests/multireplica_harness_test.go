@@ -411,9 +411,10 @@ func randomHex(n int) string {
 
 // recorder is a transparent reverse proxy in the test process between
 // in-process clients and the load balancer. It records every POST (body,
-// status, serving replica) and every event stream (bytes, serving replica),
-// so that tests can check that each request got exactly one answer and see
-// which replica served what.
+// headers, status, serving replica) and every event stream (request headers,
+// bytes, serving replica), so that tests can check that each request got
+// exactly one answer and see which replica served what. Between Caddy and an
+// upstream it shows what the bridge forwarded (TestHostileRequests).
 type recorder struct {
 	srv   *httptest.Server
 	proxy *httputil.ReverseProxy
@@ -427,12 +428,14 @@ type recorder struct {
 
 type recPost struct {
 	session string
+	header  http.Header // the request's headers as they reached the proxy
 	body    []byte
 	status  int // 0 until answered; -1 if the proxy failed
 	replica string
 }
 
 type recStream struct {
+	header  http.Header // the request's headers as they reached the proxy
 	status  int
 	replica string
 	buf     bytes.Buffer
@@ -495,11 +498,11 @@ func (rec *recorder) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
-		p := &recPost{session: r.URL.Query().Get("sessionId"), body: body}
+		p := &recPost{session: r.URL.Query().Get("sessionId"), header: r.Header.Clone(), body: body}
 		rec.note(func() { rec.posts = append(rec.posts, p) })
 		r = r.WithContext(context.WithValue(r.Context(), recKey{}, p))
 	case http.MethodGet:
-		s := &recStream{}
+		s := &recStream{header: r.Header.Clone()}
 		rec.note(func() { rec.streams = append(rec.streams, s) })
 		r = r.WithContext(context.WithValue(r.Context(), recKey{}, s))
 	}
