@@ -33,8 +33,6 @@ import (
 // use, receives the answers of the malformed-but-valid messages (odd ids),
 // and only those.
 //
-// Cases whose expectation the code does not meet are marked BUG (the code is
-// wrong) or PENDING (the check is on main, not in older builds).
 func TestHostileRequests(t *testing.T) {
 	start := time.Now()
 	up := startUpstream(t, specGoStatefulSSE)
@@ -641,19 +639,13 @@ func (e *hostileEnv) sessionIDCases() []hostileCase {
 		e.refusedCase("no sessionId", post("", probeAuth), http.StatusBadRequest, "missing sessionId"),
 		e.refusedCase("empty sessionId", post("?sessionId=", probeAuth), http.StatusBadRequest, "missing sessionId"),
 		e.refusedCase("sessionId spelt SessionId", post("?SessionId="+id, probeAuth), http.StatusBadRequest, "missing sessionId"),
-		// BUG: a sessionId sent twice is served as the first one (202, and
-		// the message is forwarded). Which value counts is then up to
-		// whoever reads the URL (a proxy in front may authorise the last
-		// one): like Authorization sent twice, the request is ambiguous and
-		// must be refused with 400, nothing forwarded. The body is a
-		// notification so that, forwarded, it leaves the probe's stream
-		// alone.
-		{name: "sessionId twice (own, then another caller's)", do: func(t *testing.T, m string) (int, int) {
-			got := e.send(t, hreq{method: http.MethodPost, path: "/messages?sessionId=" + id + "&sessionId=" + e.legit[0].id,
-				ctype: "application/json", body: notification(m), hdr: probeAuth})
-			expect(t, got, http.StatusBadRequest, "")
-			return 0, 0
-		}},
+		// A sessionId sent twice: which value counts would be up to whoever
+		// reads the URL (a proxy in front may authorise the last one), so
+		// like Authorization sent twice it is refused, nothing forwarded.
+		e.refusedCase("sessionId twice (own, then another caller's)", func(m string) hreq {
+			return hreq{method: http.MethodPost, path: "/messages?sessionId=" + id + "&sessionId=" + e.legit[0].id,
+				ctype: "application/json", body: notification(m), hdr: probeAuth}
+		}, http.StatusBadRequest, "sessionId must be sent once"),
 		e.refusedCase("sessionId longer than Caddy's header limit", post("?sessionId="+strings.Repeat("a", 40_000), probeAuth), http.StatusRequestHeaderFieldsTooLarge, ""),
 		e.refusedCase("sessionId of 10,000 characters", post("?sessionId="+strings.Repeat("a", 10_000), probeAuth), http.StatusNotFound, "session not found"),
 		e.refusedCase("sessionId of 64 hex digits (own id twice)", post("?sessionId="+id+id, probeAuth), http.StatusNotFound, "session not found"),
@@ -686,6 +678,12 @@ func (e *hostileEnv) bodyCases() []hostileCase {
 	deep := func(open, close string, n int) string { return strings.Repeat(open, n) + strings.Repeat(close, n) }
 	return []hostileCase{
 		bad("not JSON", func(m string) string { return "hello " + m }, notJSON),
+		// RFC 8259 §4 leaves duplicate member names to the receiver: an
+		// upstream that keeps the first id and method would run another
+		// request than the one the bridge tracks. Refused.
+		bad("duplicate id and method members", func(m string) string {
+			return fmt.Sprintf(`{"jsonrpc":"2.0","id":"%s-first","method":"ping","id":"%s-last","method":"tools/call","params":{"name":"echo","arguments":{"message":%q}}}`, m, m, m)
+		}, "sent twice"),
 		bad("truncated JSON", func(m string) string { c := call(`"`+m+`"`, m); return c[:len(c)-2] }, notJSON),
 		bad("trailing data after the message", func(m string) string { return call(`"`+m+`"`, m) + ` {"x":1}` }, notJSON),
 		bad("two messages back to back", func(m string) string { return call(`"`+m+`-1"`, m) + call(`"`+m+`-2"`, m) }, notJSON),
@@ -947,11 +945,8 @@ func (e *hostileEnv) gateCases() []hostileCase {
 		e.refusedCase("Authorization twice on GET /sse", func(m string) hreq {
 			return hreq{method: http.MethodGet, path: "/sse", hdr: http.Header{"Authorization": {"Bearer " + m, "Bearer probe-token"}}}
 		}, http.StatusBadRequest, "Authorization must be sent once"),
-		// PENDING: tokens in the URL are refused on main since 955370f
-		// (bridge/authorization.go, tokenInQuery: 400 "access tokens are
-		// not accepted in the URL"); a build from an older base (890cb9c,
-		// where this test was written) opens a stream (200) for the first
-		// and forwards the second (202), and fails both cases.
+		// Tokens in the URL end up in logs: MCP forbids them, the bridge
+		// refuses them.
 		e.refusedCase("access_token in the /sse URL", func(m string) hreq {
 			return hreq{method: http.MethodGet, path: "/sse?access_token=" + m}
 		}, http.StatusBadRequest, "access token"),
@@ -983,17 +978,6 @@ func (e *hostileEnv) idCases() []hostileCase {
 		odd("an id of unicode escapes", func(m string) string { return `"` + m + `\u00fc\ud83d\ude00\u2028\u0000"` }),
 		odd("an id of escaped quotes, slashes and controls", func(m string) string { return `"` + m + `\"\\\/\b\f\n\r\t"` }),
 		odd("an id of raw UTF-8", func(m string) string { return `"` + m + `-ü€😀` + "\u2028" + `"` }),
-		// RFC 8259 §4 leaves duplicate member names to the receiver. The
-		// bridge reads the last id and method, as the demo upstream (Go's
-		// encoding/json) does; an upstream whose parser kept the first ones
-		// would run another request than the one the bridge tracks (only
-		// within the caller's own session). What holds here: one answer, on
-		// the caller's stream, under the id the bridge read.
-		{name: "duplicate id and method members (the last ones count)", do: func(t *testing.T, m string) (int, int) {
-			body := fmt.Sprintf(`{"jsonrpc":"2.0","id":"%s-first","method":"ping","id":"%s-last","method":"tools/call","params":{"name":"echo","arguments":{"message":%q}}}`, m, m, m)
-			e.oddID(t, `"`+m+`-last"`, body, m)
-			return 1, 0
-		}},
 		{name: "batch: a request and a notification", do: func(t *testing.T, m string) (int, int) {
 			id := `"` + m + `-batch"`
 			e.oddID(t, id, "["+call(id, m)+","+notification(m)+"]", m)
