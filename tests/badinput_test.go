@@ -32,7 +32,6 @@ import (
 // their streams. A probe session, whose credentials the hostile requests
 // use, receives the answers of the malformed-but-valid messages (odd ids),
 // and only those.
-//
 func TestHostileRequests(t *testing.T) {
 	start := time.Now()
 	up := startUpstream(t, specGoStatefulSSE)
