@@ -121,6 +121,9 @@ type Config struct {
 	// Transport carries upstream requests; nil means a transport tuned for
 	// long-lived streams.
 	Transport http.RoundTripper
+	// Metrics, if set, receives the bridge's measurements (one set per
+	// process: see NewMetrics).
+	Metrics *Metrics
 	// Logger receives the bridge's logs; nil means none.
 	Logger *zap.Logger
 }

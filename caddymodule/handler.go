@@ -160,7 +160,9 @@ type Handler struct {
 	defaultStore *MemoryStore
 	// doneWithStore ends this handler's use of the store (see useStore).
 	doneWithStore func() (gone bool)
-	logger        *zap.Logger
+	// usesMetrics is set while the handler holds the process's metrics.
+	usesMetrics bool
+	logger      *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -206,6 +208,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("parsing upstream %q: %w", h.Upstream, err)
 	}
+	metrics, err := useMetrics(ctx)
+	if err != nil {
+		return err
+	}
+	h.usesMetrics = true
 	var publicURL *url.URL
 	if h.PublicURL != "" {
 		if publicURL, err = url.Parse(h.PublicURL); err != nil {
@@ -236,10 +243,17 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		ReplicaID:             replicaID(),
 		HeaderUp:              h.headerUp,
 		OriginalPath:          originalPath,
+		Metrics:               metrics,
 		Logger:                h.logger,
 	}, h.store.SessionStore())
 	if err != nil {
 		return fmt.Errorf("setting up the bridge: %w", err)
+	}
+
+	if _, _, err := liveBridges.LoadOrNew(h.poolKey(), func() (caddy.Destructor, error) {
+		return pooledBridge{h.bridge}, nil
+	}); err != nil {
+		return err
 	}
 
 	// When Caddy exits, end streams at once (an eternal grace period would
@@ -330,6 +344,12 @@ const defaultDrainTimeout = 10 * time.Second
 // end once the requests in flight are answered on them (for at most
 // drain_timeout), so that their clients reconnect to the new configuration.
 func (h *Handler) Cleanup() error {
+	if h.bridge != nil {
+		_, _ = liveBridges.Delete(h.poolKey())
+	}
+	if h.usesMetrics {
+		releaseMetrics()
+	}
 	if h.doneWithStore != nil {
 		h.retireBridge(h.doneWithStore())
 	}
@@ -378,6 +398,9 @@ func (h *Handler) retireBridge(storeGone bool) {
 		releaseStore(h.store)
 	}()
 }
+
+// poolKey names this handler in liveBridges.
+func (h *Handler) poolKey() string { return fmt.Sprintf("bridge/%p", h) }
 
 // ServeHTTP serves the bridge's two endpoints and passes other requests on.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
