@@ -27,10 +27,12 @@ import (
 
 // Bridge handles the legacy endpoints for one upstream.
 type Bridge struct {
-	cfg    Config
-	store  sessionstore.Store
-	client *http.Client
-	log    *zap.Logger
+	cfg   Config
+	store sessionstore.Store
+	// client carries calls (bounded by MaxUpstreamConns); streamClient the
+	// long-lived GET streams, which must not take the calls' connections.
+	client, streamClient *http.Client
+	log                  *zap.Logger
 
 	// background carries upstream work that outlives the POST that started
 	// it; it ends on Shutdown, not on Close, so that a config reload does
@@ -74,9 +76,9 @@ type Bridge struct {
 	seen map[string]*seenEvents
 	// rate bounds how fast each client address opens sessions.
 	rate *sessionRate
-	// ownTransport is the transport New made (nil when Config gave one);
-	// its idle connections are closed with the bridge.
-	ownTransport *http.Transport
+	// ownTransports are the transports New made (none when Config gave
+	// one); their idle connections are closed with the bridge.
+	ownTransports []*http.Transport
 	// upstreamMetadataURL is the protected-resource metadata URL named by
 	// the upstream's last authorization challenge.
 	upstreamMetadataURL atomic.Pointer[string]
@@ -100,33 +102,35 @@ func New(cfg Config, store sessionstore.Store) (*Bridge, error) {
 	if cfg.ReplicaID == "" {
 		cfg.ReplicaID = randomID()
 	}
-	transport := cfg.Transport
-	var own *http.Transport
-	if transport == nil {
-		own = newUpstreamTransport(cfg.UpstreamHeaderTimeout)
-		transport = own
+	calls, streams := cfg.Transport, cfg.Transport
+	var own []*http.Transport
+	if cfg.Transport == nil {
+		callTransport, streamTransport := newUpstreamTransports(cfg)
+		calls, streams = callTransport, streamTransport
+		own = []*http.Transport{callTransport, streamTransport}
 	}
 	if cfg.Metrics != nil {
 		store = sessionstore.Observe(store, cfg.Metrics.observeStore)
 	}
 	bg, cancel := context.WithCancel(context.Background())
 	b := &Bridge{
-		metrics:      cfg.Metrics,
-		cfg:          cfg,
-		store:        store,
-		client:       &http.Client{Transport: transport, CheckRedirect: noRedirects},
-		log:          cfg.Logger,
-		background:   bg,
-		cancelBG:     cancel,
-		shuttingDown: make(chan struct{}),
-		stopJanitor:  make(chan struct{}),
-		inflight:     make(map[string]int),
-		cancelled:    make(map[string]map[string]struct{}),
-		credentials:  make(map[string]*credential),
-		reinit:       make(map[string]*sync.Mutex),
-		seen:         make(map[string]*seenEvents),
-		rate:         newSessionRate(cfg.NewSessionRate, cfg.NewSessionBurst),
-		ownTransport: own,
+		metrics:       cfg.Metrics,
+		cfg:           cfg,
+		store:         store,
+		client:        &http.Client{Transport: calls, CheckRedirect: noRedirects},
+		streamClient:  &http.Client{Transport: streams, CheckRedirect: noRedirects},
+		log:           cfg.Logger,
+		background:    bg,
+		cancelBG:      cancel,
+		shuttingDown:  make(chan struct{}),
+		stopJanitor:   make(chan struct{}),
+		inflight:      make(map[string]int),
+		cancelled:     make(map[string]map[string]struct{}),
+		credentials:   make(map[string]*credential),
+		reinit:        make(map[string]*sync.Mutex),
+		seen:          make(map[string]*seenEvents),
+		rate:          newSessionRate(cfg.NewSessionRate, cfg.NewSessionBurst),
+		ownTransports: own,
 	}
 	pokes := make(chan struct{})
 	b.pokes.Store(&pokes)
@@ -243,8 +247,8 @@ func (b *Bridge) streamPokes() <-chan struct{} { return *b.pokes.Load() }
 // closeIdleConnections releases pooled upstream connections; connections in
 // use (streams, requests in flight) stay until their requests end.
 func (b *Bridge) closeIdleConnections() {
-	if b.ownTransport != nil {
-		b.ownTransport.CloseIdleConnections()
+	for _, t := range b.ownTransports {
+		t.CloseIdleConnections()
 	}
 }
 

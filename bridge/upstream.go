@@ -28,25 +28,6 @@ const (
 // maxErrorBody bounds how much of an upstream error body is read.
 const maxErrorBody = 64 << 10
 
-func newUpstreamTransport(headerTimeout time.Duration) *http.Transport {
-	return &http.Transport{
-		DialContext: (&net.Dialer{
-			Timeout:   10 * time.Second,
-			KeepAlive: 30 * time.Second,
-		}).DialContext,
-		ForceAttemptHTTP2:     true,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ExpectContinueTimeout: time.Second,
-		// Bounds a black-holed upstream. A streaming answer sends its
-		// headers at once and is never cut; a JSON-mode upstream sends them
-		// only with the result, so the bound must outlast its longest call.
-		ResponseHeaderTimeout: headerTimeout,
-		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   256,
-		IdleConnTimeout:       90 * time.Second,
-	}
-}
-
 // upstreamStatus is what a legacy POST learns about its upstream request.
 type upstreamStatus struct {
 	code int
@@ -380,7 +361,11 @@ func (b *Bridge) do(ctx context.Context, method string, sess *sessionstore.Sessi
 	if req.Header.Get("User-Agent") == "" {
 		req.Header.Set("User-Agent", "caddy-mcp-sse-bridge")
 	}
-	resp, err := b.client.Do(req)
+	via := b.client
+	if method == http.MethodGet {
+		via = b.streamClient
+	}
+	resp, err := via.Do(req)
 	status := 0
 	if err == nil {
 		status = resp.StatusCode
@@ -428,7 +413,7 @@ func (b *Bridge) fail(c *call, reason, message string) {
 // the log.
 func (b *Bridge) failUpstream(c *call, doing string, err error) {
 	if b.background.Err() == nil {
-		b.log.Warn("upstream request failed", zap.String("session", shortID(c.sessionID)), zap.String("method", c.env.Method),
+		b.log.Warn("upstream request failed", zap.String("session", shortID(c.sessionID)), zap.String("method", methodLabel(c.env)),
 			zap.String("while", doing), zap.Error(err))
 	}
 	var netErr net.Error
@@ -450,6 +435,8 @@ func (b *Bridge) failUpstream(c *call, doing string, err error) {
 // request's id; servers put null there), else with a made-up one.
 func (b *Bridge) failFromHTTP(c *call, status int, body []byte) {
 	b.metrics.upstreamFailed("http_status")
+	b.log.Warn("upstream request failed", zap.String("session", shortID(c.sessionID)), zap.String("method", methodLabel(c.env)),
+		zap.String("reason", "http_status"), zap.Int("status", status))
 	if c.env.Kind == KindRequest && json.Valid(body) && !isArray(body) {
 		if env, err := PeekEnvelope(body); err == nil && env.Kind == KindResponse {
 			if e := env.ErrorMember(body); e != nil {

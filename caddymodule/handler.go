@@ -114,6 +114,19 @@ type Handler struct {
 	// It also bounds one message read from the upstream. Default: 4 MiB.
 	MaxMessageSize int64 `json:"max_message_size,omitempty"`
 
+	// MaxUpstreamConns bounds the connections this handler's calls open to
+	// the upstream; calls beyond it wait for a free connection (never
+	// refused). Each HTTP/1 call in flight holds a connection, a long
+	// streamed tool call for as long as it runs; over HTTP/2 calls share
+	// connections. The sessions' server→client GET streams have their own
+	// connections, outside the bound. Default: 512.
+	MaxUpstreamConns int `json:"max_upstream_conns,omitempty"`
+
+	// UpstreamH2C speaks HTTP/2 over plain text (prior knowledge) to an
+	// http:// upstream that supports it. Default: off (https upstreams
+	// negotiate HTTP/2 by ALPN regardless).
+	UpstreamH2C bool `json:"upstream_h2c,omitempty"`
+
 	// MaxInflight bounds the messages in flight upstream for one session on
 	// one replica; beyond it a POST gets 503. Default: 256.
 	MaxInflight int `json:"max_inflight,omitempty"`
@@ -225,6 +238,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		MessagePath:           h.MessagePath,
 		Keepalive:             time.Duration(h.Keepalive),
 		StreamWriteTimeout:    time.Duration(h.StreamWriteTimeout),
+		MaxUpstreamConns:      h.MaxUpstreamConns,
+		UpstreamH2C:           h.UpstreamH2C,
 		IdentitySecret:        caddy.NewReplacer().ReplaceAll(h.IdentitySecret, ""),
 		Identity:              h.identity(),
 		PublicURL:             publicURL,
@@ -286,7 +301,7 @@ func (h *Handler) Validate() error {
 		"initialize_ttl": int64(h.InitializeTTL), "drain_timeout": int64(h.DrainTimeout),
 		"uninitialized_ttl": int64(h.UninitializedTTL), "upstream_header_timeout": int64(h.UpstreamHeaderTimeout),
 		"new_session_rate": int64(math.Ceil(h.NewSessionRate)), "new_session_burst": int64(h.NewSessionBurst),
-		"stream_write_timeout": int64(h.StreamWriteTimeout),
+		"stream_write_timeout": int64(h.StreamWriteTimeout), "max_upstream_conns": int64(h.MaxUpstreamConns),
 	} {
 		if v < 0 {
 			return fmt.Errorf("%s must not be negative, got %d", name, v)
