@@ -90,9 +90,7 @@ func (b *Bridge) serveMessage(w http.ResponseWriter, r *http.Request) {
 		go b.forward(calls[i])
 	}
 	for _, env := range envs {
-		b.metrics.message(fromClient, env.Kind)
-		b.log.Debug("message", zap.String("session", shortID(id)), zap.String("direction", fromClient),
-			zap.Stringer("kind", env.Kind), zap.String("method", methodLabel(env)))
+		b.noteMessage(id, fromClient, env)
 	}
 	if challenge := awaitAcceptance(r.Context(), calls); challenge != nil {
 		b.metrics.refusedFor("unauthorized")

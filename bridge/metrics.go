@@ -222,6 +222,14 @@ func methodLabel(env Envelope) string {
 // shortID is how logs name a session (sessionstore.ShortID).
 func shortID(id string) string { return sessionstore.ShortID(id) }
 
+// noteMessage counts a message relayed in direction, and logs it at debug
+// level without its payload.
+func (b *Bridge) noteMessage(sessionID, direction string, env Envelope) {
+	b.metrics.message(direction, env.Kind)
+	b.log.Debug("message", zap.String("session", shortID(sessionID)), zap.String("direction", direction),
+		zap.Stringer("kind", env.Kind), zap.String("method", methodLabel(env)))
+}
+
 // sessionStarted counts and logs a session just created for r.
 func (b *Bridge) sessionStarted(r *http.Request, sess *sessionstore.Session) {
 	b.metrics.sessionStarted()

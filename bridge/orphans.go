@@ -184,7 +184,7 @@ func (b *Bridge) answerOrphan(sessionID, key string, r sessionstore.Request) {
 				case err != nil:
 					return false
 				case env.Kind == KindResponse && answersCall(env, c):
-					b.metrics.message(toClient, KindResponse)
+					b.noteMessage(sessionID, toClient, env)
 					b.answer(c, ReplaceID(msg, env, r.ID))
 					return true
 				default:

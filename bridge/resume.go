@@ -222,7 +222,7 @@ func sameID(a, b json.RawMessage) bool {
 // then settles in the store, so that it is delivered once.
 func (b *Bridge) relayOther(ctx context.Context, sessionID string, msg []byte, env Envelope) bool {
 	if env.Kind != KindResponse {
-		b.metrics.message(toClient, env.Kind)
+		b.noteMessage(sessionID, toClient, env)
 		b.deliver(sessionID, msg)
 		return true
 	}
@@ -236,7 +236,7 @@ func (b *Bridge) relayOther(ctx context.Context, sessionID string, msg []byte, e
 		}
 		answer := oneLine(ReplaceID(msg, env, r.ID))
 		if done, err := b.store.FinishRequest(ctx, sessionID, key, sessionstore.Message{Data: answer}); err == nil && done {
-			b.metrics.message(toClient, KindResponse)
+			b.noteMessage(sessionID, toClient, env)
 			return true
 		}
 	}

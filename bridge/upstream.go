@@ -242,7 +242,7 @@ func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, 
 			}
 			// The response on a request's own stream answers that request;
 			// give it the client's id byte for byte.
-			b.metrics.message(toClient, KindResponse)
+			b.noteMessage(c.sessionID, toClient, env)
 			b.answer(c, ReplaceID(msg, env, c.env.ID))
 			return true
 		}
