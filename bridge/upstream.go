@@ -270,12 +270,12 @@ func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, 
 			b.failUpstream(c, "reading the response", err)
 			return
 		case int64(len(body)) > b.cfg.MaxMessageSize:
-			b.metrics.upstreamFailed("invalid_response")
+			b.upstreamFailed(c, "invalid_response", zap.String("error", "response larger than max_message_size"))
 			b.fail(c, "upstream_error", "upstream response larger than max_message_size")
 			return
 		case !json.Valid(body):
 			if len(bytes.TrimSpace(body)) > 0 {
-				b.metrics.upstreamFailed("invalid_response")
+				b.upstreamFailed(c, "invalid_response", zap.String("error", "response is not valid JSON"))
 				b.fail(c, "upstream_error", "upstream response is not valid JSON")
 				return
 			}
@@ -288,7 +288,7 @@ func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, 
 		}
 	}
 	if c.env.Kind == KindRequest && !c.answered.Load() {
-		b.metrics.upstreamFailed("ended_without_answer")
+		b.upstreamFailed(c, "ended_without_answer")
 		b.fail(c, "no_answer", "upstream ended the request without a response")
 	}
 }
@@ -412,31 +412,38 @@ func (b *Bridge) fail(c *call, reason, message string) {
 // happened, in words that name no address or internal detail; those go to
 // the log.
 func (b *Bridge) failUpstream(c *call, doing string, err error) {
-	if b.background.Err() == nil {
-		b.log.Warn("upstream request failed", zap.String("session", shortID(c.sessionID)), zap.String("method", methodLabel(c.env)),
-			zap.String("while", doing), zap.Error(err))
-	}
 	var netErr net.Error
 	switch {
 	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout()):
-		b.metrics.upstreamFailed("timeout")
+		b.upstreamFailed(c, "timeout", zap.String("while", doing), zap.Error(err))
 		b.fail(c, "upstream_timeout", "upstream timed out ("+doing+")")
 	case errors.As(err, &netErr):
-		b.metrics.upstreamFailed("unreachable")
+		b.upstreamFailed(c, "unreachable", zap.String("while", doing), zap.Error(err))
 		b.fail(c, "upstream_unreachable", "upstream unreachable ("+doing+")")
 	default:
-		b.metrics.upstreamFailed("unreachable")
+		b.upstreamFailed(c, "unreachable", zap.String("while", doing), zap.Error(err))
 		b.fail(c, "upstream_unreachable", "upstream failed ("+doing+")")
 	}
+}
+
+// upstreamFailed counts an upstream failure and logs it, with what the
+// client is not told (addresses, causes); a replica shutting down cuts
+// requests short on purpose, and says nothing.
+func (b *Bridge) upstreamFailed(c *call, reason string, details ...zap.Field) {
+	b.metrics.upstreamFailed(reason)
+	if b.background.Err() != nil {
+		return
+	}
+	fields := append([]zap.Field{zap.String("session", shortID(c.sessionID)), zap.String("method", methodLabel(c.env)),
+		zap.String("reason", reason)}, details...)
+	b.log.Warn("upstream request failed", fields...)
 }
 
 // failFromHTTP answers a request the upstream refused with an HTTP error:
 // with the upstream's own JSON-RPC error when it sent one (re-keyed to the
 // request's id; servers put null there), else with a made-up one.
 func (b *Bridge) failFromHTTP(c *call, status int, body []byte) {
-	b.metrics.upstreamFailed("http_status")
-	b.log.Warn("upstream request failed", zap.String("session", shortID(c.sessionID)), zap.String("method", methodLabel(c.env)),
-		zap.String("reason", "http_status"), zap.Int("status", status))
+	b.upstreamFailed(c, "http_status", zap.Int("status", status))
 	if c.env.Kind == KindRequest && json.Valid(body) && !isArray(body) {
 		if env, err := PeekEnvelope(body); err == nil && env.Kind == KindResponse {
 			if e := env.ErrorMember(body); e != nil {
