@@ -126,9 +126,11 @@ func (b *Bridge) probeAuthorization(ctx context.Context, r *http.Request) *authC
 	req.Header.Set("Accept", "text/event-stream")
 	resp, err := b.client.Do(req)
 	if err != nil {
+		b.metrics.upstreamRequest("probe", 0)
 		b.log.Debug("authorization probe failed", zap.Error(err))
 		return nil
 	}
+	b.metrics.upstreamRequest("probe", resp.StatusCode)
 	defer resp.Body.Close()
 	var body []byte
 	if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {

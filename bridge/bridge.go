@@ -27,10 +27,12 @@ import (
 
 // Bridge handles the legacy endpoints for one upstream.
 type Bridge struct {
-	cfg    Config
-	store  sessionstore.Store
-	client *http.Client
-	log    *zap.Logger
+	cfg   Config
+	store sessionstore.Store
+	// client carries calls (bounded by MaxUpstreamConns); streamClient the
+	// long-lived GET streams, which must not take the calls' connections.
+	client, streamClient *http.Client
+	log                  *zap.Logger
 
 	// background carries upstream work that outlives the POST that started
 	// it; it ends on Shutdown, not on Close, so that a config reload does
@@ -74,9 +76,9 @@ type Bridge struct {
 	seen map[string]*seenEvents
 	// rate bounds how fast each client address opens sessions.
 	rate *sessionRate
-	// ownTransport is the transport New made (nil when Config gave one);
-	// its idle connections are closed with the bridge.
-	ownTransport *http.Transport
+	// ownTransports are the transports New made (none when Config gave
+	// one); their idle connections are closed with the bridge.
+	ownTransports []*http.Transport
 	// upstreamMetadataURL is the protected-resource metadata URL named by
 	// the upstream's last authorization challenge.
 	upstreamMetadataURL atomic.Pointer[string]
@@ -85,6 +87,8 @@ type Bridge struct {
 	// upstreamOpenUntil (Unix ns) is until when anonymous streams skip the
 	// authorization probe (probeAuthorization).
 	upstreamOpenUntil atomic.Int64
+	// metrics is nil without Config.Metrics.
+	metrics *Metrics
 	// identityKey keys the fingerprints (loadIdentityKey).
 	identityKey atomic.Pointer[[]byte]
 }
@@ -98,29 +102,35 @@ func New(cfg Config, store sessionstore.Store) (*Bridge, error) {
 	if cfg.ReplicaID == "" {
 		cfg.ReplicaID = randomID()
 	}
-	transport := cfg.Transport
-	var own *http.Transport
-	if transport == nil {
-		own = newUpstreamTransport(cfg.UpstreamHeaderTimeout)
-		transport = own
+	calls, streams := cfg.Transport, cfg.Transport
+	var own []*http.Transport
+	if cfg.Transport == nil {
+		callTransport, streamTransport := newUpstreamTransports(cfg)
+		calls, streams = callTransport, streamTransport
+		own = []*http.Transport{callTransport, streamTransport}
+	}
+	if cfg.Metrics != nil {
+		store = sessionstore.Observe(store, cfg.Metrics.observeStore)
 	}
 	bg, cancel := context.WithCancel(context.Background())
 	b := &Bridge{
-		cfg:          cfg,
-		store:        store,
-		client:       &http.Client{Transport: transport, CheckRedirect: noRedirects},
-		log:          cfg.Logger,
-		background:   bg,
-		cancelBG:     cancel,
-		shuttingDown: make(chan struct{}),
-		stopJanitor:  make(chan struct{}),
-		inflight:     make(map[string]int),
-		cancelled:    make(map[string]map[string]struct{}),
-		credentials:  make(map[string]*credential),
-		reinit:       make(map[string]*sync.Mutex),
-		seen:         make(map[string]*seenEvents),
-		rate:         newSessionRate(cfg.NewSessionRate, cfg.NewSessionBurst),
-		ownTransport: own,
+		metrics:       cfg.Metrics,
+		cfg:           cfg,
+		store:         store,
+		client:        &http.Client{Transport: calls, CheckRedirect: noRedirects},
+		streamClient:  &http.Client{Transport: streams, CheckRedirect: noRedirects},
+		log:           cfg.Logger,
+		background:    bg,
+		cancelBG:      cancel,
+		shuttingDown:  make(chan struct{}),
+		stopJanitor:   make(chan struct{}),
+		inflight:      make(map[string]int),
+		cancelled:     make(map[string]map[string]struct{}),
+		credentials:   make(map[string]*credential),
+		reinit:        make(map[string]*sync.Mutex),
+		seen:          make(map[string]*seenEvents),
+		rate:          newSessionRate(cfg.NewSessionRate, cfg.NewSessionBurst),
+		ownTransports: own,
 	}
 	pokes := make(chan struct{})
 	b.pokes.Store(&pokes)
@@ -237,8 +247,8 @@ func (b *Bridge) streamPokes() <-chan struct{} { return *b.pokes.Load() }
 // closeIdleConnections releases pooled upstream connections; connections in
 // use (streams, requests in flight) stay until their requests end.
 func (b *Bridge) closeIdleConnections() {
-	if b.ownTransport != nil {
-		b.ownTransport.CloseIdleConnections()
+	for _, t := range b.ownTransports {
+		t.CloseIdleConnections()
 	}
 }
 
@@ -256,7 +266,7 @@ func (b *Bridge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if len(r.Header.Values("Authorization")) > 1 {
 		// A single-valued field sent twice: which one counts would be up
 		// to whoever reads it (the session check, the upstream).
-		httpError(w, http.StatusBadRequest, "Authorization must be sent once")
+		b.refuse(w, http.StatusBadRequest, "bad_request", "Authorization must be sent once")
 		return
 	}
 	if err := b.loadIdentityKey(r.Context()); err != nil {
@@ -264,14 +274,14 @@ func (b *Bridge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if tokenInQuery(r) {
-		httpError(w, http.StatusBadRequest, "access tokens are not accepted in the URL; send them in the Authorization header")
+		b.refuse(w, http.StatusBadRequest, "bad_request", "access tokens are not accepted in the URL; send them in the Authorization header")
 		return
 	}
 	if b.stopping() && r.Method != http.MethodOptions {
 		// Refused before anything is accepted: the client retries on
 		// another replica, and nothing it sent is lost here.
 		w.Header().Set("Retry-After", "1")
-		httpError(w, http.StatusServiceUnavailable, "server shutting down")
+		b.refuse(w, http.StatusServiceUnavailable, "shutting_down", "server shutting down")
 		return
 	}
 	switch r.URL.Path {
@@ -283,7 +293,7 @@ func (b *Bridge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			w.WriteHeader(http.StatusNoContent)
 		default:
 			w.Header().Set("Allow", "GET, OPTIONS")
-			httpError(w, http.StatusMethodNotAllowed, "the event stream endpoint takes GET")
+			b.refuse(w, http.StatusMethodNotAllowed, "method_not_allowed", "the event stream endpoint takes GET")
 		}
 	case b.cfg.MessagePath:
 		switch r.Method {
@@ -293,7 +303,7 @@ func (b *Bridge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			w.WriteHeader(http.StatusNoContent)
 		default:
 			w.Header().Set("Allow", "POST, OPTIONS")
-			httpError(w, http.StatusMethodNotAllowed, "the message endpoint takes POST")
+			b.refuse(w, http.StatusMethodNotAllowed, "method_not_allowed", "the message endpoint takes POST")
 		}
 	default:
 		if isResourceMetadataPath(r.URL.Path) {
@@ -321,7 +331,7 @@ func (b *Bridge) checkOrigin(w http.ResponseWriter, r *http.Request) bool {
 		}
 	}
 	if !allowed {
-		httpError(w, http.StatusForbidden, "origin not allowed")
+		b.refuse(w, http.StatusForbidden, "origin", "origin not allowed")
 		return false
 	}
 	h := w.Header()
@@ -350,6 +360,13 @@ func httpError(w http.ResponseWriter, status int, msg string) {
 	_, _ = w.Write([]byte(msg + "\n"))
 }
 
+// refuse answers a request refused before anything was forwarded, and
+// counts it by reason (the check or limit).
+func (b *Bridge) refuse(w http.ResponseWriter, status int, reason, msg string) {
+	b.metrics.refusedFor(reason)
+	httpError(w, status, msg)
+}
+
 func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
 // storeError answers a failure to find or make a session: 404 for missing
@@ -359,27 +376,27 @@ func (b *Bridge) storeError(w http.ResponseWriter, err error) {
 	var tooMany tooManyNewSessions
 	switch {
 	case errors.Is(err, sessionstore.ErrNotFound):
-		httpError(w, http.StatusNotFound, "session not found")
+		b.refuse(w, http.StatusNotFound, "not_found", "session not found")
 	case errors.As(err, &tooMany):
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(max(tooMany.wait, time.Second).Seconds()))))
-		httpError(w, http.StatusTooManyRequests, tooMany.Error())
+		b.refuse(w, http.StatusTooManyRequests, "rate_limit", tooMany.Error())
 	case errors.Is(err, sessionstore.ErrTooManyForCaller):
 		// The soonest one of the caller's sessions can free its place: a
 		// dropped session its client never initialised.
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(b.cfg.UninitializedTTL.Seconds()))))
-		httpError(w, http.StatusTooManyRequests, "too many sessions for this caller")
+		b.refuse(w, http.StatusTooManyRequests, "caller_limit", "too many sessions for this caller")
 	default:
 		// The details (addresses, causes) go to the log, not to the client.
-		msg := "session store unavailable"
+		reason, msg := "store_unavailable", "session store unavailable"
 		switch {
 		case errors.Is(err, sessionstore.ErrTooManySessions):
-			msg = "too many sessions"
+			reason, msg = "store_full", "too many sessions"
 		case errors.Is(err, sessionstore.ErrMailboxFull):
-			msg = "session mailbox full"
+			reason, msg = "store_full", "session mailbox full"
 		}
 		b.log.Warn("session store failed", zap.Error(err))
 		w.Header().Set("Retry-After", "1")
-		httpError(w, http.StatusServiceUnavailable, msg)
+		b.refuse(w, http.StatusServiceUnavailable, reason, msg)
 	}
 }
 

@@ -25,6 +25,7 @@ const (
 	DefaultNewSessionBurst       = 100
 	DefaultInitializeTTL         = 24 * time.Hour
 	DefaultStreamWriteTimeout    = time.Minute
+	DefaultMaxUpstreamConns      = 512
 	// acceptWait caps how long a legacy POST waits for the upstream's status
 	// line before it is answered 202 anyway (JSON-mode upstreams send their
 	// status only with the result; holding the POST longer would deadlock
@@ -118,9 +119,20 @@ type Config struct {
 	// ClientAddress names the client of a request for NewSessionRate;
 	// defaults to the peer's IP.
 	ClientAddress func(r *http.Request) string
-	// Transport carries upstream requests; nil means a transport tuned for
-	// long-lived streams.
+	// MaxUpstreamConns bounds the connections calls open to the upstream
+	// (per bridge; the session GET streams have their own): calls beyond it
+	// wait for a free connection. With HTTP/1 each call in flight holds one,
+	// a streamed long tool call for as long as it runs.
+	MaxUpstreamConns int
+	// UpstreamH2C speaks HTTP/2 without TLS (prior knowledge) to an http://
+	// upstream.
+	UpstreamH2C bool
+	// Transport carries upstream requests; nil means the bridge's own
+	// (newUpstreamTransports).
 	Transport http.RoundTripper
+	// Metrics, if set, receives the bridge's measurements (one set per
+	// process: see NewMetrics).
+	Metrics *Metrics
 	// Logger receives the bridge's logs; nil means none.
 	Logger *zap.Logger
 }
@@ -150,6 +162,7 @@ func (c *Config) setDefaults() error {
 	}
 	c.Keepalive = positiveOr(c.Keepalive, DefaultKeepalive)
 	c.StreamWriteTimeout = positiveOr(c.StreamWriteTimeout, DefaultStreamWriteTimeout)
+	c.MaxUpstreamConns = positiveOr(c.MaxUpstreamConns, DefaultMaxUpstreamConns)
 	c.SessionTTL = positiveOr(c.SessionTTL, DefaultSessionTTL)
 	c.MaxMessageSize = positiveOr(c.MaxMessageSize, DefaultMaxMessageSize)
 	c.MaxInflight = positiveOr(c.MaxInflight, DefaultMaxInflight)

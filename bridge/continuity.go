@@ -99,8 +99,13 @@ func (b *Bridge) linkAdoptable(ctx context.Context, addr *sessionstore.Session, 
 			b.releaseSession(adopted.ID, owner)
 			return nil, err
 		}
+		how := "post"
+		if held {
+			how = "get"
+		}
+		b.metrics.adopted(how)
 		b.log.Info("adopted the caller's released session",
-			zap.String("session", addr.ID), zap.String("adopted", adopted.ID), zap.Bool("held", held))
+			zap.String("session", shortID(addr.ID)), zap.String("adopted", shortID(adopted.ID)), zap.Bool("held", held))
 		return adopted, nil
 	}
 	return nil, sessionstore.ErrNotFound
@@ -193,7 +198,8 @@ func (b *Bridge) loadOrRecreate(ctx context.Context, r *http.Request, id, fp str
 	if err != nil {
 		return nil, err
 	}
-	b.log.Info("recreated a session that was gone", zap.String("session", id))
+	b.sessionStarted(r, sess)
+	b.log.Info("recreated a session that was gone", zap.String("session", shortID(id)))
 	return sess, nil
 }
 
@@ -254,7 +260,7 @@ func (b *Bridge) followLink(ctx context.Context, addr *sessionstore.Session) *se
 		s.Link, s.LinkHeld = "", false
 		return nil
 	}); err != nil {
-		b.log.Debug("unlinking from a session that is gone", zap.String("session", addr.ID), zap.Error(err))
+		b.log.Debug("unlinking from a session that is gone", zap.String("session", shortID(addr.ID)), zap.Error(err))
 	}
 	return nil
 }
@@ -274,7 +280,7 @@ func (b *Bridge) adoptOnPost(ctx context.Context, addr *sessionstore.Session, pr
 		}
 		if !errors.Is(err, sessionstore.ErrAdoptionPending) || time.Now().After(deadline) || !sleepCtx(ctx, seekInterval) {
 			if !errors.Is(err, sessionstore.ErrNotFound) && !errors.Is(err, sessionstore.ErrAdoptionPending) {
-				b.log.Debug("adopting at the first call", zap.String("session", addr.ID), zap.Error(err))
+				b.log.Debug("adopting at the first call", zap.String("session", shortID(addr.ID)), zap.Error(err))
 			}
 			return nil
 		}
@@ -299,11 +305,12 @@ func (b *Bridge) revive(ctx context.Context, sess *sessionstore.Session, client 
 	init, err := b.store.RecallInitialize(ctx, cur.Fingerprint, cur.Upstream)
 	if err != nil {
 		if !errors.Is(err, sessionstore.ErrNotFound) {
-			b.log.Warn("recalling the caller's initialize", zap.String("session", cur.ID), zap.Error(err))
+			b.log.Warn("recalling the caller's initialize", zap.String("session", shortID(cur.ID)), zap.Error(err))
 		}
 		init = minimalInitialize(protocolVersion)
 	}
-	b.log.Info("reviving a session for a returning client", zap.String("session", cur.ID), zap.Bool("remembered", err == nil))
+	b.metrics.adopted("revive")
+	b.log.Info("reviving a session for a returning client", zap.String("session", shortID(cur.ID)), zap.Bool("remembered", err == nil))
 	return b.openUpstreamSession(ctx, cur, init, client)
 }
 
@@ -335,7 +342,7 @@ func validHeaderToken(v string) bool {
 // signal appends a control message for the session's stream owner.
 func (b *Bridge) signal(ctx context.Context, id string, control []byte) {
 	if _, err := b.store.Append(ctx, id, sessionstore.Message{Control: true, Data: control}); err != nil {
-		b.log.Warn("signalling the stream owner", zap.String("session", id), zap.Error(err))
+		b.log.Warn("signalling the stream owner", zap.String("session", shortID(id)), zap.Error(err))
 	}
 }
 

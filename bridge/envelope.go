@@ -17,6 +17,19 @@ const (
 	KindResponse
 )
 
+// String names the kind, as in metrics.
+func (k Kind) String() string {
+	switch k {
+	case KindRequest:
+		return "request"
+	case KindNotification:
+		return "notification"
+	case KindResponse:
+		return "response"
+	}
+	return "invalid"
+}
+
 // Envelope is what the bridge needs to know about a JSON-RPC message, read
 // without decoding the payload: params and result stay untouched bytes.
 type Envelope struct {

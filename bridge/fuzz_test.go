@@ -371,7 +371,8 @@ type referenceVerdict struct {
 }
 
 // referenceMembers decodes the top-level members of an object with
-// encoding/json (which, like PeekEnvelope, keeps the last of duplicates).
+// encoding/json (which keeps the last of duplicates; PeekEnvelope refuses
+// envelope members sent twice, see referenceDuplicateMember).
 func referenceMembers(data []byte) (map[string]json.RawMessage, bool) {
 	var m map[string]json.RawMessage
 	if json.Unmarshal(data, &m) != nil || m == nil {
@@ -380,12 +381,45 @@ func referenceMembers(data []byte) (map[string]json.RawMessage, bool) {
 	return m, true
 }
 
+// referenceDuplicateMember reports whether the object msg names one of the
+// envelope members (jsonrpc, method, id, result, error, params) twice at
+// its top level, read with encoding/json's tokenizer.
+func referenceDuplicateMember(msg []byte) bool {
+	dec := json.NewDecoder(bytes.NewReader(msg))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return false
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return false
+		}
+		name, _ := tok.(string)
+		switch name {
+		case "jsonrpc", "method", "id", "result", "error", "params":
+			if seen[name] {
+				return true
+			}
+			seen[name] = true
+		}
+		var skip json.RawMessage
+		if dec.Decode(&skip) != nil {
+			return false
+		}
+	}
+	return false
+}
+
 // referenceEnvelope classifies a valid JSON message by the JSON-RPC rules
 // the bridge applies, reading its members with encoding/json.
 func referenceEnvelope(msg []byte) referenceVerdict {
 	members, ok := referenceMembers(msg)
 	if !ok {
 		return referenceVerdict{why: "not an object"}
+	}
+	if referenceDuplicateMember(msg) {
+		return referenceVerdict{why: "an envelope member sent twice"}
 	}
 	if string(members["jsonrpc"]) != `"2.0"` {
 		return referenceVerdict{why: "jsonrpc is not \"2.0\""}

@@ -57,12 +57,16 @@ func (b *Bridge) reapExpired() {
 		if s.UpstreamSessionID != "" {
 			resp, err := b.do(ctx, http.MethodDelete, s, b.credentialsFor(s.ID), nil, "")
 			if err != nil {
-				b.log.Debug("ending upstream session", zap.String("session", s.ID), zap.Error(err))
+				b.log.Debug("ending upstream session", zap.String("session", shortID(s.ID)), zap.Error(err))
 			} else {
 				drain(resp)
 			}
 		}
 		b.forget(s.ID)
-		b.log.Debug("session expired", zap.String("session", s.ID))
+		reason := "expired"
+		if neverInitialized(s) && s.Link == "" {
+			reason = "uninitialized"
+		}
+		b.sessionEnded(s, reason)
 	}
 }

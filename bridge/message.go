@@ -23,20 +23,20 @@ func (b *Bridge) serveMessage(w http.ResponseWriter, r *http.Request) {
 	ids := r.URL.Query()["sessionId"]
 	switch {
 	case len(ids) == 0 || ids[0] == "":
-		httpError(w, http.StatusBadRequest, "missing sessionId query parameter")
+		b.refuse(w, http.StatusBadRequest, "bad_request", "missing sessionId query parameter")
 		return
 	case len(ids) > 1:
 		// Which one counts would be up to whoever reads it.
-		httpError(w, http.StatusBadRequest, "sessionId must be sent once")
+		b.refuse(w, http.StatusBadRequest, "bad_request", "sessionId must be sent once")
 		return
 	}
 	id := ids[0]
 	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
-		httpError(w, http.StatusUnsupportedMediaType, "Content-Type must be application/json")
+		b.refuse(w, http.StatusUnsupportedMediaType, "unsupported_media_type", "Content-Type must be application/json")
 		return
 	}
 	if r.ContentLength > b.cfg.MaxMessageSize {
-		httpError(w, http.StatusRequestEntityTooLarge, "message larger than max_message_size")
+		b.refuse(w, http.StatusRequestEntityTooLarge, "too_large", "message larger than max_message_size")
 		return
 	}
 	// A body trickled in (slowloris) must not hold the request forever.
@@ -45,15 +45,15 @@ func (b *Bridge) serveMessage(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
-			httpError(w, http.StatusRequestEntityTooLarge, "message larger than max_message_size")
+			b.refuse(w, http.StatusRequestEntityTooLarge, "too_large", "message larger than max_message_size")
 			return
 		}
-		httpError(w, http.StatusBadRequest, "reading body: "+err.Error())
+		b.refuse(w, http.StatusBadRequest, "bad_request", "reading body: "+err.Error())
 		return
 	}
 	msgs, envs, errMsg := parseMessages(body)
 	if errMsg != "" {
-		httpError(w, http.StatusBadRequest, "invalid message: "+errMsg)
+		b.refuse(w, http.StatusBadRequest, "bad_request", "invalid message: "+errMsg)
 		return
 	}
 	sess, err := b.postTarget(r.Context(), r, id, slices.ContainsFunc(envs, isInitialize))
@@ -68,7 +68,7 @@ func (b *Bridge) serveMessage(w http.ResponseWriter, r *http.Request) {
 	// upstream request), notifications and responses included.
 	if !b.acquire(id, len(msgs)) {
 		w.Header().Set("Retry-After", "1")
-		httpError(w, http.StatusServiceUnavailable, "too many messages in flight for this session")
+		b.refuse(w, http.StatusServiceUnavailable, "inflight_limit", "too many messages in flight for this session")
 		return
 	}
 
@@ -89,7 +89,11 @@ func (b *Bridge) serveMessage(w http.ResponseWriter, r *http.Request) {
 		b.startWork()
 		go b.forward(calls[i])
 	}
+	for _, env := range envs {
+		b.noteMessage(id, fromClient, env)
+	}
 	if challenge := awaitAcceptance(r.Context(), calls); challenge != nil {
+		b.metrics.refusedFor("unauthorized")
 		// The upstream refused the client's credentials: the POST says so,
 		// so that the client runs its authorization flow and sends again.
 		challenge.write(w)
@@ -245,10 +249,10 @@ func (b *Bridge) retryAppend(sessionID string, appendOnce func() error) {
 		case err == nil:
 			return
 		case errors.Is(err, sessionstore.ErrNotFound):
-			b.log.Debug("dropping a message for a session that is gone", zap.String("session", sessionID))
+			b.log.Debug("dropping a message for a session that is gone", zap.String("session", shortID(sessionID)))
 			return
 		case time.Now().After(deadline) || b.background.Err() != nil:
-			b.log.Error("message for the client lost", zap.String("session", sessionID), zap.Error(err))
+			b.log.Error("message for the client lost", zap.String("session", shortID(sessionID)), zap.Error(err))
 			return
 		}
 		select {

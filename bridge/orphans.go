@@ -90,7 +90,7 @@ func (b *Bridge) recoverOrphans(ctx context.Context, sessionID string) {
 			continue
 		}
 		b.log.Info("answering a request whose replica died",
-			zap.String("session", sessionID), zap.String("replica", r.Replica), zap.Bool("resumable", r.LastEventID != ""))
+			zap.String("session", shortID(sessionID)), zap.String("replica", r.Replica), zap.Bool("resumable", r.LastEventID != ""))
 		b.startWork()
 		go b.answerOrphan(sessionID, key, r)
 	}
@@ -132,7 +132,7 @@ func (b *Bridge) settleDuplicate(ctx context.Context, c *call) bool {
 			if alive, err := b.store.ReplicaAlive(ctx, first); err == nil && !alive {
 				if claimed, err := b.store.ClaimRequest(ctx, c.sessionID, c.key); err == nil && claimed {
 					if r.LastEventID == "" {
-						b.log.Info("a request sent again after its replica died: forwarding it anew", zap.String("session", c.sessionID))
+						b.log.Info("a request sent again after its replica died: forwarding it anew", zap.String("session", shortID(c.sessionID)))
 						return true
 					}
 					b.startWork()
@@ -155,7 +155,7 @@ func (b *Bridge) giveBack(c *call, r sessionstore.Request) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	if _, err := b.store.ReassignRequest(ctx, c.sessionID, c.key, r); err != nil {
-		b.log.Debug("giving a request back to its replica", zap.String("session", c.sessionID), zap.Error(err))
+		b.log.Debug("giving a request back to its replica", zap.String("session", shortID(c.sessionID)), zap.Error(err))
 	}
 }
 
@@ -184,6 +184,7 @@ func (b *Bridge) answerOrphan(sessionID, key string, r sessionstore.Request) {
 				case err != nil:
 					return false
 				case env.Kind == KindResponse && answersCall(env, c):
+					b.noteMessage(sessionID, toClient, env)
 					b.answer(c, ReplaceID(msg, env, r.ID))
 					return true
 				default:
@@ -192,10 +193,10 @@ func (b *Bridge) answerOrphan(sessionID, key string, r sessionstore.Request) {
 			},
 			func(eventID string) {
 				if err := b.store.SetRequestEventID(ctx, sessionID, key, eventID); err != nil {
-					b.log.Debug("recording the upstream event id", zap.String("session", sessionID), zap.Error(err))
+					b.log.Debug("recording the upstream event id", zap.String("session", shortID(sessionID)), zap.Error(err))
 				}
 			})
 	}
 	// Settled elsewhere meanwhile, this does nothing: the record is gone.
-	b.fail(c, "the bridge replica forwarding this request stopped before the upstream answered")
+	b.fail(c, "replica_stopped", "the bridge replica forwarding this request stopped before the upstream answered")
 }

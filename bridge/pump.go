@@ -60,6 +60,9 @@ func (b *Bridge) runPump(ctx context.Context, id string) {
 			lastID = sess.StreamLastEventID
 		}
 		opened := time.Now()
+		if lastID != "" {
+			b.metrics.resumed("stream")
+		}
 		resp, err := b.do(ctx, http.MethodGet, sess, b.credentialsFor(id), nil, lastID)
 		if ctx.Err() == nil {
 			// Connected, refused or unreachable: either way requests need
@@ -107,14 +110,14 @@ func (b *Bridge) pumpOnce(ctx context.Context, sess *sessionstore.Session, resp 
 		return false, 0, lastID, true
 	default:
 		if resp.StatusCode != http.StatusMethodNotAllowed {
-			b.log.Debug("no upstream GET stream", zap.String("session", id), zap.Int("status", resp.StatusCode))
+			b.log.Debug("no upstream GET stream", zap.String("session", shortID(id)), zap.Int("status", resp.StatusCode))
 		}
 		return false, 0, lastID, false
 	}
 	onMessage := func(msg []byte) bool {
 		env, err := PeekEnvelope(msg)
 		if err != nil {
-			b.log.Debug("dropping an invalid upstream message", zap.String("session", id), zap.Error(err))
+			b.log.Debug("dropping an invalid upstream message", zap.String("session", shortID(id)), zap.Error(err))
 			return false
 		}
 		return b.relayOther(ctx, id, msg, env)
@@ -122,7 +125,7 @@ func (b *Bridge) pumpOnce(ctx context.Context, sess *sessionstore.Session, resp 
 	onEventID := func(eventID string) { b.recordStreamEventID(ctx, id, sess.UpstreamSessionID, eventID) }
 	last, retry, got, err := b.relayEvents(resp.Body, id, onMessage, onEventID)
 	if err != nil && ctx.Err() == nil {
-		b.log.Debug("upstream GET stream broke", zap.String("session", id), zap.Error(err))
+		b.log.Debug("upstream GET stream broke", zap.String("session", shortID(id)), zap.Error(err))
 	}
 	if last != "" {
 		lastID = last
@@ -141,7 +144,7 @@ func (b *Bridge) recordStreamEventID(ctx context.Context, id, upstreamSessionID,
 		return nil
 	})
 	if err != nil && !errors.Is(err, errStale) && !errors.Is(err, sessionstore.ErrNotFound) {
-		b.log.Debug("recording the upstream GET stream position", zap.String("session", id), zap.Error(err))
+		b.log.Debug("recording the upstream GET stream position", zap.String("session", shortID(id)), zap.Error(err))
 	}
 }
 
@@ -158,7 +161,7 @@ func (b *Bridge) markStreamReady(ctx context.Context, id, upstreamSessionID stri
 		return nil
 	})
 	if err != nil && !errors.Is(err, errStale) && !errors.Is(err, sessionstore.ErrNotFound) {
-		b.log.Debug("marking the upstream GET stream ready", zap.String("session", id), zap.Error(err))
+		b.log.Debug("marking the upstream GET stream ready", zap.String("session", shortID(id)), zap.Error(err))
 	}
 }
 

@@ -38,6 +38,7 @@ func (b *Bridge) reinitialize(ctx context.Context, stale *sessionstore.Session, 
 	if len(cur.Initialize) == 0 {
 		return nil, errors.New("the client never sent initialize")
 	}
+	b.metrics.reinitialized()
 	return b.openUpstreamSession(ctx, cur, cur.Initialize, client)
 }
 

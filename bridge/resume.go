@@ -53,7 +53,7 @@ func (b *Bridge) relayStream(ctx context.Context, sess *sessionstore.Session, cl
 	backoff := resumeMinBackoff
 	for idle := 0; !answered() && lastID != "" && idle < maxIdleResumes; {
 		if err != nil {
-			b.log.Debug("upstream response stream broke", zap.String("session", sess.ID), zap.Error(err))
+			b.log.Debug("upstream response stream broke", zap.String("session", shortID(sess.ID)), zap.Error(err))
 		}
 		wait := backoff
 		if retry > 0 {
@@ -108,6 +108,7 @@ func (b *Bridge) resumeOnce(ctx context.Context, sess *sessionstore.Session, cli
 		}
 	}()
 	defer func() { cancel(); <-watching }()
+	b.metrics.resumed("request")
 	r, err := b.do(ctx, http.MethodGet, sess, client, nil, lastID)
 	if err != nil {
 		return "", 0, false, true, err
@@ -167,11 +168,11 @@ func (b *Bridge) relayEvent(ev Event, sessionID string, onMessage func(msg []byt
 	}
 	dedup := ev.HasID && ev.ID != "" && sessionID != ""
 	if dedup && b.relayedBefore(sessionID, ev.ID) {
-		b.log.Debug("dropping a replayed upstream event", zap.String("session", sessionID))
+		b.log.Debug("dropping a replayed upstream event", zap.String("session", shortID(sessionID)))
 		return false
 	}
 	if !json.Valid(ev.Data) {
-		b.log.Warn("dropping an upstream event that is not JSON", zap.String("session", sessionID))
+		b.log.Warn("dropping an upstream event that is not JSON", zap.String("session", shortID(sessionID)))
 		return false
 	}
 	relayed := false
@@ -221,6 +222,7 @@ func sameID(a, b json.RawMessage) bool {
 // then settles in the store, so that it is delivered once.
 func (b *Bridge) relayOther(ctx context.Context, sessionID string, msg []byte, env Envelope) bool {
 	if env.Kind != KindResponse {
+		b.noteMessage(sessionID, toClient, env)
 		b.deliver(sessionID, msg)
 		return true
 	}
@@ -234,10 +236,11 @@ func (b *Bridge) relayOther(ctx context.Context, sessionID string, msg []byte, e
 		}
 		answer := oneLine(ReplaceID(msg, env, r.ID))
 		if done, err := b.store.FinishRequest(ctx, sessionID, key, sessionstore.Message{Data: answer}); err == nil && done {
+			b.noteMessage(sessionID, toClient, env)
 			return true
 		}
 	}
-	b.log.Debug("dropping an upstream response to no request in flight", zap.String("session", sessionID))
+	b.log.Debug("dropping an upstream response to no request in flight", zap.String("session", shortID(sessionID)))
 	return false
 }
 

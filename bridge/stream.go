@@ -35,18 +35,23 @@ const maxKeptBuffer = 64 << 10
 func (b *Bridge) serveStream(w http.ResponseWriter, r *http.Request) {
 	b.streams.Add(1)
 	defer b.streams.Add(-1)
+	b.metrics.streamOpened(1)
+	defer b.metrics.streamOpened(-1)
 	ctx := r.Context()
 	if c := b.probeAuthorization(ctx, r); c != nil {
+		b.metrics.refusedFor("unauthorized")
 		c.write(w)
 		return
 	}
 	ls := &legacyStream{
-		b:     b,
-		w:     w,
-		rc:    http.NewResponseController(w),
-		r:     r,
-		owner: b.cfg.ReplicaID + "/" + randomID()[:12],
-		creds: map[string]*credential{},
+		b:         b,
+		w:         w,
+		rc:        http.NewResponseController(w),
+		r:         r,
+		owner:     b.cfg.ReplicaID + "/" + randomID()[:12],
+		creds:     map[string]*credential{},
+		opened:    time.Now(),
+		endReason: "client gone",
 	}
 	sess, resumed, err := ls.open(ctx)
 	if err != nil {
@@ -63,7 +68,7 @@ func (b *Bridge) serveStream(w http.ResponseWriter, r *http.Request) {
 	if !ls.sendEndpoint() {
 		return
 	}
-	b.log.Debug("stream opened", zap.String("session", ls.addr), zap.Uint64("after", ls.after), zap.Bool("resumed", resumed))
+	b.log.Debug("stream opened", zap.String("session", shortID(ls.addr)), zap.Uint64("after", ls.after), zap.Bool("resumed", resumed))
 
 	ls.pumpCtx, ls.stopPumps = context.WithCancel(b.background)
 	if sess.Initialized {
@@ -106,6 +111,12 @@ type legacyStream struct {
 	seekUntil       time.Time
 	held            string
 	adoptTimer      *time.Timer
+
+	// For the "stream ended" log: when it opened, what it delivered, and
+	// why it ended.
+	opened    time.Time
+	delivered int
+	endReason string
 }
 
 // open resumes the session Last-Event-ID names (the caller's own), or
@@ -144,6 +155,9 @@ func (ls *legacyStream) open(ctx context.Context) (*sessionstore.Session, bool, 
 		ExpiresAt:       now.Add(b.lease() + b.cfg.SessionTTL),
 	}
 	err := b.retryUnavailable(ctx, func() error { return b.store.Create(ctx, sess) })
+	if err == nil {
+		b.sessionStarted(ls.r, sess)
+	}
 	return sess, false, err
 }
 
@@ -201,6 +215,7 @@ func (ls *legacyStream) run(ctx context.Context) {
 			}
 		case <-keepalive.C:
 			if !ls.write([]byte(": ping\n\n")) || !ls.renewLeases(ctx) {
+				ls.ended("write failed or session taken over")
 				return
 			}
 			b.recoverOrphans(ctx, ls.cur)
@@ -209,6 +224,7 @@ func (ls *legacyStream) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-b.shuttingDown:
+			ls.ended("server shutting down")
 			// What is already in the mailbox goes out first.
 			if ls.relayMailbox(ctx) {
 				ls.write([]byte(": server shutting down, reconnect\n\n"))
@@ -226,14 +242,19 @@ func (ls *legacyStream) relayMailbox(ctx context.Context) bool {
 	for {
 		msgs, err := b.store.Read(ctx, ls.cur, ls.after, readBatch)
 		if err != nil {
-			if errors.Is(err, sessionstore.ErrNotFound) || ctx.Err() != nil {
+			if errors.Is(err, sessionstore.ErrNotFound) {
+				ls.ended("session ended")
+				return false
+			}
+			if ctx.Err() != nil {
 				return false
 			}
 			// Keep the stream: the store may come back. Retry on the next
 			// wake-up or keepalive.
-			b.log.Warn("reading mailbox", zap.String("session", ls.cur), zap.Error(err))
+			b.log.Warn("reading mailbox", zap.String("session", shortID(ls.cur)), zap.Error(err))
 			return true
 		}
+		b.metrics.mailboxRead(len(msgs))
 		ls.buf = ls.buf[:0]
 		linkChanged := false
 		for _, m := range msgs {
@@ -249,10 +270,13 @@ func (ls *legacyStream) relayMailbox(ctx context.Context) bool {
 				break
 			}
 			if !ls.appendMessage(m) {
+				ls.ended("write failed")
 				return false
 			}
+			ls.delivered++
 		}
 		if len(ls.buf) > 0 && !ls.write(ls.buf) {
+			ls.ended("write failed")
 			return false
 		}
 		if cap(ls.buf) > maxKeptBuffer {
@@ -296,7 +320,7 @@ func (ls *legacyStream) ack(ctx context.Context) bool {
 	case errors.Is(err, sessionstore.ErrNotOwner), errors.Is(err, sessionstore.ErrNotFound):
 		return false
 	case err != nil && ctx.Err() == nil:
-		ls.b.log.Debug("acknowledging mailbox", zap.String("session", ls.cur), zap.Error(err))
+		ls.b.log.Debug("acknowledging mailbox", zap.String("session", shortID(ls.cur)), zap.Error(err))
 	}
 	return true
 }
@@ -342,7 +366,7 @@ func (ls *legacyStream) syncLink(ctx context.Context, holdEnded bool) {
 	case addr.Link == "":
 		if ls.held != "" {
 			b.log.Info("the client showed it is new: adoption undone",
-				zap.String("session", ls.addr), zap.String("adopted", ls.held))
+				zap.String("session", shortID(ls.addr)), zap.String("adopted", shortID(ls.held)))
 			b.releaseSession(ls.held, ls.owner)
 			ls.held, ls.adoptTimer = "", nil
 		}
@@ -373,7 +397,7 @@ func (ls *legacyStream) switchTo(ctx context.Context, id string) {
 		err = ls.follow(ctx, id)
 	}
 	if err != nil {
-		b.log.Warn("taking up the adopted session", zap.String("session", ls.addr), zap.String("adopted", id), zap.Error(err))
+		b.log.Warn("taking up the adopted session", zap.String("session", shortID(ls.addr)), zap.String("adopted", shortID(id)), zap.Error(err))
 		return
 	}
 	if ls.held != "" && ls.held != id {
@@ -384,7 +408,7 @@ func (ls *legacyStream) switchTo(ctx context.Context, id string) {
 	if sess.Initialized {
 		ls.startPump()
 	}
-	b.log.Info("stream continues the adopted session", zap.String("session", ls.addr), zap.String("adopted", id))
+	b.log.Info("stream continues the adopted session", zap.String("session", shortID(ls.addr)), zap.String("adopted", shortID(id)))
 	b.recoverOrphans(ctx, id)
 }
 
@@ -443,7 +467,15 @@ func (ls *legacyStream) end() {
 	for id, c := range ls.creds {
 		ls.b.streamEnded(id, c)
 	}
-	ls.b.log.Debug("stream closed", zap.String("session", ls.addr))
+	ls.b.log.Info("stream ended", zap.String("session", shortID(ls.addr)), zap.String("reason", ls.endReason),
+		zap.Duration("duration", time.Since(ls.opened).Round(time.Millisecond)), zap.Int("messages", ls.delivered))
+}
+
+// ended records why the stream ends, unless the client left first.
+func (ls *legacyStream) ended(reason string) {
+	if ls.r.Context().Err() == nil {
+		ls.endReason = reason
+	}
 }
 
 func (ls *legacyStream) write(p []byte) bool {
@@ -496,11 +528,11 @@ func (b *Bridge) renewLease(ctx context.Context, id, owner string) bool {
 	case err == nil:
 		return true
 	case errors.Is(err, sessionstore.ErrNotOwner), errors.Is(err, sessionstore.ErrNotFound):
-		b.log.Debug("stream lost its session", zap.String("session", id), zap.Error(err))
+		b.log.Debug("stream lost its session", zap.String("session", shortID(id)), zap.Error(err))
 		return false
 	default:
 		if ctx.Err() == nil {
-			b.log.Warn("renewing lease", zap.String("session", id), zap.Error(err))
+			b.log.Warn("renewing lease", zap.String("session", shortID(id)), zap.Error(err))
 		}
 		return true
 	}
@@ -521,6 +553,7 @@ func (b *Bridge) releaseSession(id, owner string) {
 		}
 		s.Owner = ""
 		s.OwnerLeaseUntil = time.Time{}
+		s.ReleasedAt = now
 		ttl := b.cfg.SessionTTL
 		if neverInitialized(s) && s.Link == "" {
 			ttl = min(ttl, b.cfg.UninitializedTTL)
@@ -529,7 +562,7 @@ func (b *Bridge) releaseSession(id, owner string) {
 		return nil
 	})
 	if err != nil && !errors.Is(err, sessionstore.ErrNotOwner) && !errors.Is(err, sessionstore.ErrNotFound) {
-		b.log.Warn("releasing session", zap.String("session", id), zap.Error(err))
+		b.log.Warn("releasing session", zap.String("session", shortID(id)), zap.Error(err))
 	}
 }
 

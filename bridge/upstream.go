@@ -28,25 +28,6 @@ const (
 // maxErrorBody bounds how much of an upstream error body is read.
 const maxErrorBody = 64 << 10
 
-func newUpstreamTransport(headerTimeout time.Duration) *http.Transport {
-	return &http.Transport{
-		DialContext: (&net.Dialer{
-			Timeout:   10 * time.Second,
-			KeepAlive: 30 * time.Second,
-		}).DialContext,
-		ForceAttemptHTTP2:     true,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ExpectContinueTimeout: time.Second,
-		// Bounds a black-holed upstream. A streaming answer sends its
-		// headers at once and is never cut; a JSON-mode upstream sends them
-		// only with the result, so the bound must outlast its longest call.
-		ResponseHeaderTimeout: headerTimeout,
-		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   256,
-		IdleConnTimeout:       90 * time.Second,
-	}
-}
-
 // upstreamStatus is what a legacy POST learns about its upstream request.
 type upstreamStatus struct {
 	code int
@@ -106,7 +87,7 @@ func (b *Bridge) track(ctx context.Context, c *call, sess *sessionstore.Session)
 				return false
 			}
 		default:
-			b.log.Warn("recording a request in flight", zap.String("session", c.sessionID), zap.Error(err))
+			b.log.Warn("recording a request in flight", zap.String("session", shortID(c.sessionID)), zap.Error(err))
 			return true
 		}
 	}
@@ -176,7 +157,7 @@ func (b *Bridge) forward(c *call) {
 			sess = revived
 		} else {
 			b.log.Warn("opening an upstream session for a returning client",
-				zap.String("session", c.sessionID), zap.Error(err))
+				zap.String("session", shortID(c.sessionID)), zap.Error(err))
 		}
 	}
 	for attempt := 0; ; attempt++ {
@@ -188,6 +169,7 @@ func (b *Bridge) forward(c *call) {
 				return
 			}
 		}
+		sent := time.Now()
 		resp, err := b.do(ctx, http.MethodPost, sess, c.client, c.msg, "")
 		if err != nil {
 			b.failUpstream(c, "forwarding", err)
@@ -196,6 +178,7 @@ func (b *Bridge) forward(c *call) {
 		if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 			c.report(&upstreamStatus{code: resp.StatusCode})
 			b.relayResponse(ctx, sess, c, resp, isInit)
+			b.metrics.upstreamTook(methodLabel(c.env), time.Since(sent))
 			if c.env.Kind == KindNotification && c.env.Method == "notifications/initialized" {
 				b.markInitialized(ctx, c.sessionID)
 			}
@@ -205,7 +188,7 @@ func (b *Bridge) forward(c *call) {
 		resp.Body.Close()
 		if attempt == 0 && !isInit && upstreamSessionLost(sess, resp.StatusCode, body) {
 			b.log.Info("upstream session lost, re-initialising",
-				zap.String("session", c.sessionID), zap.Int("status", resp.StatusCode))
+				zap.String("session", shortID(c.sessionID)), zap.Int("status", resp.StatusCode))
 			fresh, err := b.reinitialize(ctx, sess, c.client)
 			if err != nil {
 				b.failUpstream(c, "re-initialising the lost upstream session", err)
@@ -246,7 +229,7 @@ func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, 
 	onMessage := func(msg []byte, resumed bool) bool {
 		env, err := PeekEnvelope(msg)
 		if err != nil {
-			b.log.Debug("dropping an invalid upstream message", zap.String("session", c.sessionID), zap.Error(err))
+			b.log.Debug("dropping an invalid upstream message", zap.String("session", shortID(c.sessionID)), zap.Error(err))
 			return false
 		}
 		// On the request's own stream a response is its answer (whatever
@@ -254,11 +237,12 @@ func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, 
 		if env.Kind == KindResponse && c.env.Kind == KindRequest && (!resumed || answersCall(env, c)) {
 			if isInit {
 				if err := b.recordInitialize(ctx, c, upstreamSessionID, msg, env); err != nil {
-					b.log.Warn("recording initialize", zap.String("session", c.sessionID), zap.Error(err))
+					b.log.Warn("recording initialize", zap.String("session", shortID(c.sessionID)), zap.Error(err))
 				}
 			}
 			// The response on a request's own stream answers that request;
 			// give it the client's id byte for byte.
+			b.noteMessage(c.sessionID, toClient, env)
 			b.answer(c, ReplaceID(msg, env, c.env.ID))
 			return true
 		}
@@ -271,7 +255,7 @@ func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, 
 			return
 		}
 		if err := b.store.SetRequestEventID(ctx, c.sessionID, c.key, eventID); err != nil {
-			b.log.Debug("recording the upstream event id", zap.String("session", c.sessionID), zap.Error(err))
+			b.log.Debug("recording the upstream event id", zap.String("session", shortID(c.sessionID)), zap.Error(err))
 		}
 	}
 
@@ -286,11 +270,13 @@ func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, 
 			b.failUpstream(c, "reading the response", err)
 			return
 		case int64(len(body)) > b.cfg.MaxMessageSize:
-			b.fail(c, "upstream response larger than max_message_size")
+			b.metrics.upstreamFailed("invalid_response")
+			b.fail(c, "upstream_error", "upstream response larger than max_message_size")
 			return
 		case !json.Valid(body):
 			if len(bytes.TrimSpace(body)) > 0 {
-				b.fail(c, "upstream response is not valid JSON")
+				b.metrics.upstreamFailed("invalid_response")
+				b.fail(c, "upstream_error", "upstream response is not valid JSON")
 				return
 			}
 		case isArray(body):
@@ -302,7 +288,8 @@ func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, 
 		}
 	}
 	if c.env.Kind == KindRequest && !c.answered.Load() {
-		b.fail(c, "upstream ended the request without a response")
+		b.metrics.upstreamFailed("ended_without_answer")
+		b.fail(c, "no_answer", "upstream ended the request without a response")
 	}
 }
 
@@ -333,7 +320,7 @@ func (b *Bridge) recordInitialize(ctx context.Context, c *call, upstreamSessionI
 	}
 	// Kept beyond the session, to revive the caller's next lost session.
 	if err := b.store.RememberInitialize(ctx, sess.Fingerprint, sess.Upstream, c.msg, b.cfg.InitializeTTL); err != nil {
-		b.log.Debug("remembering the caller's initialize", zap.String("session", c.sessionID), zap.Error(err))
+		b.log.Debug("remembering the caller's initialize", zap.String("session", shortID(c.sessionID)), zap.Error(err))
 	}
 	return nil
 }
@@ -374,24 +361,50 @@ func (b *Bridge) do(ctx context.Context, method string, sess *sessionstore.Sessi
 	if req.Header.Get("User-Agent") == "" {
 		req.Header.Set("User-Agent", "caddy-mcp-sse-bridge")
 	}
-	return b.client.Do(req)
+	via := b.client
+	if method == http.MethodGet {
+		via = b.streamClient
+	}
+	resp, err := via.Do(req)
+	status := 0
+	if err == nil {
+		status = resp.StatusCode
+	}
+	b.metrics.upstreamRequest(upstreamMethodLabel(method, body), status)
+	return resp, err
+}
+
+// upstreamMethodLabel is the method label of an upstream request.
+func upstreamMethodLabel(method string, body []byte) string {
+	switch method {
+	case http.MethodGet:
+		return "stream"
+	case http.MethodDelete:
+		return "delete"
+	}
+	env, err := PeekEnvelope(body)
+	if err != nil {
+		return "other"
+	}
+	return methodLabel(env)
 }
 
 // fail answers a client request with a JSON-RPC error carrying its id, unless
 // the client cancelled it. Failures of notifications and responses are only
 // logged: there is nobody to answer.
-func (b *Bridge) fail(c *call, message string) {
+func (b *Bridge) fail(c *call, reason, message string) {
 	if b.background.Err() != nil {
 		// Cut short by a shutdown: its record (with the upstream event id)
 		// is left to the replica that takes over.
-		b.log.Info("request left to another replica", zap.String("session", c.sessionID), zap.String("reason", message))
+		b.log.Info("request left to another replica", zap.String("session", shortID(c.sessionID)), zap.String("reason", message))
 		return
 	}
 	if c.env.Kind != KindRequest {
 		b.log.Warn("upstream did not take a client message",
-			zap.String("session", c.sessionID), zap.String("method", c.env.Method), zap.String("reason", message))
+			zap.String("session", shortID(c.sessionID)), zap.String("method", c.env.Method), zap.String("reason", message))
 		return
 	}
+	b.metrics.errorAnswered(reason)
 	b.answer(c, errorMessage(c.env.ID, codeInternalError, message))
 }
 
@@ -400,17 +413,20 @@ func (b *Bridge) fail(c *call, message string) {
 // the log.
 func (b *Bridge) failUpstream(c *call, doing string, err error) {
 	if b.background.Err() == nil {
-		b.log.Warn("upstream request failed", zap.String("session", c.sessionID), zap.String("method", c.env.Method),
+		b.log.Warn("upstream request failed", zap.String("session", shortID(c.sessionID)), zap.String("method", methodLabel(c.env)),
 			zap.String("while", doing), zap.Error(err))
 	}
 	var netErr net.Error
 	switch {
 	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout()):
-		b.fail(c, "upstream timed out ("+doing+")")
+		b.metrics.upstreamFailed("timeout")
+		b.fail(c, "upstream_timeout", "upstream timed out ("+doing+")")
 	case errors.As(err, &netErr):
-		b.fail(c, "upstream unreachable ("+doing+")")
+		b.metrics.upstreamFailed("unreachable")
+		b.fail(c, "upstream_unreachable", "upstream unreachable ("+doing+")")
 	default:
-		b.fail(c, "upstream failed ("+doing+")")
+		b.metrics.upstreamFailed("unreachable")
+		b.fail(c, "upstream_unreachable", "upstream failed ("+doing+")")
 	}
 }
 
@@ -418,9 +434,13 @@ func (b *Bridge) failUpstream(c *call, doing string, err error) {
 // with the upstream's own JSON-RPC error when it sent one (re-keyed to the
 // request's id; servers put null there), else with a made-up one.
 func (b *Bridge) failFromHTTP(c *call, status int, body []byte) {
+	b.metrics.upstreamFailed("http_status")
+	b.log.Warn("upstream request failed", zap.String("session", shortID(c.sessionID)), zap.String("method", methodLabel(c.env)),
+		zap.String("reason", "http_status"), zap.Int("status", status))
 	if c.env.Kind == KindRequest && json.Valid(body) && !isArray(body) {
 		if env, err := PeekEnvelope(body); err == nil && env.Kind == KindResponse {
 			if e := env.ErrorMember(body); e != nil {
+				b.metrics.errorAnswered("upstream_error")
 				b.answer(c, errorResponse(c.env.ID, e))
 				return
 			}
@@ -434,7 +454,7 @@ func (b *Bridge) failFromHTTP(c *call, status int, body []byte) {
 	if text != "" {
 		msg += ": " + text
 	}
-	b.fail(c, msg)
+	b.fail(c, "upstream_error", msg)
 }
 
 // answer delivers the one answer to a client request: exactly once, even
@@ -458,7 +478,7 @@ func (b *Bridge) answer(c *call, msg []byte) {
 	b.retryAppend(c.sessionID, func() error {
 		done, err := b.store.FinishRequest(b.background, c.sessionID, c.key, sessionstore.Message{Data: data})
 		if err == nil && !done {
-			b.log.Debug("another replica answered the request", zap.String("session", c.sessionID))
+			b.log.Debug("another replica answered the request", zap.String("session", shortID(c.sessionID)))
 		}
 		return err
 	})
@@ -523,7 +543,7 @@ func (b *Bridge) markInitialized(ctx context.Context, id string) {
 		s.Initialized = true
 		return nil
 	}); err != nil {
-		b.log.Warn("recording initialization", zap.String("session", id), zap.Error(err))
+		b.log.Warn("recording initialization", zap.String("session", shortID(id)), zap.Error(err))
 		return
 	}
 	b.signalUpstreamSession(ctx, id)

@@ -47,6 +47,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		drain_timeout <duration>
 //		max_message_size <size>
 //		max_inflight <n>
+//		max_upstream_conns <n>
+//		upstream_h2c
 //		allowed_origins <origin...>
 //		identity <placeholder>
 //		identity_secret <secret>
@@ -157,6 +159,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := parsePositiveInt(d, &h.MaxInflight); err != nil {
 				return err
 			}
+		case "max_upstream_conns":
+			if err := parsePositiveInt(d, &h.MaxUpstreamConns); err != nil {
+				return err
+			}
+		case "upstream_h2c":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.UpstreamH2C = true
 		case "allowed_origins":
 			origins := d.RemainingArgs()
 			if len(origins) == 0 {

@@ -114,6 +114,19 @@ type Handler struct {
 	// It also bounds one message read from the upstream. Default: 4 MiB.
 	MaxMessageSize int64 `json:"max_message_size,omitempty"`
 
+	// MaxUpstreamConns bounds the connections this handler's calls open to
+	// the upstream; calls beyond it wait for a free connection (never
+	// refused). Each HTTP/1 call in flight holds a connection, a long
+	// streamed tool call for as long as it runs; over HTTP/2 calls share
+	// connections. The sessions' server→client GET streams have their own
+	// connections, outside the bound. Default: 512.
+	MaxUpstreamConns int `json:"max_upstream_conns,omitempty"`
+
+	// UpstreamH2C speaks HTTP/2 over plain text (prior knowledge) to an
+	// http:// upstream that supports it. Default: off (https upstreams
+	// negotiate HTTP/2 by ALPN regardless).
+	UpstreamH2C bool `json:"upstream_h2c,omitempty"`
+
 	// MaxInflight bounds the messages in flight upstream for one session on
 	// one replica; beyond it a POST gets 503. Default: 256.
 	MaxInflight int `json:"max_inflight,omitempty"`
@@ -160,7 +173,9 @@ type Handler struct {
 	defaultStore *MemoryStore
 	// doneWithStore ends this handler's use of the store (see useStore).
 	doneWithStore func() (gone bool)
-	logger        *zap.Logger
+	// usesMetrics is set while the handler holds the process's metrics.
+	usesMetrics bool
+	logger      *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -206,6 +221,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("parsing upstream %q: %w", h.Upstream, err)
 	}
+	metrics, err := useMetrics(ctx)
+	if err != nil {
+		return err
+	}
+	h.usesMetrics = true
 	var publicURL *url.URL
 	if h.PublicURL != "" {
 		if publicURL, err = url.Parse(h.PublicURL); err != nil {
@@ -218,6 +238,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		MessagePath:           h.MessagePath,
 		Keepalive:             time.Duration(h.Keepalive),
 		StreamWriteTimeout:    time.Duration(h.StreamWriteTimeout),
+		MaxUpstreamConns:      h.MaxUpstreamConns,
+		UpstreamH2C:           h.UpstreamH2C,
 		IdentitySecret:        caddy.NewReplacer().ReplaceAll(h.IdentitySecret, ""),
 		Identity:              h.identity(),
 		PublicURL:             publicURL,
@@ -236,10 +258,17 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		ReplicaID:             replicaID(),
 		HeaderUp:              h.headerUp,
 		OriginalPath:          originalPath,
+		Metrics:               metrics,
 		Logger:                h.logger,
 	}, h.store.SessionStore())
 	if err != nil {
 		return fmt.Errorf("setting up the bridge: %w", err)
+	}
+
+	if _, _, err := liveBridges.LoadOrNew(h.poolKey(), func() (caddy.Destructor, error) {
+		return pooledBridge{h.bridge}, nil
+	}); err != nil {
+		return err
 	}
 
 	// When Caddy exits, end streams at once (an eternal grace period would
@@ -272,7 +301,7 @@ func (h *Handler) Validate() error {
 		"initialize_ttl": int64(h.InitializeTTL), "drain_timeout": int64(h.DrainTimeout),
 		"uninitialized_ttl": int64(h.UninitializedTTL), "upstream_header_timeout": int64(h.UpstreamHeaderTimeout),
 		"new_session_rate": int64(math.Ceil(h.NewSessionRate)), "new_session_burst": int64(h.NewSessionBurst),
-		"stream_write_timeout": int64(h.StreamWriteTimeout),
+		"stream_write_timeout": int64(h.StreamWriteTimeout), "max_upstream_conns": int64(h.MaxUpstreamConns),
 	} {
 		if v < 0 {
 			return fmt.Errorf("%s must not be negative, got %d", name, v)
@@ -330,6 +359,12 @@ const defaultDrainTimeout = 10 * time.Second
 // end once the requests in flight are answered on them (for at most
 // drain_timeout), so that their clients reconnect to the new configuration.
 func (h *Handler) Cleanup() error {
+	if h.bridge != nil {
+		_, _ = liveBridges.Delete(h.poolKey())
+	}
+	if h.usesMetrics {
+		releaseMetrics()
+	}
 	if h.doneWithStore != nil {
 		h.retireBridge(h.doneWithStore())
 	}
@@ -378,6 +413,9 @@ func (h *Handler) retireBridge(storeGone bool) {
 		releaseStore(h.store)
 	}()
 }
+
+// poolKey names this handler in liveBridges.
+func (h *Handler) poolKey() string { return fmt.Sprintf("bridge/%p", h) }
 
 // ServeHTTP serves the bridge's two endpoints and passes other requests on.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {

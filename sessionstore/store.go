@@ -98,6 +98,9 @@ type Session struct {
 	NoAdopt bool `json:"no_adopt,omitempty"`
 	// CreatedAt is when the legacy stream first opened.
 	CreatedAt time.Time `json:"created_at"`
+	// ReleasedAt is when the last stream let the session go (zero while a
+	// stream holds it), for the admin API's idle time.
+	ReleasedAt time.Time `json:"released_at,omitzero"`
 	// ExpiresAt is when the session may be reaped: pushed forward while a
 	// stream holds it, set to disconnect time plus the session TTL after.
 	ExpiresAt time.Time `json:"expires_at"`
@@ -211,6 +214,15 @@ type Request struct {
 // LapsedReplicaMemory is how long stores keep a replica whose heartbeat
 // lapsed, for LapsedReplicas.
 const LapsedReplicaMemory = time.Hour
+
+// ShortID is how logs and errors name a session: enough to follow it, not
+// enough to use it (a session id is a bearer secret of its client).
+func ShortID(id string) string {
+	if len(id) > 8 {
+		return id[:8]
+	}
+	return id
+}
 
 // OwnerReplica returns the replica part of a Session.Owner value.
 func OwnerReplica(owner string) string {

@@ -315,7 +315,7 @@ func decode(id string, rec, acked any) (*sessionstore.Session, error) {
 	}
 	var sess sessionstore.Session
 	if err := json.Unmarshal([]byte(str), &sess); err != nil {
-		return nil, fmt.Errorf("redis session store: decoding session %q: %w", id, err)
+		return nil, fmt.Errorf("redis session store: decoding session %q: %w", sessionstore.ShortID(id), err)
 	}
 	sess.ID = id
 	sess.Delivered = 0
@@ -457,12 +457,12 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*sessionstore.Ses
 			if err := s.syncIndexes(ctx, id, exp, next.Fingerprint, cur.Fingerprint, cur.Caller, ttl); err != nil {
 				// The session is updated; the indexes are repaired by the
 				// next writer or by Expired.
-				s.log.Warn("indexing session", zap.String("session", id), zap.Error(err))
+				s.log.Warn("indexing session", zap.String("session", sessionstore.ShortID(id)), zap.Error(err))
 			}
 		}
 		return next, nil
 	}
-	return nil, fmt.Errorf("%w: updating session %q: still contended after %d tries", sessionstore.ErrUnavailable, id, updateTries)
+	return nil, fmt.Errorf("%w: updating session %q: still contended after %d tries", sessionstore.ErrUnavailable, sessionstore.ShortID(id), updateTries)
 }
 
 // backoff waits a short random time that grows with the try.
@@ -601,7 +601,7 @@ func (s *Store) Delete(ctx context.Context, id string) (bool, error) {
 		return nil
 	}); err != nil {
 		// Deleted; readers of the indexes drop entries of missing sessions.
-		s.log.Debug("removing index entries", zap.String("session", id), zap.Error(err))
+		s.log.Debug("removing index entries", zap.String("session", sessionstore.ShortID(id)), zap.Error(err))
 	}
 	return true, nil
 }
@@ -626,7 +626,7 @@ func (s *Store) load(ctx context.Context, ids []string) ([]*sessionstore.Session
 		}
 		sess, err := decode(ids[i], vals[0], vals[1])
 		if err != nil {
-			s.log.Warn("skipping undecodable session", zap.String("session", ids[i]), zap.Error(err))
+			s.log.Warn("skipping undecodable session", zap.String("session", sessionstore.ShortID(ids[i])), zap.Error(err))
 			continue
 		}
 		out[i] = sess
@@ -699,7 +699,7 @@ func (s *Store) Expired(ctx context.Context, now time.Time, limit int) ([]*sessi
 	for _, sess := range stale {
 		exp := score(sess.ExpiresAt)
 		if err := s.syncIndexes(ctx, sess.ID, exp, sess.Fingerprint, "", sess.Caller, s.keyTTL(sess.ExpiresAt)); err != nil {
-			s.log.Debug("correcting index entry", zap.String("session", sess.ID), zap.Error(err))
+			s.log.Debug("correcting index entry", zap.String("session", sessionstore.ShortID(sess.ID)), zap.Error(err))
 		}
 	}
 	return out, nil
