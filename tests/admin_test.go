@@ -43,7 +43,16 @@ var adminSessionFields = []string{"id", "state", "owner_replica", "age_seconds",
 // shape: 200, JSON, {"sessions": [...]}, every member of every session.
 func listSessions(t testing.TB, hc *http.Client, admin string) []adminSession {
 	t.Helper()
+	return listSessionsQuery(t, hc, admin, "")
+}
+
+// listSessionsQuery is listSessions with a query string ("limit=1").
+func listSessionsQuery(t testing.TB, hc *http.Client, admin, query string) []adminSession {
+	t.Helper()
 	url := admin + "/mcp_sse_bridge/sessions"
+	if query != "" {
+		url += "?" + query
+	}
 	code, hdr, body := doRequest(t, hc, http.MethodGet, url, "", "")
 	if code != http.StatusOK {
 		t.Fatalf("GET %s: %d %s, want 200", url, code, short(body))
@@ -138,6 +147,10 @@ func endpointSessions(rc *replicaClient) []string {
 	return ids
 }
 
+// rcSSEErrorRe is the line replica-client.mjs prints when its event
+// stream ends or fails (the SDK's SseError through the client's onerror).
+var rcSSEErrorRe = regexp.MustCompile(`(?m)^error "SSE error.*$`)
+
 // sumMetric sums a metric over the replicas' /metrics.
 func sumMetric(t testing.TB, hc *http.Client, cl *cluster, name string, labels ...string) float64 {
 	t.Helper()
@@ -171,13 +184,16 @@ func waitSumMetric(t testing.TB, hc *http.Client, cl *cluster, what string, ok f
 // state "streaming", initialized, the upstream URL, no request in flight,
 // the same owner replica and protocol version. DELETE of that id on the
 // replica that does NOT hold the stream answers 200 {"deleted": id}; the
-// client's stream ends at once (its EventSource reconnects, three seconds
-// after, and gets a new session id); neither replica lists the deleted id
-// any more, both list the new one; a DELETE of an unknown id (and of the
-// deleted one again) is 404. sessions_ended_total{reason="deleted"} is 1
-// over the two replicas, one stream is open over the two, the upstream got
-// a DELETE, and a replica logs "session ended" with reason deleted and the
-// id's short form.
+// client's stream ends at once (the SDK reports it within a few seconds;
+// its EventSource reconnects three seconds after, and gets a new session
+// id); neither replica lists the deleted id any more, both list the new
+// one; a DELETE of an unknown id (and of the deleted one again) is 404;
+// with another session open, ?limit=1 lists one session.
+// sessions_ended_total{reason="deleted"} is 1 over the two replicas, two
+// streams are open over the two, the upstream got a DELETE, no label holds
+// a session id, and one replica logs "session ended" with reason deleted
+// and the id's short form. (Caddy's own admin log shows the DELETE's URI,
+// so the replicas' logs are not searched for full ids here.)
 func TestAdminAPISharedRedis(t *testing.T) {
 	requireRedisModule(t)
 	requireNode(t)
@@ -222,6 +238,8 @@ func TestAdminAPISharedRedis(t *testing.T) {
 	t.Logf("listed on both replicas: %+v", h)
 
 	// DELETE on the replica without the stream.
+	sseErrors := func() int { return len(rcSSEErrorRe.FindAllString(rc.p.out.String(), -1)) }
+	errorsBefore := sseErrors()
 	start := time.Now()
 	code, body := deleteSession(t, hc, other.adminURL(), sid)
 	var deleted struct {
@@ -231,8 +249,13 @@ func TestAdminAPISharedRedis(t *testing.T) {
 		t.Fatalf("DELETE /mcp_sse_bridge/sessions/%s on %s: %d %s, want 200 {\"deleted\":%q}", short8(sid), other.name, code, short(body), sid)
 	}
 
-	// The stream on the other replica ends at once; the client's
-	// EventSource reconnects three seconds later and gets a new session.
+	// The stream on the other replica ends at once (the SDK reports the
+	// end of its EventSource's stream through onerror); the EventSource
+	// reconnects three seconds later and gets a new session.
+	rc.p.waitUntil(t, "the end of the client's event stream after the DELETE", promptly, func(string) bool {
+		return sseErrors() > errorsBefore
+	})
+	t.Logf("the client's event stream ended %v after the DELETE", time.Since(start).Round(time.Millisecond))
 	const reconnectDelay = 3 * time.Second
 	var newSid string
 	rc.p.waitUntil(t, "an endpoint event with a new session after the DELETE", reconnectDelay+promptly, func(string) bool {
@@ -264,11 +287,27 @@ func TestAdminAPISharedRedis(t *testing.T) {
 		}
 	}
 
-	// Counted once, over the two replicas; one stream is open.
+	// ?limit=N bounds the list: with another session open, two are
+	// listed, one with limit=1.
+	observeStream(t, hc, cl.lb.sseURL())
+	for _, r := range cl.replicas {
+		deadline := time.Now().Add(promptly)
+		for len(listSessions(t, hc, r.adminURL())) < 2 {
+			if time.Now().After(deadline) {
+				t.Fatalf("replica %s lists %d session(s) with two open, want 2", r.name, len(listSessions(t, hc, r.adminURL())))
+			}
+			time.Sleep(50 * time.Millisecond) // polling interval, bounded by the deadline
+		}
+		if n := len(listSessionsQuery(t, hc, r.adminURL(), "limit=1")); n != 1 {
+			t.Errorf("replica %s: GET /mcp_sse_bridge/sessions?limit=1 lists %d sessions, want 1", r.name, n)
+		}
+	}
+
+	// Counted once, over the two replicas; the two streams are open.
 	if v := waitSumMetric(t, hc, cl, "1", func(v float64) bool { return v >= 1 }, "sessions_ended_total", "reason", "deleted"); v != 1 {
 		t.Errorf("sessions_ended_total{reason=\"deleted\"} summed over the replicas = %v, want 1", v)
 	}
-	waitSumMetric(t, hc, cl, "1 (the reconnected stream)", func(v float64) bool { return v == 1 }, "streams_open")
+	waitSumMetric(t, hc, cl, "2 (the reconnected stream and the other one)", func(v float64) bool { return v == 2 }, "streams_open")
 	waitSumMetric(t, hc, cl, ">= 1 (the upstream session ended)", func(v float64) bool { return v >= 1 }, "upstream_requests_total", "method", "delete")
 	for _, r := range cl.replicas {
 		checkNoSecrets(t, scrapeMetrics(t, hc, r.adminURL()), []string{sid, newSid})
@@ -464,7 +503,14 @@ func TestSessionLogs(t *testing.T) {
 			}
 		}
 	}
-	for what, secret := range map[string]string{"the token": token, "the full session id": sid, "a call's payload": payload} {
+	checkLogHoldsNone(t, out, map[string]string{"the token": token, "the full session id": sid, "a call's payload": payload})
+}
+
+// checkLogHoldsNone checks that no line of a process's output holds any of
+// secrets (by what they are).
+func checkLogHoldsNone(t testing.TB, out string, secrets map[string]string) {
+	t.Helper()
+	for what, secret := range secrets {
 		for _, line := range strings.Split(out, "\n") {
 			if strings.Contains(line, secret) {
 				t.Errorf("Caddy's log holds %s: %s", what, line)

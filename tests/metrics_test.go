@@ -335,8 +335,11 @@ func (c *obsClient) quit(t testing.TB) {
 // the stream gauge goes back to 0. Then a second client connects, the
 // upstream is killed and its call gets an error: upstream_errors_total
 // {reason="unreachable"} and error_answers_total{reason=
-// "upstream_unreachable"} increase. No scrape holds either session's id (nor,
-// in a label, its 8-digit short form) or the clients' bearer token.
+// "upstream_unreachable"} increase, and the bridge logs a warning "upstream
+// request failed" with the session's short id, method tools/call and reason
+// unreachable. No scrape holds either session's id (nor, in a label, its
+// 8-digit short form) or the clients' bearer token; neither does Caddy's
+// log.
 func TestMetricsTSClient(t *testing.T) {
 	requireNode(t)
 	up := startUpstream(t, specGoStatefulSSE)
@@ -437,6 +440,27 @@ func TestMetricsTSClient(t *testing.T) {
 	checkNoSecrets(t, m, []string{oc.session, oc2.session}, token)
 	t.Logf("after the outage: %s", summary(m))
 	oc2.quit(t)
+
+	// The failure is logged as a warning naming the session's short form,
+	// the method and the reason; Caddy's log holds no full session id and
+	// no token.
+	var warned []logLine
+	for _, l := range bridgeLogs(c.proc.out.String()) {
+		if l.msg() == "upstream request failed" && l.str("session") == short8(oc2.session) && l.str("method") == "tools/call" {
+			warned = append(warned, l)
+		}
+	}
+	if len(warned) == 0 {
+		t.Errorf("no warn line \"upstream request failed\" with session %s and method tools/call", short8(oc2.session))
+	}
+	for _, l := range warned {
+		if l.str("level") != "warn" || l.str("reason") != "unreachable" {
+			t.Errorf("\"upstream request failed\": level %q, reason %q, want warn and unreachable: %s", l.str("level"), l.str("reason"), l.raw)
+		}
+	}
+	checkLogHoldsNone(t, c.proc.out.String(), map[string]string{
+		"the token": token, "the first session's id": oc.session, "the second session's id": oc2.session,
+	})
 }
 
 // summary lists the bridge's series of m (for the test's log).
