@@ -472,9 +472,10 @@ func (u *upstream) restart() {
 
 // caddy is a running Caddy built from this repository.
 type caddy struct {
-	port int
-	base string // http://127.0.0.1:PORT
-	proc *proc
+	port  int
+	base  string // http://127.0.0.1:PORT
+	admin string // http://127.0.0.1:ADMINPORT, the admin endpoint; "" when it is off
+	proc  *proc
 }
 
 // bridgeBlock is an mcp_sse_bridge directive for upstreamURL with short
@@ -503,14 +504,37 @@ type site struct {
 	body string // the content of the site block
 }
 
+// caddyOptions are global options of a generated Caddyfile.
+type caddyOptions struct {
+	// admin turns the admin endpoint on, on a free loopback port
+	// (caddy.admin); without it the Caddyfile has `admin off`.
+	admin bool
+	// debug sets the log level to DEBUG whatever E2E_DEBUG says.
+	debug bool
+}
+
 // startCaddySites starts one Caddy process serving sites and returns a
 // handle per site (they share the process).
 func startCaddySites(t testing.TB, sites ...site) []*caddy {
 	t.Helper()
+	return startCaddyWith(t, caddyOptions{}, sites...)
+}
+
+// startCaddyWith is startCaddySites with global options.
+func startCaddyWith(t testing.TB, opts caddyOptions, sites ...site) []*caddy {
+	t.Helper()
 	dir := t.TempDir()
 	var cf strings.Builder
-	cf.WriteString("{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n\tgrace_period 1s\n")
-	if os.Getenv("E2E_DEBUG") == "1" {
+	adminPort, admin := 0, ""
+	if opts.admin {
+		adminPort = freePort(t)
+		admin = fmt.Sprintf("http://127.0.0.1:%d", adminPort)
+		fmt.Fprintf(&cf, "{\n\tadmin 127.0.0.1:%d\n", adminPort)
+	} else {
+		cf.WriteString("{\n\tadmin off\n")
+	}
+	cf.WriteString("\tauto_https off\n\tpersist_config off\n\tgrace_period 1s\n")
+	if opts.debug || os.Getenv("E2E_DEBUG") == "1" {
 		cf.WriteString("\tdebug\n")
 	}
 	cf.WriteString("}\n")
@@ -520,7 +544,7 @@ func startCaddySites(t testing.TB, sites ...site) []*caddy {
 		if port == 0 {
 			port = freePort(t)
 		}
-		handles[i] = &caddy{port: port, base: fmt.Sprintf("http://127.0.0.1:%d", port)}
+		handles[i] = &caddy{port: port, base: fmt.Sprintf("http://127.0.0.1:%d", port), admin: admin}
 		fmt.Fprintf(&cf, "\nhttp://127.0.0.1:%d {\n\tbind 127.0.0.1\n\t%s\n}\n", port, st.body)
 	}
 	path := filepath.Join(dir, "Caddyfile")
@@ -541,6 +565,9 @@ func startCaddySites(t testing.TB, sites ...site) []*caddy {
 	for _, h := range handles {
 		h.proc = p
 		waitTCP(t, p, fmt.Sprintf("127.0.0.1:%d", h.port), 20*time.Second)
+	}
+	if opts.admin {
+		waitTCP(t, p, fmt.Sprintf("127.0.0.1:%d", adminPort), 10*time.Second)
 	}
 	return handles
 }
