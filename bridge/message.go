@@ -11,11 +11,11 @@ import (
 	"slices"
 	"time"
 	"unicode/utf8"
-
-	"go.uber.org/zap"
-
-	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore"
 )
+
+// The message endpoint, first step of a message's way: POST message_path
+// checks what the client sent, finds the session it serves, starts a call
+// per message (call.go) and answers 202 once the upstream took them.
 
 // serveMessage serves POST message_path?sessionId=…: one JSON-RPC message
 // (or a batch, which is split) for the session's upstream.
@@ -205,60 +205,4 @@ func (b *Bridge) upstreamHeaders(r *http.Request) http.Header {
 		b.cfg.HeaderUp(r, h)
 	}
 	return h
-}
-
-// acquire reserves n in-flight message slots for the session.
-func (b *Bridge) acquire(id string, n int) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.inflight[id]+n > b.cfg.MaxInflight {
-		return false
-	}
-	b.inflight[id] += n
-	return true
-}
-
-func (b *Bridge) release(id string) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.inflight[id] <= 1 {
-		delete(b.inflight, id)
-	} else {
-		b.inflight[id]--
-	}
-}
-
-// deliver appends a message for the client to the session's mailbox.
-func (b *Bridge) deliver(sessionID string, data []byte) {
-	data = oneLine(data)
-	b.retryAppend(sessionID, func() error {
-		_, err := b.store.Append(b.background, sessionID, sessionstore.Message{Data: data})
-		return err
-	})
-}
-
-// retryAppend runs an append until it succeeds. A full mailbox or a store
-// failure is retried with backoff for up to the session TTL (the stream may
-// be catching up, the store may be back); a session that is gone ends it.
-func (b *Bridge) retryAppend(sessionID string, appendOnce func() error) {
-	backoff := 10 * time.Millisecond
-	deadline := time.Now().Add(b.cfg.SessionTTL)
-	for {
-		err := appendOnce()
-		switch {
-		case err == nil:
-			return
-		case errors.Is(err, sessionstore.ErrNotFound):
-			b.log.Debug("dropping a message for a session that is gone", zap.String("session", shortID(sessionID)))
-			return
-		case time.Now().After(deadline) || b.background.Err() != nil:
-			b.log.Error("message for the client lost", zap.String("session", shortID(sessionID)), zap.Error(err))
-			return
-		}
-		select {
-		case <-time.After(backoff):
-		case <-b.background.Done():
-		}
-		backoff = min(2*backoff, time.Second)
-	}
 }
