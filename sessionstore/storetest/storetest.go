@@ -871,12 +871,16 @@ func testSubscribeWakesOnAppend(t *testing.T, st sessionstore.Store) {
 	checkMessages(t, "Read after coalesced wake-ups", msgs, seqRange(2, 6)...)
 
 	// A subscription to one session is not woken by another's mailbox.
-	other := newSession(t, ctx, st)
+	// Stores may wake asynchronously, but in order: once a marker
+	// session's wake-up arrived, every wake-up published before it has.
+	other, marker := newSession(t, ctx, st), newSession(t, ctx, st)
+	markerWake := subscribe(t, ctx, st, marker)
+	appendN(t, ctx, st, marker, 1, 1)
+	awaitWake(t, markerWake, "the first marker Append")
 	drain(ch)
 	appendN(t, ctx, st, other, 1, 1)
-	// Only a wake-up that is already there is flagged: a store that wakes
-	// asynchronously could still deliver a stray one later, which this
-	// check tolerates rather than sleeping.
+	appendN(t, ctx, st, marker, 2, 1)
+	awaitWake(t, markerWake, "the marker Append after the other session's")
 	select {
 	case <-ch:
 		t.Error("subscription woken by another session's Append")
