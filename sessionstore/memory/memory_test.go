@@ -34,6 +34,19 @@ func TestContract(t *testing.T) {
 	}
 }
 
+// TestLimits: the contract of sessionstore.Limits (max sessions, the mailbox
+// bound, SetLimits).
+func TestLimits(t *testing.T) {
+	storetest.RunLimits(t, func(t *testing.T, l sessionstore.Limits) storetest.LimitedStore {
+		return memory.New(memory.Options{
+			MaxSessions:          l.MaxSessions,
+			MaxPending:           l.MaxPending,
+			MaxSessionsPerCaller: l.MaxSessionsPerCaller,
+			ReplayWindow:         10,
+		})
+	})
+}
+
 func session(id string) *sessionstore.Session {
 	now := time.Now()
 	return &sessionstore.Session{
@@ -74,33 +87,6 @@ func seqs(t *testing.T, st *memory.Store, id string, after uint64) []uint64 {
 	return out
 }
 
-func TestMaxSessions(t *testing.T) {
-	ctx := context.Background()
-	st := memory.New(memory.Options{MaxSessions: 3})
-	for i := range 3 {
-		create(t, st, "s"+strconv.Itoa(i))
-	}
-	if err := st.Create(ctx, session("s3")); !errors.Is(err, sessionstore.ErrTooManySessions) {
-		t.Fatalf("fourth Create: %v, want ErrTooManySessions", err)
-	}
-	// An id that exists is reported as such even when the store is full.
-	if err := st.Create(ctx, session("s0")); !errors.Is(err, sessionstore.ErrExists) {
-		t.Errorf("Create(existing id) on a full store: %v, want ErrExists", err)
-	}
-	if n := st.Len(); n != 3 {
-		t.Errorf("Len = %d, want 3", n)
-	}
-	if ok, err := st.Delete(ctx, "s1"); !ok || err != nil {
-		t.Fatalf("Delete: (%v, %v)", ok, err)
-	}
-	if err := st.Create(ctx, session("s3")); err != nil {
-		t.Errorf("Create after a Delete made room: %v", err)
-	}
-	if n := st.Len(); n != 3 {
-		t.Errorf("Len = %d, want 3", n)
-	}
-}
-
 func TestDefaults(t *testing.T) {
 	ctx := context.Background()
 	st := memory.New(memory.Options{})
@@ -125,29 +111,6 @@ func TestDefaults(t *testing.T) {
 	}
 	if got := fmt.Sprint(seqs(t, st, "b", 0)); got != "[3 4]" {
 		t.Errorf("ReplayWindow -5: Read(0) after Ack(2) = %s, want [3 4]", got)
-	}
-}
-
-func TestMaxPending(t *testing.T) {
-	ctx := context.Background()
-	st := memory.New(memory.Options{MaxPending: 2, ReplayWindow: 10})
-	create(t, st, "a")
-	appendN(t, st, "a", 2)
-	if seq, err := st.Append(ctx, "a", sessionstore.Message{Data: []byte(`{}`)}); !errors.Is(err, sessionstore.ErrMailboxFull) {
-		t.Fatalf("third Append with MaxPending 2: (%d, %v), want ErrMailboxFull", seq, err)
-	}
-	// Delivered messages kept for replay do not count.
-	if err := st.Ack(ctx, "a", "", 1); err != nil {
-		t.Fatal(err)
-	}
-	if seq, err := st.Append(ctx, "a", sessionstore.Message{Data: []byte(`{}`)}); err != nil || seq != 3 {
-		t.Fatalf("Append after Ack(1): (%d, %v), want (3, nil)", seq, err)
-	}
-	if _, err := st.Append(ctx, "a", sessionstore.Message{Data: []byte(`{}`)}); !errors.Is(err, sessionstore.ErrMailboxFull) {
-		t.Errorf("Append beyond MaxPending again: %v, want ErrMailboxFull", err)
-	}
-	if got := fmt.Sprint(seqs(t, st, "a", 0)); got != "[1 2 3]" {
-		t.Errorf("Read(0) = %s, want [1 2 3] (1 kept for replay)", got)
 	}
 }
 
@@ -207,45 +170,6 @@ func seqRange(from, to uint64) []uint64 {
 		out = append(out, s)
 	}
 	return out
-}
-
-// TestReadNonPositiveLimit: a limit of zero or less returns nothing; it must
-// not panic the process.
-func TestReadNonPositiveLimit(t *testing.T) {
-	st := memory.New(memory.Options{})
-	create(t, st, "a")
-	appendN(t, st, "a", 3)
-	for _, limit := range []int{0, -1} {
-		func() {
-			defer func() {
-				if r := recover(); r != nil {
-					t.Errorf("Read(0, %d) panicked: %v", limit, r)
-				}
-			}()
-			msgs, err := st.Read(context.Background(), "a", 0, limit)
-			if err != nil {
-				t.Errorf("Read(0, %d): %v", limit, err)
-			}
-			if len(msgs) != 0 {
-				t.Errorf("Read(0, %d) returned %d messages", limit, len(msgs))
-			}
-		}()
-	}
-}
-
-func TestExpiredNonPositiveLimit(t *testing.T) {
-	st := memory.New(memory.Options{})
-	s := session("a")
-	s.ExpiresAt = time.Now().Add(-time.Minute)
-	if err := st.Create(context.Background(), s); err != nil {
-		t.Fatal(err)
-	}
-	for _, limit := range []int{0, -1} {
-		got, err := st.Expired(context.Background(), time.Now(), limit)
-		if err != nil || len(got) != 0 {
-			t.Errorf("Expired(limit %d) = (%d sessions, %v), want none", limit, len(got), err)
-		}
-	}
 }
 
 func BenchmarkAppendRead(b *testing.B) {

@@ -47,6 +47,30 @@ func TestContract(t *testing.T) {
 	})
 }
 
+// TestLimits: the contract of sessionstore.Limits (max sessions, the mailbox
+// bound, SetLimits), on a single Redis and on a Cluster.
+func TestLimits(t *testing.T) {
+	requireRedis(t)
+	for _, c := range []struct {
+		name   string
+		client func(tb testing.TB) goredis.UniversalClient
+	}{
+		{"Single", func(tb testing.TB) goredis.UniversalClient { return newSingleClient(tb) }},
+		{"Cluster", func(tb testing.TB) goredis.UniversalClient { return newClusterClient(tb) }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			storetest.RunLimits(t, func(t *testing.T, l sessionstore.Limits) storetest.LimitedStore {
+				return newStore(t, c.client(t), Options{
+					MaxSessions:          l.MaxSessions,
+					MaxPending:           l.MaxPending,
+					MaxSessionsPerCaller: l.MaxSessionsPerCaller,
+					ReplayWindow:         10,
+				})
+			})
+		})
+	}
+}
+
 func session(id string) *sessionstore.Session {
 	now := time.Now().UTC().Truncate(time.Millisecond)
 	return &sessionstore.Session{
@@ -158,30 +182,6 @@ func TestNewOptions(t *testing.T) {
 	}
 }
 
-func TestMaxSessions(t *testing.T) {
-	ctx := context.Background()
-	st := newStore(t, newSingleClient(t), Options{MaxSessions: 3})
-	for i := range 3 {
-		create(t, st, "s"+strconv.Itoa(i))
-	}
-	if err := st.Create(ctx, session("s3")); !errors.Is(err, sessionstore.ErrTooManySessions) {
-		t.Fatalf("fourth Create: %v, want ErrTooManySessions", err)
-	}
-	// An id that exists is reported as such even when the store is full.
-	if err := st.Create(ctx, session("s0")); !errors.Is(err, sessionstore.ErrExists) {
-		t.Errorf("Create(existing id) on a full store: %v, want ErrExists", err)
-	}
-	if ok, err := st.Delete(ctx, "s1"); !ok || err != nil {
-		t.Fatalf("Delete: (%v, %v)", ok, err)
-	}
-	if err := st.Create(ctx, session("s3")); err != nil {
-		t.Errorf("Create after a Delete made room: %v", err)
-	}
-	if err := st.Create(ctx, session("s4")); !errors.Is(err, sessionstore.ErrTooManySessions) {
-		t.Errorf("Create on a full store again: %v, want ErrTooManySessions", err)
-	}
-}
-
 func TestDefaultMaxPending(t *testing.T) {
 	ctx := context.Background()
 	st := newStore(t, newSingleClient(t), Options{})
@@ -196,40 +196,6 @@ func TestDefaultMaxPending(t *testing.T) {
 	}
 	if got := seqs(t, st, "a", 0); len(got) != 64+24 || got[0] != 1000-64+1 {
 		t.Errorf("after Ack(1000) with the default ReplayWindow, Read(0) returned %d entries from %v", len(got), got[:min(1, len(got))])
-	}
-}
-
-func TestMaxPending(t *testing.T) {
-	ctx := context.Background()
-	st := newStore(t, newSingleClient(t), Options{MaxPending: 2, ReplayWindow: 10})
-	create(t, st, "a")
-	appendN(t, st, "a", 2)
-	if seq, err := st.Append(ctx, "a", sessionstore.Message{Data: []byte(`{}`)}); !errors.Is(err, sessionstore.ErrMailboxFull) {
-		t.Fatalf("third Append with MaxPending 2: (%d, %v), want ErrMailboxFull", seq, err)
-	}
-	// Delivered messages kept for replay do not count.
-	if err := st.Ack(ctx, "a", "", 1); err != nil {
-		t.Fatal(err)
-	}
-	if seq, err := st.Append(ctx, "a", sessionstore.Message{Data: []byte(`{}`)}); err != nil || seq != 3 {
-		t.Fatalf("Append after Ack(1): (%d, %v), want (3, nil)", seq, err)
-	}
-	if _, err := st.Append(ctx, "a", sessionstore.Message{Data: []byte(`{}`)}); !errors.Is(err, sessionstore.ErrMailboxFull) {
-		t.Errorf("Append beyond MaxPending again: %v, want ErrMailboxFull", err)
-	}
-	// FinishRequest appends too, and is refused the same way, keeping the
-	// request.
-	if err := st.TrackRequest(ctx, "a", "k", sessionstore.Request{ID: []byte("1"), Replica: "r"}); err != nil {
-		t.Fatal(err)
-	}
-	if done, err := st.FinishRequest(ctx, "a", "k", sessionstore.Message{Data: []byte(`{}`)}); done || !errors.Is(err, sessionstore.ErrMailboxFull) {
-		t.Errorf("FinishRequest into a full mailbox: (%v, %v), want ErrMailboxFull", done, err)
-	}
-	if reqs, err := st.ListRequests(ctx, "a"); err != nil || len(reqs) != 1 {
-		t.Errorf("requests after a refused FinishRequest: (%v, %v), want the request kept", reqs, err)
-	}
-	if got := fmt.Sprint(seqs(t, st, "a", 0)); got != "[1 2 3]" {
-		t.Errorf("Read(0) = %s, want [1 2 3] (1 kept for replay)", got)
 	}
 }
 
@@ -276,32 +242,6 @@ func TestReplayWindow(t *testing.T) {
 		if got, want := fmt.Sprint(seqs(t, st, "a", 0)), fmt.Sprint(seqRange(last-1, last)); got != want {
 			t.Errorf("round %d: Read(0) = %s, want %s", round, got, want)
 		}
-	}
-}
-
-func TestNonPositiveLimits(t *testing.T) {
-	ctx := context.Background()
-	st := newStore(t, newSingleClient(t), Options{})
-	create(t, st, "a")
-	appendN(t, st, "a", 3)
-	s := session("old")
-	s.ExpiresAt = time.Now().Add(-time.Minute)
-	if err := st.Create(ctx, s); err != nil {
-		t.Fatal(err)
-	}
-	for _, limit := range []int{0, -1} {
-		if msgs, err := st.Read(ctx, "a", 0, limit); err != nil || len(msgs) != 0 {
-			t.Errorf("Read(0, %d) = (%d messages, %v), want none", limit, len(msgs), err)
-		}
-		if got, err := st.Expired(ctx, time.Now(), limit); err != nil || len(got) != 0 {
-			t.Errorf("Expired(limit %d) = (%d sessions, %v), want none", limit, len(got), err)
-		}
-	}
-	if _, err := st.Read(ctx, "missing", 0, 0); !errors.Is(err, sessionstore.ErrNotFound) {
-		t.Errorf("Read(missing, limit 0): %v, want ErrNotFound", err)
-	}
-	if msgs, err := st.Read(ctx, "a", ^uint64(0), 10); err != nil || len(msgs) != 0 {
-		t.Errorf("Read(after max uint64) = (%v, %v), want none", msgs, err)
 	}
 }
 
@@ -963,20 +903,6 @@ func TestSwapClient(t *testing.T) {
 	}
 	if msgs, err := st.Read(ctx, "a", 0, 10); err != nil || len(msgs) != 1 {
 		t.Errorf("Read after the swap: %v, %v", msgs, err)
-	}
-}
-
-// TestSetLimits: a lowered mailbox bound applies to the next append.
-func TestSetLimits(t *testing.T) {
-	ctx := context.Background()
-	st := newStore(t, newSingleClient(t), Options{MaxPending: 8})
-	create(t, st, "a")
-	st.SetLimits(sessionstore.Limits{MaxPending: 1})
-	if _, err := st.Append(ctx, "a", sessionstore.Message{Data: []byte(`1`)}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := st.Append(ctx, "a", sessionstore.Message{Data: []byte(`2`)}); !errors.Is(err, sessionstore.ErrMailboxFull) {
-		t.Errorf("second append with max_pending lowered to 1: %v, want ErrMailboxFull", err)
 	}
 }
 

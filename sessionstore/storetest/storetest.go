@@ -13,8 +13,8 @@
 //   - an empty store, of its own (tests run one after another and each gets
 //     a fresh store; a shared backend must be partitioned, e.g. by a random
 //     key prefix per call), released by the factory through t.Cleanup;
-//   - room for at least MinSessions sessions (ErrTooManySessions is not
-//     part of the generic contract: each implementation tests its own limit);
+//   - room for at least MinSessions sessions (ErrTooManySessions is
+//     checked by RunLimits, which asks for stores with limits of its own);
 //   - mailboxes that hold exactly MaxPending undelivered (unacknowledged)
 //     messages: the MaxPending+1st Append fails with ErrMailboxFull;
 //   - MaxSessionsPerCaller live sessions per Session.Caller: the next
@@ -25,6 +25,10 @@
 //
 // Nothing else about the store's bounds is assumed: in particular the suite
 // works with any replay window (delivered messages kept after Ack).
+//
+// The limits themselves (sessionstore.Limits, and SetLimits changing them in
+// place) are the contract of RunLimits, whose factory is given the limits
+// each of its tests needs.
 package storetest
 
 import (
@@ -75,6 +79,7 @@ func Run(t *testing.T, newStore func(t *testing.T) sessionstore.Store) {
 		{"DeleteExactlyOnce", testDeleteExactlyOnce},
 		{"Expired", testExpired},
 		{"ExpiredLimit", testExpiredLimit},
+		{"NonPositiveLimits", testNonPositiveLimits},
 		{"AppendSeq", testAppendSeq},
 		{"ReadAfterLimit", testReadAfterLimit},
 		{"AckKeepsUnacked", testAckKeepsUnacked},
