@@ -26,7 +26,7 @@ const (
 	DefaultInitializeTTL         = 24 * time.Hour
 	DefaultStreamWriteTimeout    = time.Minute
 	DefaultMaxUpstreamConns      = 512
-	// acceptWait caps how long a legacy POST waits for the upstream's status
+	// defaultAcceptWait caps how long a legacy POST waits for the upstream's status
 	// line before it is answered 202 anyway (JSON-mode upstreams send their
 	// status only with the result; holding the POST longer would deadlock
 	// clients that POST one message at a time).

@@ -479,7 +479,7 @@ func TestRefusedCallSentAgain(t *testing.T) {
 		t.Errorf("the call sent again: %q", text)
 	}
 
-	// Refused only after the POST was accepted (202 after acceptWait).
+	// Refused only after the POST was accepted (202 after defaultAcceptWait).
 	delay.Store(int64(defaultAcceptWait + 500*time.Millisecond))
 	refusals.Store(1)
 	s.mustPost(t, echoCall(`8`, "late"))

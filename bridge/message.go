@@ -102,7 +102,7 @@ func (b *Bridge) serveMessage(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusAccepted)
 }
 
-// awaitAcceptance waits until the upstream took every call, or acceptWait
+// awaitAcceptance waits until the upstream took every call, or defaultAcceptWait
 // passed (whatever happens later reaches the client on its stream), and
 // marks the calls accepted. It returns the challenge of a call the
 // upstream refused for the client's credentials before that.

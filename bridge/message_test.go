@@ -51,7 +51,7 @@ func TestBatchIsSplit(t *testing.T) {
 
 // TestPostAnsweredBeforeResults: a JSON-mode upstream sends its status line
 // only with the result, so the bridge answers the legacy POST after
-// acceptWait at the latest (DESIGN §4, mcp-transports §6.2), for a single
+// defaultAcceptWait at the latest (DESIGN §4, mcp-transports §6.2), for a single
 // message as for a batch.
 func TestPostAnsweredBeforeResults(t *testing.T) {
 	for _, tc := range []struct {

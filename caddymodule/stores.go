@@ -160,7 +160,7 @@ func (m *MemoryStore) Provision(caddy.Context) error {
 	}
 	m.key = memoryStoreKey(m.Name)
 	v, _, err := stores.LoadOrNew(m.key, func() (caddy.Destructor, error) {
-		st := memory.New(memory.Options{ReplayWindow: 64})
+		st := memory.New(memory.Options{})
 		return pooledMemory{Store: st, limits: &settingsStack[sessionstore.Limits]{apply: st.SetLimits}}, nil
 	})
 	if err != nil {

@@ -17,6 +17,10 @@ import (
 const (
 	DefaultMaxSessions = 10000
 	DefaultMaxPending  = 1024
+	// DefaultReplayWindow is how many delivered messages are kept for
+	// replay by default: a reconnecting client may have missed what was
+	// flushed to a connection just before it broke.
+	DefaultReplayWindow = 64
 )
 
 // Options bound the store.
@@ -29,7 +33,9 @@ type Options struct {
 	// MaxSessionsPerCaller caps the live sessions of one Caller; Create
 	// fails beyond it. Default: sessionstore.DefaultMaxSessionsPerCaller.
 	MaxSessionsPerCaller int
-	// ReplayWindow is how many delivered messages are kept for replay.
+	// ReplayWindow is how many delivered messages are kept for replay:
+	// zero means the default, DefaultReplayWindow; a negative value keeps
+	// none (as in the Redis store).
 	ReplayWindow int
 }
 
@@ -77,7 +83,10 @@ func New(opts Options) *Store {
 	if opts.MaxSessionsPerCaller <= 0 {
 		opts.MaxSessionsPerCaller = sessionstore.DefaultMaxSessionsPerCaller
 	}
-	if opts.ReplayWindow < 0 {
+	switch {
+	case opts.ReplayWindow == 0:
+		opts.ReplayWindow = DefaultReplayWindow
+	case opts.ReplayWindow < 0:
 		opts.ReplayWindow = 0
 	}
 	key := make([]byte, 32)

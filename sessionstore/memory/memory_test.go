@@ -20,7 +20,7 @@ func TestMain(m *testing.M) {
 }
 
 func TestContract(t *testing.T) {
-	for _, window := range []int{0, 3, 64} {
+	for _, window := range []int{-1, 3, 0} {
 		t.Run("ReplayWindow="+strconv.Itoa(window), func(t *testing.T) {
 			storetest.Run(t, func(t *testing.T) sessionstore.Store {
 				return memory.New(memory.Options{
@@ -95,14 +95,14 @@ func TestDefaults(t *testing.T) {
 	if _, err := st.Append(ctx, "a", sessionstore.Message{Data: []byte(`{}`)}); !errors.Is(err, sessionstore.ErrMailboxFull) {
 		t.Errorf("Append #1025 with the default MaxPending: %v, want ErrMailboxFull", err)
 	}
-	// The default keeps no delivered messages.
+	// The default keeps the last 64 delivered messages for replay.
 	if err := st.Ack(ctx, "a", "", 1000); err != nil {
 		t.Fatal(err)
 	}
-	if got := seqs(t, st, "a", 0); len(got) != 24 || got[0] != 1001 {
+	if got := seqs(t, st, "a", 0); len(got) != 88 || got[0] != 937 {
 		t.Errorf("after Ack(1000) with the default ReplayWindow, Read(0) returned %d entries from %v", len(got), got[:min(1, len(got))])
 	}
-	// A negative ReplayWindow is treated as zero.
+	// A negative ReplayWindow keeps none.
 	st = memory.New(memory.Options{ReplayWindow: -5})
 	create(t, st, "b")
 	appendN(t, st, "b", 4)
@@ -121,7 +121,7 @@ func TestReplayWindow(t *testing.T) {
 		ack    uint64
 		want   string
 	}{
-		{0, 8, "[9 10]"},
+		{-1, 8, "[9 10]"},
 		{2, 8, "[7 8 9 10]"},
 		{2, 10, "[9 10]"},
 		{8, 8, "[1 2 3 4 5 6 7 8 9 10]"},
@@ -140,7 +140,7 @@ func TestReplayWindow(t *testing.T) {
 			}
 			// Reading after a position inside the window replays from there.
 			if c.ack >= 2 {
-				firstKept := c.ack + 1 - min(uint64(c.window), c.ack)
+				firstKept := c.ack + 1 - min(uint64(max(c.window, 0)), c.ack)
 				want := fmt.Sprint(seqRange(max(c.ack-1, firstKept), 10))
 				if got := fmt.Sprint(seqs(t, st, "a", c.ack-2)); got != want {
 					t.Errorf("Read(%d) = %s, want %s", c.ack-2, got, want)

@@ -13,7 +13,7 @@ import goredis "github.com/redis/go-redis/v9"
 const (
 	codeNotFound = -1
 	codeFull     = -2 // Append: mailbox full
-	codeNotOwner = -2 // Ack: another stream owns the session
+	codeNotOwner = -3 // Ack: another stream owns the session
 	codeConflict = 0  // Update: the record changed since it was read
 )
 
@@ -108,14 +108,14 @@ return seq
 //
 //	KEYS: hash, mailbox
 //	ARGV: owner ("" for any), seq, replay window
-//	→ 0 done, -1 missing, -2 not the owner
+//	→ 0 done, -1 missing, -3 not the owner
 var ackScript = goredis.NewScript(`
 local f = redis.call('HMGET', KEYS[1], 'owner', 'last', 'acked')
 if not f[2] then
   return -1
 end
 if ARGV[1] ~= '' and f[1] ~= ARGV[1] then
-  return -2
+  return -3
 end
 local seq = math.min(tonumber(ARGV[2]), tonumber(f[2]))
 if seq <= tonumber(f[3]) then
