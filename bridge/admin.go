@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -29,13 +30,11 @@ type SessionInfo struct {
 	RequestsInFlight int     `json:"requests_in_flight"`
 }
 
-// farFuture lists every session through Store.Expired.
-var farFuture = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
-
 // ListSessions describes up to limit sessions of store, whichever replica
 // holds them.
 func ListSessions(ctx context.Context, store sessionstore.Store, limit int, now time.Time) ([]SessionInfo, error) {
-	all, err := store.Expired(ctx, farFuture, limit)
+	// Expired with a time after every session's expiry lists them all.
+	all, err := store.Expired(ctx, now.AddDate(100, 0, 0), limit)
 	if err != nil {
 		return nil, fmt.Errorf("listing sessions: %w", err)
 	}
@@ -45,7 +44,7 @@ func ListSessions(ctx context.Context, store sessionstore.Store, limit int, now 
 			ID:              s.ID,
 			State:           "released",
 			AgeSeconds:      seconds(now.Sub(s.CreatedAt)),
-			Upstream:        s.Upstream,
+			Upstream:        withoutQuery(s.Upstream),
 			ProtocolVersion: s.ProtocolVersion,
 			Initialized:     s.Initialized,
 		}
@@ -62,10 +61,20 @@ func ListSessions(ctx context.Context, store sessionstore.Store, limit int, now 
 	return out, nil
 }
 
+// withoutQuery drops a URL's query, where upstreams are sometimes given
+// secrets, from what the admin API shows.
+func withoutQuery(raw string) string {
+	if i := strings.IndexByte(raw, '?'); i >= 0 {
+		return raw[:i]
+	}
+	return raw
+}
+
 func seconds(d time.Duration) float64 { return math.Round(max(d, 0).Seconds()*1000) / 1000 }
 
-// Store is the store the bridge keeps its sessions in.
-func (b *Bridge) Store() sessionstore.Store { return b.store }
+// Store is the store the bridge keeps its sessions in, as New was given
+// it: bridges sharing a store return the same value.
+func (b *Bridge) Store() sessionstore.Store { return b.givenStore }
 
 // EndSession ends a session at an operator's request: it is removed from
 // the store (its stream, on whichever replica, ends at once and its client

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -38,6 +39,12 @@ const (
 	// probe through is taken to need no authorization: streams without
 	// credentials skip the probe meanwhile.
 	openUpstreamMemory = time.Minute
+	// anonymousChallengeMemory is how long an upstream's refusal of an
+	// anonymous probe answers anonymous streams without asking again.
+	anonymousChallengeMemory = 5 * time.Second
+	// metadataFailureMemory is how long a failure to fetch the upstream's
+	// metadata is served before it is tried again.
+	metadataFailureMemory = 5 * time.Second
 )
 
 // resourceMetadataParam matches the resource_metadata parameter of a
@@ -74,7 +81,7 @@ func (b *Bridge) challengeFrom(resp *http.Response, body []byte, metadataURL str
 	h := http.Header{}
 	for _, v := range values {
 		if m := resourceMetadataParam.FindStringSubmatch(v); m != nil {
-			if u := strings.Trim(m[1], `"`); u != "" {
+			if u := strings.Trim(m[1], `"`); b.onUpstreamHost(u) {
 				b.upstreamMetadataURL.Store(&u)
 			}
 		}
@@ -86,11 +93,44 @@ func (b *Bridge) challengeFrom(resp *http.Response, body []byte, metadataURL str
 	return &authChallenge{code: resp.StatusCode, header: h, body: body}
 }
 
+// onUpstreamHost reports whether a URL the upstream named is on the
+// upstream's own host: the bridge fetches and republishes only that, so
+// that nothing an upstream echoes from a request can point every client at
+// another server (or the bridge at an internal one).
+func (b *Bridge) onUpstreamHost(raw string) bool {
+	u, err := url.Parse(raw)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && strings.EqualFold(u.Host, b.cfg.Upstream.Host)
+}
+
 // resourceMetadataURL is the bridge's metadata URL for the event stream
 // the request belongs to.
 func (b *Bridge) resourceMetadataURL(r *http.Request) string {
 	return b.publicOrigin(r) + wellKnownResourcePath + b.clientPrefix(r) + b.cfg.SSEPath
 }
+
+// cachedChallenge is the upstream's last refusal of an anonymous probe.
+type cachedChallenge struct {
+	upstream *http.Response // its status and headers only; the body is below
+	body     []byte
+	until    time.Time
+}
+
+// rewritten is the cached refusal, for a stream whose metadata URL is
+// metadataURL.
+func (c *cachedChallenge) rewritten(metadataURL string) *authChallenge {
+	h := http.Header{}
+	for _, v := range c.upstream.Header.Values("WWW-Authenticate") {
+		h.Add("WWW-Authenticate", resourceMetadataParam.ReplaceAllLiteralString(v, `resource_metadata="`+metadataURL+`"`))
+	}
+	if ct := c.upstream.Header.Get("Content-Type"); ct != "" {
+		h.Set("Content-Type", ct)
+	}
+	return &authChallenge{code: c.upstream.StatusCode, header: h, body: c.body}
+}
+
+// upstreamOpen reports whether the upstream let an anonymous probe
+// through lately: it needs no authorization.
+func (b *Bridge) upstreamOpen() bool { return b.now().UnixNano() < b.upstreamOpenUntil.Load() }
 
 // write answers the client with the challenge.
 func (c *authChallenge) write(w http.ResponseWriter) {
@@ -113,8 +153,15 @@ func (b *Bridge) probeAuthorization(ctx context.Context, r *http.Request) *authC
 	// Without credentials for the upstream; another caller's probe
 	// cannot speak for a token.
 	anonymous := r.Header.Get("Authorization") == ""
-	if anonymous && b.now().UnixNano() < b.upstreamOpenUntil.Load() {
-		return nil
+	if anonymous {
+		if b.upstreamOpen() {
+			return nil
+		}
+		// An upstream that refused anonymous callers a moment ago still
+		// does: a flood of anonymous streams costs it nothing.
+		if c := b.anonymousChallenge.Load(); c != nil && b.now().Before(c.until) {
+			return c.rewritten(b.resourceMetadataURL(r))
+		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, authProbeTimeout)
 	defer cancel()
@@ -137,8 +184,11 @@ func (b *Bridge) probeAuthorization(ctx context.Context, r *http.Request) *authC
 		body, _ = io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	}
 	challenge := b.challengeFrom(resp, body, b.resourceMetadataURL(r))
-	if anonymous && challenge == nil && resp.StatusCode != http.StatusUnauthorized && resp.StatusCode != http.StatusForbidden {
+	switch {
+	case anonymous && challenge == nil && resp.StatusCode != http.StatusUnauthorized && resp.StatusCode != http.StatusForbidden:
 		b.upstreamOpenUntil.Store(b.now().Add(openUpstreamMemory).UnixNano())
+	case anonymous && challenge != nil:
+		b.anonymousChallenge.Store(&cachedChallenge{upstream: resp, body: body, until: b.now().Add(anonymousChallengeMemory)})
 	}
 	return challenge
 }
@@ -206,9 +256,11 @@ func (b *Bridge) resourceMetadata(ctx context.Context) (map[string]json.RawMessa
 		return c.meta, c.err
 	}
 	meta, err := b.fetchResourceMetadata(ctx)
-	if err == nil || errors.Is(err, errNoMetadata) {
-		b.metadata.Store(&cachedMetadata{meta: meta, err: err, until: b.now().Add(metadataCacheTTL)})
+	keep := metadataCacheTTL
+	if err != nil && !errors.Is(err, errNoMetadata) {
+		keep = metadataFailureMemory
 	}
+	b.metadata.Store(&cachedMetadata{meta: meta, err: err, until: b.now().Add(keep)})
 	return meta, err
 }
 
@@ -255,7 +307,7 @@ func (b *Bridge) getMetadata(ctx context.Context, rawURL string) (map[string]jso
 	req.Header.Set("Accept", "application/json")
 	resp, err := b.client.Do(req)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("fetching protected-resource metadata: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -108,4 +109,35 @@ func TestAuthChallengePassedBack(t *testing.T) {
 			t.Errorf("%d upstream requests for a token in the query, want none", n)
 		}
 	})
+}
+
+// TestAuthorizationProbeBounded: an upstream's refusal of an anonymous
+// probe answers the anonymous streams that follow without asking it
+// again, so a flood of anonymous GETs costs it nothing; and a metadata URL
+// its challenge names on another host is neither fetched nor republished.
+func TestAuthorizationProbeBounded(t *testing.T) {
+	metadata := `{"resource":"http://upstream.example/mcp","authorization_servers":["https://auth.example"]}`
+	up := newFakeUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/.well-known/oauth-protected-resource") {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, metadata)
+			return
+		}
+		w.Header().Set("WWW-Authenticate", `Bearer resource_metadata="http://attacker.example/.well-known/oauth-protected-resource"`)
+		w.WriteHeader(http.StatusUnauthorized)
+	})
+	e := newEnv(t, up.URL, nil, nil)
+	for range 5 {
+		if code, h, _ := doRaw(t, http.MethodGet, e.srv.URL+"/sse", "", nil, ""); code != http.StatusUnauthorized ||
+			!strings.Contains(h.Get("WWW-Authenticate"), e.srv.URL+"/.well-known/oauth-protected-resource/sse") {
+			t.Fatalf("anonymous GET /sse: %d %q", code, h.Get("WWW-Authenticate"))
+		}
+	}
+	if n := up.probeCount(); n != 1 {
+		t.Errorf("5 anonymous GETs sent %d probes upstream, want 1", n)
+	}
+	code, _, body := doRaw(t, http.MethodGet, e.srv.URL+"/.well-known/oauth-protected-resource/sse", "", nil, "")
+	if code != http.StatusOK || !strings.Contains(body, "https://auth.example") {
+		t.Errorf("metadata: %d %q, want the upstream's own (not the other host's the challenge named)", code, body)
+	}
 }

@@ -29,6 +29,9 @@ import (
 type Bridge struct {
 	cfg   Config
 	store sessionstore.Store
+	// givenStore is the store New was given (store may wrap it), which
+	// identifies the store for the admin API.
+	givenStore sessionstore.Store
 	// client carries calls (bounded by MaxUpstreamConns); streamClient the
 	// long-lived GET streams, which must not take the calls' connections.
 	client, streamClient *http.Client
@@ -87,6 +90,9 @@ type Bridge struct {
 	// upstreamOpenUntil (Unix ns) is until when anonymous streams skip the
 	// authorization probe (probeAuthorization).
 	upstreamOpenUntil atomic.Int64
+	// anonymousChallenge is the upstream's last refusal of an anonymous
+	// probe, reused for a few seconds.
+	anonymousChallenge atomic.Pointer[cachedChallenge]
 	// metrics is nil without Config.Metrics.
 	metrics *Metrics
 	// identityKey keys the fingerprints (loadIdentityKey).
@@ -109,6 +115,7 @@ func New(cfg Config, store sessionstore.Store) (*Bridge, error) {
 		calls, streams = callTransport, streamTransport
 		own = []*http.Transport{callTransport, streamTransport}
 	}
+	givenStore := store
 	if cfg.Metrics != nil {
 		store = sessionstore.Observe(store, cfg.Metrics.observeStore)
 	}
@@ -117,6 +124,7 @@ func New(cfg Config, store sessionstore.Store) (*Bridge, error) {
 		metrics:       cfg.Metrics,
 		cfg:           cfg,
 		store:         store,
+		givenStore:    givenStore,
 		client:        &http.Client{Transport: calls, CheckRedirect: noRedirects},
 		streamClient:  &http.Client{Transport: streams, CheckRedirect: noRedirects},
 		log:           cfg.Logger,

@@ -126,6 +126,7 @@ func (b *Bridge) claimReleased(ctx context.Context, cand *sessionstore.Session, 
 		}
 		s.Owner, s.OwnerLeaseUntil = owner, leaseUntil
 		s.ExpiresAt = now.Add(b.lease() + b.cfg.SessionTTL)
+		s.ReleasedAt = time.Time{}
 		return nil
 	})
 }

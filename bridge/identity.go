@@ -42,21 +42,29 @@ func (b *Bridge) fingerprint(r *http.Request) string {
 }
 
 // identityOf is what identifies the caller: Config.Identity's value when
-// configured (a user verified in front of the bridge, which stays the same
-// when its tokens are refreshed), else its Authorization and its TLS client
-// certificate. All empty: an anonymous caller.
+// configured and not empty (a user verified in front of the bridge, which
+// stays the same when its tokens are refreshed), else its Authorization
+// and its TLS client certificate, so that a route where the identity is
+// missing does not make every caller one anonymous caller. All empty: an
+// anonymous caller.
 func (b *Bridge) identityOf(r *http.Request) []string {
 	if b.cfg.Identity != nil {
-		return []string{b.cfg.Identity(r)}
+		if id := b.cfg.Identity(r); id != "" {
+			return []string{"user", id}
+		}
 	}
-	return []string{r.Header.Get("Authorization"), clientCertificate(r)}
+	return []string{"credentials", r.Header.Get("Authorization"), clientCertificate(r)}
 }
 
 // caller names whom a new session counts against for the sessions-per-
-// caller limit: the identity when there is one, else the client address
-// (anonymous callers share one fingerprint, but not one limit).
+// caller limit: the identity when it means something, else the client
+// address (anonymous callers share one fingerprint, but not one limit).
+// Credentials mean something when a configured identity vouches for them,
+// or the upstream checks them (it refused anonymous probes): against an
+// upstream that takes anyone, made-up tokens would be as many callers.
 func (b *Bridge) caller(r *http.Request) string {
-	if b.hasIdentity(r) {
+	vouched := b.cfg.Identity != nil && b.cfg.Identity(r) != ""
+	if vouched || (b.hasIdentity(r) && !b.upstreamOpen()) {
 		return "c" + b.fingerprint(r)
 	}
 	return "a" + b.keyedHash("address", b.cfg.ClientAddress(r))
@@ -64,7 +72,7 @@ func (b *Bridge) caller(r *http.Request) string {
 
 // hasIdentity reports whether the caller is not anonymous.
 func (b *Bridge) hasIdentity(r *http.Request) bool {
-	for _, part := range b.identityOf(r) {
+	for _, part := range b.identityOf(r)[1:] {
 		if part != "" {
 			return true
 		}

@@ -115,6 +115,12 @@ wait:
 		select {
 		case received[i] = <-c.status:
 			if received[i] != nil && received[i].challenge != nil {
+				// The other messages of a batch go on: their outcomes reach
+				// the client on its stream (a client that sends the batch
+				// again after its authorization flow may run them twice).
+				for _, other := range calls {
+					other.accept()
+				}
 				return received[i].challenge
 			}
 		case <-timer.C:

@@ -191,28 +191,26 @@ func storeFailure(err error) bool {
 	return true
 }
 
-// mcpMethods are the JSON-RPC methods MCP defines; others are counted as
-// "other", so that a client cannot grow the label set.
-var mcpMethods = func() map[string]bool {
-	set := map[string]bool{}
-	for _, m := range []string{
-		"initialize", "ping", "tools/list", "tools/call", "resources/list", "resources/templates/list",
+// isMCPMethod reports whether a JSON-RPC method is one MCP defines; others
+// are counted as "other", so that a client cannot grow the label set.
+func isMCPMethod(method string) bool {
+	switch method {
+	case "initialize", "ping", "tools/list", "tools/call", "resources/list", "resources/templates/list",
 		"resources/read", "resources/subscribe", "resources/unsubscribe", "prompts/list", "prompts/get",
 		"completion/complete", "logging/setLevel", "tasks/get", "tasks/list", "tasks/result", "tasks/cancel",
 		"notifications/initialized", "notifications/cancelled", "notifications/progress",
-		"notifications/roots/list_changed", "notifications/message",
-	} {
-		set[m] = true
+		"notifications/roots/list_changed", "notifications/message":
+		return true
 	}
-	return set
-}()
+	return false
+}
 
 // methodLabel is the method label of an upstream POST carrying msg.
 func methodLabel(env Envelope) string {
 	switch {
 	case env.Kind == KindResponse:
 		return "response"
-	case mcpMethods[env.Method]:
+	case isMCPMethod(env.Method):
 		return env.Method
 	default:
 		return "other"

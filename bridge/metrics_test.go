@@ -9,6 +9,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore/memory"
 )
 
 // TestMetricsOfASession: a session's stream, messages, upstream requests
@@ -99,5 +101,18 @@ func TestAdminListAndEnd(t *testing.T) {
 	up.await(t, "DELETE of the upstream session", func(r recorded) bool { return r.Method == http.MethodDelete })
 	if ended, err := e.bridge.EndSession(context.Background(), s.sessionID); ended || err != nil {
 		t.Errorf("EndSession of a gone session: %v, %v", ended, err)
+	}
+}
+
+// TestStoreIdentifiesSharedStore: bridges given one store report it as
+// the same store, with or without metrics wrapping it, so that the admin
+// API lists its sessions once.
+func TestStoreIdentifiesSharedStore(t *testing.T) {
+	up := newMCPUpstream(t, statefulSSE)
+	store := memory.New(memory.Options{})
+	m := NewMetrics()
+	a, b := newEnv(t, up.URL, store, &Config{Metrics: m}), newEnv(t, up.URL, store, &Config{Metrics: m})
+	if a.bridge.Store() != b.bridge.Store() {
+		t.Error("two bridges on one store report different stores")
 	}
 }

@@ -502,6 +502,7 @@ func (b *Bridge) claim(ctx context.Context, id, fp, owner string) (*sessionstore
 		s.Owner = owner
 		s.OwnerLeaseUntil = now.Add(b.lease())
 		s.ExpiresAt = now.Add(b.lease() + b.cfg.SessionTTL)
+		s.ReleasedAt = time.Time{}
 		return nil
 	})
 }

@@ -66,9 +66,9 @@ type Handler struct {
 	// Adopt says which callers may get their released session back without
 	// Last-Event-ID (a reconnecting client that sends MCP-Protocol-Version on
 	// its GET, or whose first POST is not initialize): "any" (default),
-	// "authenticated" (only requests with Authorization or a client
-	// certificate; sessions are only ever adopted by the same credentials)
-	// or "off". See the README's "Session continuity".
+	// "authenticated" (only callers with an identity: the identity option's
+	// user, or Authorization or a client certificate; sessions are only ever
+	// adopted by the same identity) or "off". See the README's "Session continuity".
 	Adopt string `json:"adopt,omitempty"`
 
 	// AdoptHold is how long an adopted session's messages are held back, so
@@ -226,6 +226,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.usesMetrics = true
+	identitySecret, err := h.identitySecret()
+	if err != nil {
+		return err
+	}
 	var publicURL *url.URL
 	if h.PublicURL != "" {
 		if publicURL, err = url.Parse(h.PublicURL); err != nil {
@@ -240,7 +244,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		StreamWriteTimeout:    time.Duration(h.StreamWriteTimeout),
 		MaxUpstreamConns:      h.MaxUpstreamConns,
 		UpstreamH2C:           h.UpstreamH2C,
-		IdentitySecret:        caddy.NewReplacer().ReplaceAll(h.IdentitySecret, ""),
+		IdentitySecret:        identitySecret,
 		Identity:              h.identity(),
 		PublicURL:             publicURL,
 		SessionTTL:            time.Duration(h.SessionTTL),
@@ -289,6 +293,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 func (h *Handler) Validate() error {
 	if h.Upstream == "" {
 		return fmt.Errorf("upstream is required")
+	}
+	if u, err := url.Parse(h.Upstream); err == nil && u.User != nil {
+		return fmt.Errorf("upstream %q must not carry credentials: send them with header_up Authorization", u.Redacted())
 	}
 	if u, err := url.Parse(h.Upstream); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		if !strings.Contains(h.Upstream, "{") { // placeholders are resolved later
@@ -424,6 +431,28 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	h.bridge.ServeHTTP(w, r)
 	return nil
+}
+
+// minIdentitySecret is the shortest identity secret accepted, in bytes.
+const minIdentitySecret = 16
+
+// identitySecret resolves identity_secret's placeholders. A secret that
+// resolves to nothing (an unset environment variable) is refused rather
+// than replaced by the store's key: replicas that disagree on the key
+// disagree on every caller. Without one, a shared store's replicas share
+// its key, which a copy of the store also holds: say so.
+func (h *Handler) identitySecret() (string, error) {
+	if h.IdentitySecret == "" {
+		if _, shared := h.store.(*RedisStore); shared {
+			h.logger.Warn("no identity_secret: caller fingerprints are keyed with a key kept in Redis itself; set identity_secret (the same on every replica) so that a copy of the store does not reveal whose session is whose")
+		}
+		return "", nil
+	}
+	secret := caddy.NewReplacer().ReplaceAll(h.IdentitySecret, "")
+	if len(secret) < minIdentitySecret {
+		return "", fmt.Errorf("identity_secret resolves to %d bytes, want at least %d (is its environment variable set?)", len(secret), minIdentitySecret)
+	}
+	return secret, nil
 }
 
 // identity evaluates the identity option for a request; nil without one.

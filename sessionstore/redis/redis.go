@@ -366,7 +366,8 @@ func (s *Store) Create(ctx context.Context, sess *sessionstore.Session) error {
 
 	if sess.Caller != "" {
 		// The caller's place next, so that a caller at its limit takes no
-		// session; its entry is dropped again if the session is not made.
+		// session. If the session is not made after all, the entry stays
+		// until its score (the session's ExpiresAt) passes.
 		reserved, err := callerReserveScript.Run(ctx, s.rdb(), []string{s.callerKey(sess.Caller)},
 			exp, id, ttl, s.maxPerCaller.Load(), score(sess.CreatedAt)).Int()
 		if err != nil {
