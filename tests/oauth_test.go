@@ -573,9 +573,11 @@ func TestOAuthFlowTSClient(t *testing.T) {
 		}
 	}
 	t.Logf("upstream: %d refused before the token, %d authorised requests (%d POSTs)", refusedBefore, okAfter, okPOSTs)
-	// The two plain GETs and the SDK's first GET, at least.
-	if refusedBefore < 3 {
-		t.Errorf("upstream refused %d requests before the token, want at least 3 (two plain GETs, the SDK's first GET)", refusedBefore)
+	// The anonymous probe (the anonymous GETs after it reuse its refusal
+	// for 5 s; a slow machine may need a second one) and the probe with the
+	// token never issued.
+	if refusedBefore < 2 || refusedBefore > 3 {
+		t.Errorf("upstream refused %d requests before the token, want 2 or 3 (anonymous probes, one with the token never issued)", refusedBefore)
 	}
 	// initialize, notifications/initialized, tools/list, two tools/call.
 	if okPOSTs < 5 {
