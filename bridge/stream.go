@@ -38,12 +38,24 @@ func (b *Bridge) serveStream(w http.ResponseWriter, r *http.Request) {
 	b.metrics.streamOpened(1)
 	defer b.metrics.streamOpened(-1)
 	ctx := r.Context()
+	// A stream that will need a new session takes its place in its
+	// address's rate before anything, the authorization probe included,
+	// goes upstream.
+	admitted := false
+	if r.Header.Get("Last-Event-ID") == "" {
+		if err := b.admitNewSession(r); err != nil {
+			b.storeError(w, err)
+			return
+		}
+		admitted = true
+	}
 	if c := b.probeAuthorization(ctx, r); c != nil {
 		b.metrics.refusedFor("unauthorized")
 		c.write(w)
 		return
 	}
 	ls := &legacyStream{
+		admitted:  admitted,
 		b:         b,
 		w:         w,
 		rc:        http.NewResponseController(w),
@@ -112,6 +124,10 @@ type legacyStream struct {
 	held            string
 	adoptTimer      *time.Timer
 
+	// admitted is set when the new-session rate already counted this
+	// stream.
+	admitted bool
+
 	// For the "stream ended" log: when it opened, what it delivered, and
 	// why it ended.
 	opened    time.Time
@@ -140,8 +156,10 @@ func (ls *legacyStream) open(ctx context.Context) (*sessionstore.Session, bool, 
 			return nil, false, err
 		}
 	}
-	if err := b.admitNewSession(ls.r); err != nil {
-		return nil, false, err
+	if !ls.admitted {
+		if err := b.admitNewSession(ls.r); err != nil {
+			return nil, false, err
+		}
 	}
 	now := b.now()
 	sess := &sessionstore.Session{
