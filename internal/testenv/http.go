@@ -10,17 +10,23 @@ import (
 	"time"
 )
 
-// NewHTTPClient returns a client for loopback servers with a transport of
-// its own, so that its pool can be sized for the load (maxIdlePerHost idle
-// connections per host) and its idle connections closed when done (goleak
-// counts their goroutines). Dials time out after 5s; responses are not
-// decompressed, so what the server sent is what is read.
-func NewHTTPClient(maxIdlePerHost int) *http.Client {
-	return &http.Client{Transport: &http.Transport{
+// NewTransport returns a transport for loopback servers: dials time out
+// after 5s, responses are not decompressed (what the server sent is what is
+// read), and it keeps maxIdlePerHost idle connections per host. Each client
+// or proxy gets its own, so that its pool is sized for its load and its
+// idle connections can be closed when done (goleak counts their
+// goroutines).
+func NewTransport(maxIdlePerHost int) *http.Transport {
+	return &http.Transport{
 		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
 		MaxIdleConnsPerHost: maxIdlePerHost,
 		DisableCompression:  true,
-	}}
+	}
+}
+
+// NewHTTPClient returns a client on NewTransport(maxIdlePerHost).
+func NewHTTPClient(maxIdlePerHost int) *http.Client {
+	return &http.Client{Transport: NewTransport(maxIdlePerHost)}
 }
 
 // CloseIdle closes the idle connections of a client from NewHTTPClient.

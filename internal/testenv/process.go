@@ -38,7 +38,7 @@ type Command struct {
 type Process struct {
 	name  string
 	cmd   *exec.Cmd
-	out   *output
+	out   *Buffer
 	stdin io.WriteCloser
 	done  chan struct{} // closed once the process has been waited for
 	err   error         // cmd.Wait's result, valid after done
@@ -55,7 +55,7 @@ func Start(c Command) (*Process, error) {
 	if name == "" {
 		name = filepath.Base(c.Path)
 	}
-	p := &Process{name: name, out: newOutput(), done: make(chan struct{})}
+	p := &Process{name: name, out: NewBuffer(), done: make(chan struct{})}
 	cmd := exec.Command(c.Path, c.Args...)
 	cmd.Dir = c.Dir
 	cmd.Env = append(os.Environ(), c.Env...)
@@ -126,10 +126,10 @@ func (p *Process) Output() string { return p.out.String() }
 
 // Snapshot returns the output so far and a channel closed on the next
 // write, for callers that wait on the output in their own way.
-func (p *Process) Snapshot() (string, <-chan struct{}) { return p.out.snapshot() }
+func (p *Process) Snapshot() (string, <-chan struct{}) { return p.out.Snapshot() }
 
 // Tail returns the last n lines of the output, for error messages.
-func (p *Process) Tail(n int) string { return p.out.tail(n) }
+func (p *Process) Tail(n int) string { return p.out.Tail(n) }
 
 // Stdin is the write end of the process's standard input; nil unless
 // Command.Stdin was set.

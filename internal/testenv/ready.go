@@ -10,7 +10,9 @@ import (
 
 // A process is ready when it says so (a line on its output) or when its
 // port accepts a connection; either wait ends early, with an error, when
-// the process exits. Nothing here sleeps for a fixed time.
+// the process exits. Nothing here sleeps for a fixed time. WaitUntil,
+// WaitOutput and WaitTCP give a context without a deadline
+// DefaultReadyTimeout; Wait (for the exit) gives it none.
 
 // DefaultReadyTimeout bounds a wait for readiness whose context has no
 // deadline.
@@ -32,7 +34,7 @@ func (p *Process) WaitUntil(ctx context.Context, what string, cond func(out stri
 	defer cancel()
 	start := time.Now()
 	for {
-		s, changed := p.out.snapshot()
+		s, changed := p.out.Snapshot()
 		if cond(s) {
 			return nil
 		}
