@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/internal/testenv"
 )
 
 // ---------------------------------------------------------------------------
@@ -141,7 +143,7 @@ func deleteSession(t testing.TB, hc *http.Client, admin, id string) (int, string
 // replica-client.mjs, in order.
 func endpointSessions(rc *replicaClient) []string {
 	var ids []string
-	for _, m := range obsEndpointRe.FindAllStringSubmatch(rc.p.out.String(), -1) {
+	for _, m := range obsEndpointRe.FindAllStringSubmatch(rc.p.Output(), -1) {
 		ids = append(ids, m[1])
 	}
 	return ids
@@ -199,7 +201,7 @@ func TestAdminAPISharedRedis(t *testing.T) {
 	requireNode(t)
 	up := startUpstream(t, specGoStatefulSSE)
 	cl := startCluster(t, 2, up.url, nil)
-	hc := newHTTPClient(t)
+	hc := testenv.MustHTTPClient(t)
 
 	rc := startReplicaClient(t, cl.lb.sseURL())
 	rc.echoOK(t, "before")
@@ -238,7 +240,7 @@ func TestAdminAPISharedRedis(t *testing.T) {
 	t.Logf("listed on both replicas: %+v", h)
 
 	// DELETE on the replica without the stream.
-	sseErrors := func() int { return len(rcSSEErrorRe.FindAllString(rc.p.out.String(), -1)) }
+	sseErrors := func() int { return len(rcSSEErrorRe.FindAllString(rc.p.Output(), -1)) }
 	errorsBefore := sseErrors()
 	start := time.Now()
 	code, body := deleteSession(t, hc, other.adminURL(), sid)
@@ -252,13 +254,13 @@ func TestAdminAPISharedRedis(t *testing.T) {
 	// The stream on the other replica ends at once (the SDK reports the
 	// end of its EventSource's stream through onerror); the EventSource
 	// reconnects three seconds later and gets a new session.
-	rc.p.waitUntil(t, "the end of the client's event stream after the DELETE", promptly, func(string) bool {
+	rc.p.MustWaitUntil(t, "the end of the client's event stream after the DELETE", promptly, func(string) bool {
 		return sseErrors() > errorsBefore
 	})
 	t.Logf("the client's event stream ended %v after the DELETE", time.Since(start).Round(time.Millisecond))
 	const reconnectDelay = 3 * time.Second
 	var newSid string
-	rc.p.waitUntil(t, "an endpoint event with a new session after the DELETE", reconnectDelay+promptly, func(string) bool {
+	rc.p.MustWaitUntil(t, "an endpoint event with a new session after the DELETE", reconnectDelay+promptly, func(string) bool {
 		ids := endpointSessions(rc)
 		if last := ids[len(ids)-1]; last != sid {
 			newSid = last
@@ -316,7 +318,7 @@ func TestAdminAPISharedRedis(t *testing.T) {
 	// A replica logs the end of the session, with the id's short form.
 	var logged []string
 	for _, r := range cl.replicas {
-		for _, l := range bridgeLogs(r.proc.out.String()) {
+		for _, l := range bridgeLogs(r.proc.Output()) {
 			if l.msg() == "session ended" && l.str("session") == sid[:8] {
 				logged = append(logged, r.name)
 				if l.str("reason") != "deleted" {
@@ -390,10 +392,10 @@ func bridgeLogs(out string) []logLine {
 
 // waitBridgeLog waits for a line of the bridge's logger with msg and
 // session, and returns the lines so far that match.
-func waitBridgeLog(t testing.TB, p *proc, msg, session string, timeout time.Duration) []logLine {
+func waitBridgeLog(t testing.TB, p *testenv.Process, msg, session string, timeout time.Duration) []logLine {
 	t.Helper()
 	var found []logLine
-	p.waitUntil(t, fmt.Sprintf("a log line %q for session %s", msg, session), timeout, func(out string) bool {
+	p.MustWaitUntil(t, fmt.Sprintf("a log line %q for session %s", msg, session), timeout, func(out string) bool {
 		found = found[:0]
 		for _, l := range bridgeLogs(out) {
 			if l.msg() == msg && l.str("session") == session {
@@ -422,7 +424,7 @@ func TestSessionLogs(t *testing.T) {
 	requireNode(t)
 	up := startUpstream(t, specGoStatefulSSE)
 	c := startCaddyWith(t, caddyOptions{admin: true, debug: true}, site{body: bridgeBlock(up.url)})[0]
-	hc := newHTTPClient(t)
+	hc := testenv.MustHTTPClient(t)
 	token := "obs-logs-token-" + randomHex(12)
 	payload := "obs-logs-payload-" + randomHex(8)
 
@@ -451,7 +453,7 @@ func TestSessionLogs(t *testing.T) {
 	}
 	t.Logf("stream ended: %s", l.raw)
 
-	out := c.proc.out.String()
+	out := c.proc.Output()
 	var started, callMessages, answers int
 	for _, l := range bridgeLogs(out) {
 		if l.str("session") != sh {
@@ -495,7 +497,7 @@ func TestSessionLogs(t *testing.T) {
 	})
 
 	// Short ids only; no token, full id or payload anywhere.
-	out = c.proc.out.String()
+	out = c.proc.Output()
 	for _, l := range bridgeLogs(out) {
 		if s, ok := l.fields["session"]; ok {
 			if str, _ := s.(string); !shortSessionRe.MatchString(str) {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/bridge"
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/internal/testenv"
 )
 
 // TestHostileRequests sends hostile and malformed requests to a real Caddy
@@ -44,7 +45,7 @@ func TestHostileRequests(t *testing.T) {
 	e := &hostileEnv{
 		cd:     cd,
 		host:   strings.TrimPrefix(cd.base, "http://"),
-		hc:     newHTTPClient(t),
+		hc:     testenv.MustHTTPClient(t),
 		rec:    rec,
 		vetted: map[*recPost]bool{},
 	}
@@ -85,8 +86,8 @@ func TestHostileRequests(t *testing.T) {
 	}
 	t.Run("nothing refused ever reached the upstream", func(t *testing.T) { e.finalCheck(t) })
 	select {
-	case <-cd.proc.done:
-		t.Fatalf("Caddy exited: %v", cd.proc.err)
+	case <-cd.proc.Done():
+		t.Fatalf("Caddy exited: %v", cd.proc.Err())
 	default:
 	}
 	t.Logf("%d hostile cases in %d groups, %v", total, len(groups), time.Since(start).Round(time.Millisecond))
@@ -851,8 +852,8 @@ func (e *hostileEnv) slowloris(t *testing.T, m string) (int, int) {
 	}
 	<-sent // closed once the trickle is over
 	select {
-	case <-e.cd.proc.done:
-		t.Fatalf("Caddy exited: %v", e.cd.proc.err)
+	case <-e.cd.proc.Done():
+		t.Fatalf("Caddy exited: %v", e.cd.proc.Err())
 	default:
 	}
 	_ = conn.(*net.TCPConn).CloseWrite()

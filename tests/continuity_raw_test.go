@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/bridge"
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/internal/testenv"
 )
 
 // ---------------------------------------------------------------------------
@@ -234,14 +235,14 @@ func (c *contClient) check(t testing.TB) {
 func TestNewClientNeverGetsAnotherClientsAnswers(t *testing.T) {
 	up := startUpstream(t, specGoStatefulSSE)
 	cd := startCaddy(t, up.url, "adopt any", "adopt_hold 1s")
-	hc := newHTTPClient(t)
+	hc := testenv.MustHTTPClient(t)
 
 	var mu sync.Mutex
 	endpoints := map[string]string{} // endpoint → client
 	t.Cleanup(func() {
 		// For the record: what the bridge did about adoption.
 		var lines []string
-		for _, l := range strings.Split(cd.proc.out.String(), "\n") {
+		for _, l := range strings.Split(cd.proc.Output(), "\n") {
 			if strings.Contains(strings.ToLower(l), "adopt") {
 				lines = append(lines, l)
 			}
@@ -700,7 +701,7 @@ func TestResumeUntilAnswered(t *testing.T) {
 	}
 	startRawUpstream(t, u)
 	cd := startCaddy(t, u.url)
-	hc := newHTTPClient(t)
+	hc := testenv.MustHTTPClient(t)
 	rs := openRawSession(t, hc, cd.base, "/sse", nil)
 	rs.initialize(t)
 
@@ -826,7 +827,7 @@ func TestResumeReplaysFiltered(t *testing.T) {
 	}
 	startRawUpstream(t, u)
 	cd := startCaddy(t, u.url)
-	hc := newHTTPClient(t)
+	hc := testenv.MustHTTPClient(t)
 	rs := openRawSession(t, hc, cd.base, "/sse", nil)
 	rs.initialize(t)
 	waitCount(t, "the bridge's GET stream", func() int { return len(u.getsSeen()) }, func(n int) bool { return n >= 1 })
@@ -908,7 +909,7 @@ func TestUpstreamGETStreamKeptOpen(t *testing.T) {
 	}
 	startRawUpstream(t, u)
 	cd := startCaddy(t, u.url)
-	hc := newHTTPClient(t)
+	hc := testenv.MustHTTPClient(t)
 	rs := openRawSession(t, hc, cd.base, "/sse", nil)
 	rs.initialize(t)
 

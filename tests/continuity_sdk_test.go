@@ -36,14 +36,14 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/internal/testenv"
 )
 
 // ---------------------------------------------------------------------------
@@ -219,20 +219,8 @@ func requireOldSDK(t testing.TB) {
 	t.Helper()
 	requireNode(t)
 	oldSDKOnce.Do(func() {
-		if _, err := os.Stat(filepath.Join(nodeDir, "node_modules", "sdk-old", "package.json")); err == nil {
-			return
-		}
-		npm, err := exec.LookPath("npm")
-		if err != nil {
-			oldSDKErr = fmt.Errorf("tests/node/node_modules lacks sdk-old and npm is not on PATH: %v", err)
-			return
-		}
-		cmd := exec.Command(npm, "ci", "--no-audit", "--no-fund")
-		cmd.Dir = nodeDir
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			oldSDKErr = fmt.Errorf("npm ci in tests/node: %v\n%s", err, out)
-		}
+		oldSDKErr = testenv.EnsureNodeModules(context.Background(), nodeDir,
+			filepath.Join(nodeDir, "node_modules", "sdk-old", "package.json"))
 	})
 	if oldSDKErr != nil {
 		t.Fatal(oldSDKErr)
@@ -248,10 +236,10 @@ func startSDKClient(t testing.TB, sseURL, sdk string, extra ...string) *replicaC
 		requireOldSDK(t)
 	}
 	args := append([]string{"replica-client.mjs", "--url", sseURL, "--timeout", "25000", "--sdk", sdk}, extra...)
-	p := startProc(t, "replica-client.mjs --sdk "+sdk, procOptions{dir: nodeDir, stdin: true}, nodeBin, args...)
-	p.waitOutput(t, tsReadyRe, 30*time.Second)
-	t.Cleanup(func() { p.stdin.Close() })
-	version := rcSDKRe.FindStringSubmatch(p.out.String())
+	p := startNodeScript(t, "replica-client.mjs --sdk "+sdk, true, args...)
+	p.MustWaitOutput(t, tsReadyRe, 30*time.Second)
+	t.Cleanup(func() { p.Stdin().Close() })
+	version := rcSDKRe.FindStringSubmatch(p.Output())
 	if version == nil {
 		t.Fatalf("replica-client.mjs did not say which SDK it runs")
 	}
@@ -266,7 +254,7 @@ func startSDKClient(t testing.TB, sseURL, sdk string, extra ...string) *replicaC
 // in order.
 func sdkEndpoints(rc *replicaClient) []string {
 	var ss []string
-	for _, m := range rcEndpointRe.FindAllStringSubmatch(rc.p.out.String(), -1) {
+	for _, m := range rcEndpointRe.FindAllStringSubmatch(rc.p.Output(), -1) {
 		ss = append(ss, m[1])
 	}
 	return ss
@@ -276,7 +264,7 @@ func sdkEndpoints(rc *replicaClient) []string {
 // one and n-1 after reconnections); from then on it POSTs to the last one.
 func waitSDKEndpoints(t testing.TB, rc *replicaClient, n int, timeout time.Duration) []string {
 	t.Helper()
-	rc.p.waitUntil(t, fmt.Sprintf("%d endpoint events", n), timeout, func(out string) bool {
+	rc.p.MustWaitUntil(t, fmt.Sprintf("%d endpoint events", n), timeout, func(out string) bool {
 		return len(rcEndpointRe.FindAllString(out, -1)) >= n
 	})
 	return sdkEndpoints(rc)
@@ -298,7 +286,7 @@ func okGets(rc *replicaClient) []rcGet {
 // answer it did not expect.
 func checkNoClientErrors(t testing.TB, rc *replicaClient) {
 	t.Helper()
-	if bad := rcBadErrorRe.FindAllString(rc.p.out.String(), -1); len(bad) > 0 {
+	if bad := rcBadErrorRe.FindAllString(rc.p.Output(), -1); len(bad) > 0 {
 		t.Errorf("the TypeScript client reported errors:\n  %s", strings.Join(bad, "\n  "))
 	}
 }
@@ -424,7 +412,7 @@ func TestTSClientStreamCut(t *testing.T) {
 				t.Logf("progress notifications of %s: %v (those sent while the client was away may be missing)", l.tag, rc.progressSeen(l.tag))
 			}
 			t.Logf("progress notifications delivered after their call's result (\"unknown token\"): %d",
-				len(unknownTokenRe.FindAllString(rc.p.out.String(), -1)))
+				len(unknownTokenRe.FindAllString(rc.p.Output(), -1)))
 			checkNoClientErrors(t, rc)
 			if st := rc.checkExactlyOnce(t); st.Gets != 2 {
 				t.Errorf("the event stream was opened %d times, want 2 (the first GET and one reconnection)", st.Gets)
@@ -451,14 +439,14 @@ func TestMemoryStoreRestart(t *testing.T) {
 	for _, when := range []string{"before", "after"} {
 		t.Run("restart, call "+when+" the stream is back", func(t *testing.T) {
 			up := startUpstream(t, specGoStatefulSSE)
-			port := freePort(t)
+			port := testenv.MustFreePort(t)
 			body := continuityBlock(up.url, "keepalive 1s", "session_ttl 30s")
 			cd := startCaddySites(t, site{port: port, body: body})[0]
 			rc := startSDKClient(t, cd.sseURL(), "new")
 			rc.echoOK(t, "before")
 			upBefore := headersSession(t, rc, "headers-before")
 
-			cd.proc.kill()
+			cd.proc.Kill()
 			restarted := time.Now()
 			startCaddySites(t, site{port: port, body: body})
 			t.Logf("Caddy restarted on port %d in %v", port, time.Since(restarted).Round(time.Millisecond))
@@ -505,7 +493,7 @@ func TestMemoryStoreSessionExpired(t *testing.T) {
 			waitUpstreamSessionGone(t, up.url, upBefore, 20*time.Second)
 			t.Logf("the upstream session ended %v after the client was cut off (session_ttl 2s)", time.Since(away).Round(time.Millisecond))
 			// And the client tried to come back and was refused.
-			rc.p.waitUntil(t, "a refused GET of the event stream", 10*time.Second, func(string) bool {
+			rc.p.MustWaitUntil(t, "a refused GET of the event stream", 10*time.Second, func(string) bool {
 				return len(rc.gets()) > len(okGets(rc))
 			})
 			px.accept(t)
@@ -534,7 +522,7 @@ func TestMemoryStoreSessionExpired(t *testing.T) {
 // it answers 404: the session ended.
 func waitUpstreamSessionGone(t testing.TB, upstreamURL, session string, timeout time.Duration) {
 	t.Helper()
-	hc := newHTTPClient(t)
+	hc := testenv.MustHTTPClient(t)
 	hdr := http.Header{
 		"Accept":         {"application/json, text/event-stream"},
 		"Mcp-Session-Id": {session},
@@ -743,7 +731,7 @@ func waitResults(rc *replicaClient, tags []string, timeout time.Duration) map[st
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	for {
-		out, changed := rc.p.out.snapshot()
+		out, changed := rc.p.Snapshot()
 		now := time.Now()
 		for _, tag := range tags {
 			if _, ok := got[tag]; !ok {
@@ -763,7 +751,7 @@ func waitResults(rc *replicaClient, tags []string, timeout time.Duration) map[st
 		}
 		select {
 		case <-changed:
-		case <-rc.p.done:
+		case <-rc.p.Done():
 			return got
 		case <-timer.C:
 			return got
@@ -802,11 +790,7 @@ func newUpstreamTap(t testing.TB, upstreamURL string) *upstreamTap {
 		t.Fatal(err)
 	}
 	tap := &upstreamTap{path: u.Path}
-	tap.tr = &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
-		MaxIdleConnsPerHost: 100,
-		DisableCompression:  true,
-	}
+	tap.tr = testenv.NewTransport(100)
 	base := &url.URL{Scheme: u.Scheme, Host: u.Host}
 	proxy := &httputil.ReverseProxy{
 		Rewrite:       func(pr *httputil.ProxyRequest) { pr.SetURL(base) },

@@ -20,6 +20,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/bridge"
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/internal/testenv"
 )
 
 // promptly bounds how long a failure may take to reach the client as a
@@ -31,7 +32,7 @@ const promptly = 5 * time.Second
 // ---------------------------------------------------------------------------
 
 type tsDriver struct {
-	p       *proc
+	p       *testenv.Process
 	results int // result lines consumed
 }
 
@@ -44,10 +45,10 @@ var (
 func startTSDriver(t testing.TB, c *caddy) *tsDriver {
 	t.Helper()
 	requireNode(t)
-	p := startProc(t, "restart-client.mjs", procOptions{dir: nodeDir, stdin: true}, nodeBin,
+	p := startNodeScript(t, "restart-client.mjs", true,
 		"restart-client.mjs", "--url", c.sseURL(), "--timeout", "20000")
-	p.waitOutput(t, tsReadyRe, 30*time.Second)
-	t.Cleanup(func() { p.stdin.Close() })
+	p.MustWaitOutput(t, tsReadyRe, 30*time.Second)
+	t.Cleanup(func() { p.Stdin().Close() })
 	return &tsDriver{p: p}
 }
 
@@ -55,11 +56,11 @@ func startTSDriver(t testing.TB, c *caddy) *tsDriver {
 // kind and rest.
 func (d *tsDriver) call(t testing.TB, msg string) (kind, rest string) {
 	t.Helper()
-	if _, err := fmt.Fprintf(d.p.stdin, "call %s\n", msg); err != nil {
+	if _, err := fmt.Fprintf(d.p.Stdin(), "call %s\n", msg); err != nil {
 		t.Fatalf("writing to restart-client.mjs: %v", err)
 	}
 	var m []string
-	d.p.waitUntil(t, "a result line", 30*time.Second, func(out string) bool {
+	d.p.MustWaitUntil(t, "a result line", 30*time.Second, func(out string) bool {
 		all := tsResultRe.FindAllStringSubmatch(out, -1)
 		if len(all) > d.results {
 			m = all[d.results]
@@ -503,36 +504,6 @@ func (rs *rawSession) initialize(t testing.TB) {
 	}
 }
 
-// doRequest sends one request and returns the status, headers and body.
-func doRequest(t testing.TB, hc *http.Client, method, url, contentType, body string, hdrs ...http.Header) (int, http.Header, string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-	defer cancel()
-	var rd io.Reader
-	if body != "" {
-		rd = strings.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, url, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
-	}
-	for _, h := range hdrs {
-		for k, v := range h {
-			req.Header[k] = v
-		}
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	return resp.StatusCode, resp.Header, string(b)
-}
-
 // ---------------------------------------------------------------------------
 // (c) DESIGN §6: status codes on the legacy side
 // ---------------------------------------------------------------------------
@@ -544,7 +515,7 @@ func TestStatusCodes(t *testing.T) {
 	every := startUpstream(t, specEverything)
 	logDir := t.TempDir()
 	accessLog := filepath.Join(logDir, "upstream-access.log")
-	proxyPort, deadPort := freePort(t), freePort(t)
+	proxyPort, deadPort := testenv.MustFreePort(t), testenv.MustFreePort(t)
 	deadUpstream := fmt.Sprintf("http://127.0.0.1:%d/mcp", deadPort) // nothing listens there
 
 	sites := startCaddySites(t,
@@ -562,7 +533,7 @@ func TestStatusCodes(t *testing.T) {
 	)
 	mainSite, smallSite, prefixSite, deadSite, fullSite := sites[0], sites[2], sites[3], sites[4], sites[5]
 	wrongPathSite, everySite := sites[6], sites[7]
-	hc := newHTTPClient(t)
+	hc := testenv.MustHTTPClient(t)
 
 	// forwardedPOSTs counts the POSTs that reached the upstream.
 	forwardedPOSTs := func() int {

@@ -17,6 +17,8 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/internal/testenv"
 )
 
 // callTimeout bounds every MCP call of the Go client, so that a lost answer
@@ -208,7 +210,7 @@ type goClientOptions struct {
 func connectGo(t testing.TB, c *caddy, label string, opts goClientOptions) *goClient {
 	t.Helper()
 	gc := &goClient{t: t, label: label, changed: make(chan struct{}), progress: map[string][]*mcp.ProgressNotificationParams{}}
-	hc := newHTTPClient(t)
+	hc := testenv.MustHTTPClient(t)
 	gc.tap = &tap{base: hc.Transport, header: opts.header}
 	hc.Transport = gc.tap
 

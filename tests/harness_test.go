@@ -3,7 +3,10 @@
 // mcp_sse_bridge module, real Streamable HTTP upstreams (the Go demo upstream
 // of cmd/mcp-demo-upstream and the TypeScript server-everything), and real
 // legacy HTTP+SSE clients (the official TypeScript SDK through
-// tests/node/legacy-client.mjs, the official Go SDK in process).
+// tests/node/legacy-client.mjs, the official Go SDK in process). The
+// processes come from internal/testenv; this file holds what is particular
+// to these tests: the binaries, the upstream matrix, the sites' bridge
+// configuration.
 //
 // Environment:
 //
@@ -15,25 +18,20 @@ package tests
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/internal/testenv"
 )
 
 // Paths resolved by TestMain.
@@ -70,14 +68,19 @@ func testMain(m *testing.M) int {
 
 	caddyBin = os.Getenv("CADDY_BIN")
 	demoBin = os.Getenv("DEMO_UPSTREAM_BIN")
+	race := os.Getenv("E2E_RACE") == "1"
 	var builds []func() error
 	if caddyBin == "" {
 		caddyBin = filepath.Join(binDir, "caddy")
-		builds = append(builds, func() error { return goBuild(caddyBin, "./cmd/caddy") })
+		builds = append(builds, func() error {
+			return testenv.GoBuild(context.Background(), repoRoot, caddyBin, "./cmd/caddy", race)
+		})
 	}
 	if demoBin == "" {
 		demoBin = filepath.Join(binDir, "mcp-demo-upstream")
-		builds = append(builds, func() error { return goBuild(demoBin, "./cmd/mcp-demo-upstream") })
+		builds = append(builds, func() error {
+			return testenv.GoBuild(context.Background(), repoRoot, demoBin, "./cmd/mcp-demo-upstream", race)
+		})
 	}
 	// Build concurrently with setting up node.
 	buildErrs := make(chan error, len(builds))
@@ -108,58 +111,17 @@ func testMain(m *testing.M) int {
 	return code
 }
 
-// goBuild builds a main package of this module into out.
-func goBuild(out, pkg string) error {
-	args := []string{"build", "-o", out}
-	if os.Getenv("E2E_RACE") == "1" {
-		args = append(args, "-race")
-	}
-	args = append(args, pkg)
-	cmd := exec.Command("go", args...)
-	cmd.Dir = repoRoot
-	var buf bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &buf, &buf
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("go build %s: %v\n%s", pkg, err, buf.Bytes())
-	}
-	return nil
-}
-
 // setupNode finds node and installs tests/node's packages if needed.
 func setupNode() error {
-	nodeBin = os.Getenv("NODE")
-	if nodeBin == "" {
-		p, err := exec.LookPath("node")
-		if err != nil {
-			return fmt.Errorf("node not found on PATH: %v", err)
-		}
-		nodeBin = p
+	var err error
+	if nodeBin, err = testenv.FindNode(); err != nil {
+		return err
 	}
-	installed := true
-	for _, p := range []string{
+	return testenv.EnsureNodeModules(context.Background(), nodeDir,
 		filepath.Join(nodeDir, "node_modules", "@modelcontextprotocol", "sdk"),
 		filepath.Join(nodeDir, "node_modules", "sdk-old"),
 		everyPath,
-	} {
-		if _, err := os.Stat(p); err != nil {
-			installed = false
-		}
-	}
-	if installed {
-		return nil
-	}
-	npm, err := exec.LookPath("npm")
-	if err != nil {
-		return fmt.Errorf("tests/node/node_modules is missing and npm is not on PATH: %v", err)
-	}
-	cmd := exec.Command(npm, "ci", "--no-audit", "--no-fund")
-	cmd.Dir = nodeDir
-	var buf bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &buf, &buf
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("npm ci in tests/node: %v\n%s", err, buf.Bytes())
-	}
-	return nil
+	)
 }
 
 func requireNode(t testing.TB) {
@@ -169,193 +131,35 @@ func requireNode(t testing.TB) {
 	}
 }
 
-// ---------------------------------------------------------------------------
-// Processes
-// ---------------------------------------------------------------------------
-
-// output collects a process's stdout and stderr and lets tests wait for a
-// pattern to show up in it.
-type output struct {
-	mu      sync.Mutex
-	buf     bytes.Buffer
-	changed chan struct{} // closed and replaced on every write
-}
-
-func newOutput() *output { return &output{changed: make(chan struct{})} }
-
-func (o *output) Write(p []byte) (int, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	o.buf.Write(p)
-	close(o.changed)
-	o.changed = make(chan struct{})
-	return len(p), nil
-}
-
-func (o *output) String() string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.buf.String()
-}
-
-// snapshot returns the output so far and a channel closed on the next write.
-func (o *output) snapshot() (string, <-chan struct{}) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.buf.String(), o.changed
-}
-
-// proc is a child process in its own process group.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	out  *output
-	// stdin is the write end of the process's standard input, if asked for.
-	stdin io.WriteCloser
-	done  chan struct{} // closed once the process has exited
-	err   error         // cmd.Wait's result, valid after done
-}
-
-type procOptions struct {
-	dir   string
-	env   []string // added to the test's environment
-	stdin bool
-}
-
-// startProc starts a process whose output is kept for the test's log and
-// whose whole process group is killed when the test ends.
-func startProc(t testing.TB, name string, opts procOptions, bin string, args ...string) *proc {
+// startNodeScript runs a script of tests/node (args[0]) for the test; with
+// stdin, the test drives it through its standard input.
+func startNodeScript(t testing.TB, name string, stdin bool, args ...string) *testenv.Process {
 	t.Helper()
-	p := &proc{name: name, out: newOutput(), done: make(chan struct{})}
-	cmd := exec.Command(bin, args...)
-	cmd.Dir = opts.dir
-	cmd.Env = append(os.Environ(), opts.env...)
-	cmd.Stdout, cmd.Stderr = p.out, p.out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.WaitDelay = 5 * time.Second
-	if opts.stdin {
-		w, err := cmd.StdinPipe()
-		if err != nil {
-			t.Fatalf("%s: stdin: %v", name, err)
-		}
-		p.stdin = w
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", name, err)
-	}
-	p.cmd = cmd
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		p.kill()
-		if strings.Contains(p.out.String(), "WARNING: DATA RACE") {
-			t.Errorf("%s reported a data race (see its output below)", name)
-		}
-		if t.Failed() {
-			t.Logf("---- output of %s (%s) ----\n%s---- end of %s ----", name, strings.Join(cmd.Args, " "), p.out.String(), name)
-		}
+	requireNode(t)
+	return testenv.MustStart(t, testenv.Command{Name: name, Path: nodeBin, Args: args, Dir: nodeDir, Stdin: stdin})
+}
+
+// e2eDebug says whether Caddy logs at DEBUG (E2E_DEBUG=1).
+func e2eDebug() bool { return os.Getenv("E2E_DEBUG") == "1" }
+
+var (
+	caddyModulesOnce sync.Once
+	caddyModules     string
+	caddyModulesErr  error
+)
+
+// requireRedisModule fails the test unless the Caddy under test has the
+// Redis session store module.
+func requireRedisModule(t testing.TB) {
+	t.Helper()
+	caddyModulesOnce.Do(func() {
+		caddyModules, caddyModulesErr = testenv.CaddyModules(context.Background(), caddyBin)
 	})
-	return p
-}
-
-// kill ends the process group at once and waits for the process.
-func (p *proc) kill() {
-	select {
-	case <-p.done:
-		return
-	default:
+	if caddyModulesErr != nil {
+		t.Fatal(caddyModulesErr)
 	}
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-	<-p.done
-}
-
-// waitOutput waits until re matches the process's output and returns the
-// submatches. It fails the test if the process exits or the timeout passes
-// first.
-func (p *proc) waitOutput(t testing.TB, re *regexp.Regexp, timeout time.Duration) []string {
-	t.Helper()
-	var m []string
-	p.waitUntil(t, fmt.Sprintf("output matching %q", re), timeout, func(s string) bool {
-		m = re.FindStringSubmatch(s)
-		return m != nil
-	})
-	return m
-}
-
-// waitUntil waits until cond holds for the process's output so far. It fails
-// the test if the process exits or the timeout passes first.
-func (p *proc) waitUntil(t testing.TB, what string, timeout time.Duration, cond func(out string) bool) {
-	t.Helper()
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	for {
-		s, changed := p.out.snapshot()
-		if cond(s) {
-			return
-		}
-		select {
-		case <-changed:
-		case <-p.done:
-			if cond(p.out.String()) {
-				return
-			}
-			t.Fatalf("%s exited (%v) before its output showed %s", p.name, p.err, what)
-		case <-timer.C:
-			t.Fatalf("%s: no %s within %v", p.name, what, timeout)
-		}
-	}
-}
-
-// wait waits for the process to exit on its own.
-func (p *proc) wait(t testing.TB, timeout time.Duration) error {
-	t.Helper()
-	select {
-	case <-p.done:
-		return p.err
-	case <-time.After(timeout):
-		t.Fatalf("%s did not exit within %v", p.name, timeout)
-		return nil
-	}
-}
-
-// ---------------------------------------------------------------------------
-// Ports
-// ---------------------------------------------------------------------------
-
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("finding a free port: %v", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// waitTCP polls a TCP connect to addr until it succeeds, p exits, or the
-// timeout passes.
-func waitTCP(t testing.TB, p *proc, addr string, timeout time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %s did not accept connections within %v: %v", p.name, addr, timeout, err)
-		}
-		select {
-		case <-tick.C:
-		case <-p.done:
-			t.Fatalf("%s exited (%v) before %s accepted connections", p.name, p.err, addr)
-		}
+	if !strings.Contains(caddyModules, "http.handlers.mcp_sse_bridge.stores.redis") {
+		t.Fatalf("the Caddy under test (%s) lacks the module http.handlers.mcp_sse_bridge.stores.redis", caddyBin)
 	}
 }
 
@@ -416,48 +220,37 @@ type upstream struct {
 	spec upstreamSpec
 	port int
 	url  string // the Streamable HTTP endpoint
-	proc *proc
+	srv  *testenv.Upstream
 	t    testing.TB
-	runs int
 }
-
-var listeningRe = regexp.MustCompile(`listening on (http://127\.0\.0\.1:(\d+)/mcp)\n`)
 
 // startUpstream starts an upstream on a free port.
 func startUpstream(t testing.TB, spec upstreamSpec) *upstream {
 	t.Helper()
 	u := &upstream{spec: spec, t: t}
-	if spec.kind == kindEverything {
-		u.port = freePort(t)
+	name := "upstream " + spec.name
+	switch spec.kind {
+	case kindEverything:
+		requireNode(t)
+		u.srv = testenv.MustEverything(t, testenv.EverythingOptions{Node: nodeBin, Script: everyPath, Dir: nodeDir, Name: name})
+	case kindGo:
+		u.srv = testenv.MustDemoUpstream(t, testenv.DemoOptions{Bin: demoBin, Args: spec.args, Name: name})
 	}
-	u.start()
+	u.port, u.url = u.srv.Port(), u.srv.URL()
 	return u
 }
 
-// start runs the upstream on u.port (0 for the demo: any free port).
-func (u *upstream) start() {
-	t := u.t
-	t.Helper()
-	u.runs++
-	name := fmt.Sprintf("upstream %s #%d", u.spec.name, u.runs)
-	switch u.spec.kind {
-	case kindEverything:
-		requireNode(t)
-		u.proc = startProc(t, name, procOptions{dir: nodeDir, env: []string{"PORT=" + strconv.Itoa(u.port)}},
-			nodeBin, everyPath, "streamableHttp")
-		waitTCP(t, u.proc, fmt.Sprintf("127.0.0.1:%d", u.port), 20*time.Second)
-		u.url = fmt.Sprintf("http://127.0.0.1:%d/mcp", u.port)
-	case kindGo:
-		args := append([]string{"-addr", fmt.Sprintf("127.0.0.1:%d", u.port)}, u.spec.args...)
-		u.proc = startProc(t, name, procOptions{}, demoBin, args...)
-		m := u.proc.waitOutput(t, listeningRe, 20*time.Second)
-		u.url = m[1]
-		u.port, _ = strconv.Atoi(m[2])
-	}
-}
+// proc is the upstream's current process.
+func (u *upstream) proc() *testenv.Process { return u.srv.Proc() }
 
 // stop kills the upstream abruptly, as a crash would.
-func (u *upstream) stop() { u.proc.kill() }
+func (u *upstream) stop() { u.srv.Kill() }
+
+// start starts the upstream again, on the same port, once stopped.
+func (u *upstream) start() {
+	u.t.Helper()
+	u.srv.MustRestart(u.t)
+}
 
 // restart kills the upstream and starts a new process on the same port.
 func (u *upstream) restart() {
@@ -470,12 +263,12 @@ func (u *upstream) restart() {
 // Caddy
 // ---------------------------------------------------------------------------
 
-// caddy is a running Caddy built from this repository.
+// caddy is one site of a running Caddy built from this repository.
 type caddy struct {
 	port  int
 	base  string // http://127.0.0.1:PORT
 	admin string // http://127.0.0.1:ADMINPORT, the admin endpoint; "" when it is off
-	proc  *proc
+	proc  *testenv.Process
 }
 
 // bridgeBlock is an mcp_sse_bridge directive for upstreamURL with short
@@ -523,51 +316,14 @@ func startCaddySites(t testing.TB, sites ...site) []*caddy {
 // startCaddyWith is startCaddySites with global options.
 func startCaddyWith(t testing.TB, opts caddyOptions, sites ...site) []*caddy {
 	t.Helper()
-	dir := t.TempDir()
-	var cf strings.Builder
-	adminPort, admin := 0, ""
-	if opts.admin {
-		adminPort = freePort(t)
-		admin = fmt.Sprintf("http://127.0.0.1:%d", adminPort)
-		fmt.Fprintf(&cf, "{\n\tadmin 127.0.0.1:%d\n", adminPort)
-	} else {
-		cf.WriteString("{\n\tadmin off\n")
+	cf := testenv.Caddyfile{Admin: opts.admin, Debug: opts.debug || e2eDebug()}
+	for _, st := range sites {
+		cf.Sites = append(cf.Sites, testenv.Site{Port: st.port, Body: st.body})
 	}
-	cf.WriteString("\tauto_https off\n\tpersist_config off\n\tgrace_period 1s\n")
-	if opts.debug || os.Getenv("E2E_DEBUG") == "1" {
-		cf.WriteString("\tdebug\n")
-	}
-	cf.WriteString("}\n")
+	c := testenv.MustCaddy(t, testenv.CaddyConfig{Bin: caddyBin, Caddyfile: cf})
 	handles := make([]*caddy, len(sites))
-	for i, st := range sites {
-		port := st.port
-		if port == 0 {
-			port = freePort(t)
-		}
-		handles[i] = &caddy{port: port, base: fmt.Sprintf("http://127.0.0.1:%d", port), admin: admin}
-		fmt.Fprintf(&cf, "\nhttp://127.0.0.1:%d {\n\tbind 127.0.0.1\n\t%s\n}\n", port, st.body)
-	}
-	path := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(path, []byte(cf.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	env := []string{
-		"HOME=" + dir,
-		"XDG_DATA_HOME=" + filepath.Join(dir, "data"),
-		"XDG_CONFIG_HOME=" + filepath.Join(dir, "config"),
-	}
-	p := startProc(t, "caddy", procOptions{dir: dir, env: env}, caddyBin, "run", "--config", path, "--adapter", "caddyfile")
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("---- Caddyfile ----\n%s", cf.String())
-		}
-	})
-	for _, h := range handles {
-		h.proc = p
-		waitTCP(t, p, fmt.Sprintf("127.0.0.1:%d", h.port), 20*time.Second)
-	}
-	if opts.admin {
-		waitTCP(t, p, fmt.Sprintf("127.0.0.1:%d", adminPort), 10*time.Second)
+	for i, st := range c.Caddyfile().Sites {
+		handles[i] = &caddy{port: st.Port, base: c.URL(i), admin: c.AdminURL(), proc: c.Proc()}
 	}
 	return handles
 }
@@ -579,16 +335,16 @@ func (c *caddy) sseURL() string { return c.base + "/sse" }
 // Small helpers
 // ---------------------------------------------------------------------------
 
-// newHTTPClient returns an HTTP client with its own transport, whose idle
-// connections are closed when the test ends (so that goleak stays quiet).
-func newHTTPClient(t testing.TB) *http.Client {
-	tr := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
-		MaxIdleConnsPerHost: 200,
-		DisableCompression:  true,
+// doRequest sends one request and returns the status, headers and body.
+func doRequest(t testing.TB, hc *http.Client, method, url, contentType, body string, hdrs ...http.Header) (int, http.Header, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	code, h, b, err := testenv.Do(ctx, hc, method, url, contentType, body, hdrs...)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
 	}
-	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr}
+	return code, h, b
 }
 
 // lastLine returns the last non-empty line of s.

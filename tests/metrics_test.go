@@ -19,6 +19,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/internal/testenv"
 )
 
 // metricPrefix starts every metric of the bridge.
@@ -233,7 +235,7 @@ func checkNoSecrets(t testing.TB, m *metricSet, sessionIDs []string, secrets ...
 // obsClient drives obs-client.mjs: one TypeScript SDK legacy session run
 // command by command.
 type obsClient struct {
-	p       *proc
+	p       *testenv.Process
 	session string // the endpoint event's sessionId
 	answers int    // answer lines consumed
 }
@@ -252,12 +254,12 @@ func startObsClient(t testing.TB, sseURL string, headers ...string) *obsClient {
 	for _, h := range headers {
 		args = append(args, "--header", h)
 	}
-	p := startProc(t, "obs-client.mjs", procOptions{dir: nodeDir, stdin: true}, nodeBin, args...)
-	p.waitOutput(t, tsReadyRe, 30*time.Second)
-	t.Cleanup(func() { p.stdin.Close() })
-	m := obsEndpointRe.FindStringSubmatch(p.out.String())
+	p := startNodeScript(t, "obs-client.mjs", true, args...)
+	p.MustWaitOutput(t, tsReadyRe, 30*time.Second)
+	t.Cleanup(func() { p.Stdin().Close() })
+	m := obsEndpointRe.FindStringSubmatch(p.Output())
 	if m == nil {
-		t.Fatalf("obs-client.mjs printed no endpoint line:\n%s", p.out.String())
+		t.Fatalf("obs-client.mjs printed no endpoint line:\n%s", p.Output())
 	}
 	if !sessionIDRe.MatchString(m[1]) {
 		t.Fatalf("the endpoint event's sessionId %q is not 32 hex digits", m[1])
@@ -268,11 +270,11 @@ func startObsClient(t testing.TB, sseURL string, headers ...string) *obsClient {
 // do sends one command and returns its answer line's kind and rest.
 func (c *obsClient) do(t testing.TB, cmd string) (kind, rest string) {
 	t.Helper()
-	if _, err := fmt.Fprintln(c.p.stdin, cmd); err != nil {
+	if _, err := fmt.Fprintln(c.p.Stdin(), cmd); err != nil {
 		t.Fatalf("writing to obs-client.mjs: %v", err)
 	}
 	var m []string
-	c.p.waitUntil(t, "the answer to "+cmd, callTimeout+10*time.Second, func(out string) bool {
+	c.p.MustWaitUntil(t, "the answer to "+cmd, callTimeout+10*time.Second, func(out string) bool {
 		all := obsAnswerRe.FindAllStringSubmatch(out, -1)
 		if len(all) > c.answers {
 			m = all[c.answers]
@@ -315,7 +317,7 @@ func (c *obsClient) quit(t testing.TB) {
 	if kind, rest := c.do(t, "quit"); kind != "closed" {
 		t.Fatalf("obs-client.mjs quit: %s %s", kind, rest)
 	}
-	if err := c.p.wait(t, 10*time.Second); err != nil {
+	if err := c.p.MustWaitExit(t, 10*time.Second); err != nil {
 		t.Fatalf("obs-client.mjs exited with %v", err)
 	}
 }
@@ -344,7 +346,7 @@ func TestMetricsTSClient(t *testing.T) {
 	requireNode(t)
 	up := startUpstream(t, specGoStatefulSSE)
 	c := startCaddyWith(t, caddyOptions{admin: true}, site{body: bridgeBlock(up.url)})[0]
-	hc := newHTTPClient(t)
+	hc := testenv.MustHTTPClient(t)
 	token := "obs-metrics-token-" + randomHex(12)
 	auth := "Authorization: Bearer " + token
 
@@ -445,7 +447,7 @@ func TestMetricsTSClient(t *testing.T) {
 	// the method and the reason; Caddy's log holds no full session id and
 	// no token.
 	var warned []logLine
-	for _, l := range bridgeLogs(c.proc.out.String()) {
+	for _, l := range bridgeLogs(c.proc.Output()) {
 		if l.msg() == "upstream request failed" && l.str("session") == short8(oc2.session) && l.str("method") == "tools/call" {
 			warned = append(warned, l)
 		}
@@ -458,7 +460,7 @@ func TestMetricsTSClient(t *testing.T) {
 			t.Errorf("\"upstream request failed\": level %q, reason %q, want warn and unreachable: %s", l.str("level"), l.str("reason"), l.raw)
 		}
 	}
-	checkLogHoldsNone(t, c.proc.out.String(), map[string]string{
+	checkLogHoldsNone(t, c.proc.Output(), map[string]string{
 		"the token": token, "the first session's id": oc.session, "the second session's id": oc2.session,
 	})
 }
@@ -514,7 +516,7 @@ func TestMetricsSurviveReload(t *testing.T) {
 	}
 	c := startRLCaddy(t, body("1s"))
 	admin := fmt.Sprintf("http://127.0.0.1:%d", c.adminPort)
-	hc := newHTTPClient(t)
+	hc := testenv.MustHTTPClient(t)
 
 	rc := startReplicaClient(t, c.sseURL())
 	t.Cleanup(func() { checkNoClientErrors(t, rc) })
@@ -560,7 +562,7 @@ func TestMetricsSurviveReload(t *testing.T) {
 	t.Logf("after two reloads: %s", summary(m))
 
 	checkOneStream(t, rc, "after the reloads")
-	if l := registrationErrorRe.FindString(c.proc.out.String()); l != "" {
+	if l := registrationErrorRe.FindString(c.proc.Output()); l != "" {
 		t.Errorf("Caddy's log shows a failed metrics registration (%q); see its output", l)
 		logCaddyLines(t, c.proc, l)
 	}

@@ -26,6 +26,8 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/internal/testenv"
 )
 
 // specGoStatefulSSEEvents is the demo upstream with an event store: its
@@ -332,19 +334,12 @@ func testForwarderKilled(t *testing.T, cl *cluster, resumable bool) {
 // through the cluster: streams stay open, calls keep succeeding, nothing is
 // lost or answered twice.
 func TestMultiReplicaReload(t *testing.T) {
-	requireRedisModule(t)
-	requireNode(t)
 	tb := tables[kindGo]
-	up := startUpstream(t, specGoStatefulSSE)
-	cl := startCluster(t, 2, up.url, nil)
-	rec := newRecorder(t, cl.lb.base)
-	t.Cleanup(func() { rec.checkExactlyOnce(t) })
-
-	gc := connectGo(t, rec.caddy(), "go", goClientOptions{})
+	m := startMultiReplica(t)
+	cl, rec, gc, rc := m.cl, m.rec, m.gc, m.rc
 	goSession := rec.sessions()[0]
 	reloaded := cl.replica(t, rec.streamReplica(t, goSession))
 	other := otherReplica(t, cl, reloaded.name)
-	rc := startReplicaClient(t, cl.lb.sseURL())
 	t.Logf("Go stream on %s, TypeScript stream on %s; reloading %s", reloaded.name, rc.gets()[0].replica, reloaded.name)
 	gc.echoOK(t, tb, "before the reload")
 	rc.echoOK(t, "before")
@@ -478,23 +473,16 @@ func TestMultiReplicaReload(t *testing.T) {
 // stay open, new streams get 503 with Retry-After while Redis is down,
 // nothing accepted before is lost, and calls afterwards succeed.
 func TestMultiReplicaRedisRestart(t *testing.T) {
-	requireRedisModule(t)
-	requireNode(t)
 	tb := tables[kindGo]
-	up := startUpstream(t, specGoStatefulSSE)
-	cl := startCluster(t, 2, up.url, nil)
-	rec := newRecorder(t, cl.lb.base)
-	t.Cleanup(func() { rec.checkExactlyOnce(t) })
-
-	gc := connectGo(t, rec.caddy(), "go", goClientOptions{})
+	m := startMultiReplica(t)
+	cl, rec, gc, rc := m.cl, m.rec, m.gc, m.rc
 	goSession := rec.sessions()[0]
-	rc := startReplicaClient(t, cl.lb.sseURL())
 	gc.echoOK(t, tb, "before the restart")
 	rc.echoOK(t, "before")
 	upSession := upstreamSessionIn(t, gc.callText(t, "headers", map[string]any{}))
 
 	// A session whose client is away, with an answer waiting for it.
-	hc := newHTTPClient(t)
+	hc := testenv.MustHTTPClient(t)
 	away := leaveSession(t, hc, cl, "kept-across-the-restart-"+randomHex(4))
 
 	// In flight across the outage: a call whose progress notifications and
@@ -515,7 +503,9 @@ func TestMultiReplicaRedisRestart(t *testing.T) {
 	gc.waitFor(t, "the first progress notification", promptly, func() bool { return len(gc.progress["across-restart"]) > 0 })
 
 	stopped := time.Now()
-	cl.redis.stop()
+	if err := cl.redis.Stop(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
 	gc.mu.Lock()
 	atStop := len(gc.progress["across-restart"])
 	gc.mu.Unlock()
@@ -559,7 +549,7 @@ func TestMultiReplicaRedisRestart(t *testing.T) {
 	gc.mu.Lock()
 	duringOutage := len(gc.progress["across-restart"]) - atStop
 	gc.mu.Unlock()
-	cl.redis.start()
+	cl.redis.MustRestart(t)
 	back := time.Now()
 	t.Logf("redis was down for %v; %d progress notification(s) reached the client meanwhile", time.Since(stopped).Round(time.Millisecond), duringOutage)
 
@@ -620,16 +610,9 @@ func TestMultiReplicaRedisRestart(t *testing.T) {
 // upstream session the bridge opened transparently, whichever replica
 // forwards it.
 func TestMultiReplicaUpstreamRestart(t *testing.T) {
-	requireRedisModule(t)
-	requireNode(t)
 	tb := tables[kindGo]
-	up := startUpstream(t, specGoStatefulSSE)
-	cl := startCluster(t, 2, up.url, nil)
-	rec := newRecorder(t, cl.lb.base)
-	t.Cleanup(func() { rec.checkExactlyOnce(t) })
-
-	gc := connectGo(t, rec.caddy(), "go", goClientOptions{})
-	rc := startReplicaClient(t, cl.lb.sseURL())
+	m := startMultiReplica(t)
+	up, gc, rc := m.up, m.gc, m.rc
 	gc.echoOK(t, tb, "before the restart")
 	rc.echoOK(t, "before")
 	goUp := upstreamSessionIn(t, gc.callText(t, "headers", map[string]any{}))
@@ -672,7 +655,7 @@ func (rc *replicaClient) checkProgress(t testing.TB, tag string, steps int) {
 	t.Helper()
 	seen := rc.progressSeen(tag)
 	missing := missingSteps(seen, steps)
-	late := len(unknownTokenRe.FindAllString(rc.p.out.String(), -1))
+	late := len(unknownTokenRe.FindAllString(rc.p.Output(), -1))
 	if len(missing) > late {
 		t.Errorf("TypeScript client: progress notifications %v of %s miss %v (%d reported after the result): lost", seen, tag, missing, late)
 	}
@@ -731,7 +714,7 @@ func missingSteps(seen []int, steps int) []int {
 func logRecovery(t testing.TB, cl *cluster) {
 	t.Helper()
 	for _, r := range cl.replicas {
-		for _, line := range strings.Split(r.proc.out.String(), "\n") {
+		for _, line := range strings.Split(r.proc.Output(), "\n") {
 			if strings.Contains(line, "whose replica died") || strings.Contains(line, "adopted") {
 				t.Logf("replica %s: %s", r.name, line)
 			}

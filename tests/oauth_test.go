@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/oauthex"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/internal/testenv"
 )
 
 // ---------------------------------------------------------------------------
@@ -376,7 +378,7 @@ var upstreamAuthRe = regexp.MustCompile(`(?m)^auth (\S+) (\S+) (ok|refused) bear
 func TestOAuthFlowTSClient(t *testing.T) {
 	requireNode(t)
 	as := startTinyAS(t)
-	port := freePort(t)
+	port := testenv.MustFreePort(t)
 	bridgeBase := fmt.Sprintf("http://127.0.0.1:%d", port)
 	resource := bridgeBase + "/sse"
 	wantMetadataURL := bridgeBase + "/.well-known/oauth-protected-resource/sse"
@@ -387,7 +389,7 @@ func TestOAuthFlowTSClient(t *testing.T) {
 	}})
 	upOrigin := strings.TrimSuffix(up.url, "/mcp")
 	cd := startCaddySites(t, site{port: port, body: bridgeBlock(up.url)})[0]
-	hc := newHTTPClient(t)
+	hc := testenv.MustHTTPClient(t)
 
 	// --- Plain HTTP checks at the bridge -----------------------------------
 
@@ -428,10 +430,10 @@ func TestOAuthFlowTSClient(t *testing.T) {
 
 	// --- The TypeScript SDK's flow -----------------------------------------
 
-	p := startProc(t, "oauth-client.mjs", procOptions{dir: nodeDir}, nodeBin,
+	p := startNodeScript(t, "oauth-client.mjs", false,
 		"oauth-client.mjs", "--url", cd.sseURL(), "--timeout", "15000")
-	runErr := p.wait(t, 2*time.Minute)
-	out := p.out.String()
+	runErr := p.MustWaitExit(t, 2*time.Minute)
+	out := p.Output()
 	var rep oauthReport
 	if err := json.Unmarshal([]byte(lastLine(out)), &rep); err != nil {
 		t.Fatalf("oauth-client.mjs (%v) printed no report: %v\n%s", runErr, err, out)
@@ -550,7 +552,7 @@ func TestOAuthFlowTSClient(t *testing.T) {
 
 	// 5. What reached the upstream: refusals without a token (or with the
 	// unknown one), then only requests with the issued token.
-	upOut := up.proc.out.String()
+	upOut := up.proc().Output()
 	var refusedBefore, okAfter, okPOSTs int
 	authorised := false
 	for _, m := range upstreamAuthRe.FindAllStringSubmatch(upOut, -1) {

@@ -2,71 +2,15 @@ package tests
 
 import (
 	"context"
-	"fmt"
-	"net"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/internal/testenv"
 )
-
-// clusterPort returns a free port whose Cluster bus port (port+10000) is
-// free too.
-func clusterPort(t testing.TB) int {
-	t.Helper()
-	for range 50 {
-		port := freePort(t)
-		if port+10000 > 65535 {
-			continue
-		}
-		if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port+10000)); err == nil {
-			l.Close()
-			return port
-		}
-	}
-	t.Fatal("no free port pair for a Redis Cluster node")
-	return 0
-}
-
-// startRedisCluster starts a Redis Cluster of masters, each with replicas
-// replicas, whose nodes count one another failed after a second. It returns
-// the nodes by address.
-func startRedisCluster(t testing.TB, masters, replicas int) map[string]*proc {
-	t.Helper()
-	requireRedisModule(t)
-	dir := t.TempDir()
-	nodes := map[string]*proc{}
-	var addrs []string
-	for i := range masters * (1 + replicas) {
-		port := clusterPort(t)
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		nodes[addr] = startProc(t, fmt.Sprintf("redis cluster node %d", i), procOptions{dir: dir}, "redis-server",
-			"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir, "--save", "", "--appendonly", "no",
-			"--cluster-enabled", "yes", "--cluster-node-timeout", "1000", "--repl-diskless-sync-delay", "0",
-			"--cluster-config-file", filepath.Join(dir, fmt.Sprintf("nodes-%d.conf", port)))
-		addrs = append(addrs, addr)
-	}
-	for _, addr := range addrs {
-		waitTCP(t, nodes[addr], addr, 20*time.Second)
-	}
-	ctx := ctxTimeout(t, 30*time.Second)
-	args := append([]string{"--cluster", "create"}, addrs...)
-	args = append(args, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
-	if out, err := exec.CommandContext(ctx, "redis-cli", args...).CombinedOutput(); err != nil {
-		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
-	}
-	for _, addr := range addrs {
-		waitRedis(t, addr, "the Cluster to be ok", func(c *goredis.Client) bool {
-			info, err := c.ClusterInfo(ctx).Result()
-			return err == nil && strings.Contains(info, "cluster_state:ok")
-		})
-	}
-	return nodes
-}
 
 // waitRedis polls the Redis at addr until cond holds (at most 30 s).
 func waitRedis(t testing.TB, addr, what string, cond func(c *goredis.Client) bool) {
@@ -88,11 +32,9 @@ func waitRedis(t testing.TB, addr, what string, cond func(c *goredis.Client) boo
 // next call succeeds within a few seconds.
 func TestRedisClusterFailover(t *testing.T) {
 	requireNode(t)
-	nodes := startRedisCluster(t, 3, 1)
-	var addrs []string
-	for addr := range nodes {
-		addrs = append(addrs, addr)
-	}
+	requireRedisModule(t)
+	nodes := testenv.MustCluster(t, testenv.ClusterOptions{Masters: 3, Replicas: 1, NodeTimeout: time.Second})
+	addrs := nodes.Addrs()
 	up := startUpstream(t, specGoStatefulSSE)
 	cl := launchCluster(t, &cluster{upstreamURL: up.url, storeAddrs: addrs}, 2, time.Second)
 	rc := startReplicaClient(t, cl.lb.sseURL())
@@ -112,7 +54,7 @@ func TestRedisClusterFailover(t *testing.T) {
 	var replicaAddr string
 	deadline := time.Now().Add(30 * time.Second)
 	for replicaAddr == "" {
-		for addr := range nodes {
+		for _, addr := range addrs {
 			c := goredis.NewClient(&goredis.Options{Addr: addr})
 			info, err := c.Info(ctx, "replication").Result()
 			c.Close()
@@ -141,7 +83,7 @@ func TestRedisClusterFailover(t *testing.T) {
 			strings.Contains(info, "master_sync_in_progress:0") && replOffset(info, "slave_repl_offset:") >= target
 	})
 
-	nodes[masterAddr].kill()
+	nodes.Node(masterAddr).Kill()
 	killed := time.Now()
 	waitRedis(t, replicaAddr, "the promotion", func(c *goredis.Client) bool {
 		info, err := c.Info(ctx, "replication").Result()

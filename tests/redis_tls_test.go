@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/internal/testenv"
 )
 
 // testCA is a private certificate authority made for one test.
@@ -103,12 +105,9 @@ func TestRedisTLS(t *testing.T) {
 	ca := newTestCA(t)
 	serverCert, serverKey := ca.issue(t, "redis.test", x509.ExtKeyUsageServerAuth)
 	clientCert, clientKey := ca.issue(t, "bridge", x509.ExtKeyUsageClientAuth)
-	port := freePort(t)
-	redis := startProc(t, "redis-server (TLS)", procOptions{dir: ca.dir}, "redis-server",
-		"--port", "0", "--tls-port", fmt.Sprint(port), "--bind", "127.0.0.1",
-		"--tls-cert-file", serverCert, "--tls-key-file", serverKey, "--tls-ca-cert-file", ca.path(),
-		"--tls-auth-clients", "yes", "--save", "", "--appendonly", "no", "--dir", ca.dir)
-	waitTCP(t, redis, fmt.Sprintf("127.0.0.1:%d", port), 20*time.Second)
+	redis := testenv.MustRedis(t, testenv.RedisOptions{Dir: ca.dir, Name: "redis-server (TLS)",
+		TLS: &testenv.RedisTLS{Cert: serverCert, Key: serverKey, CA: ca.path(), AuthClients: true}})
+	port := redis.Port()
 	up := startUpstream(t, specGoStatelessJSON)
 
 	// Two stores (key prefixes): sites that name the same data share one
@@ -130,7 +129,7 @@ func TestRedisTLS(t *testing.T) {
 	gc := connectGo(t, withCert, "tls", goClientOptions{})
 	gc.echoOK(t, tables[kindGo], "over TLS with a client certificate")
 
-	hc := newHTTPClient(t)
+	hc := testenv.MustHTTPClient(t)
 	code, h, body := doRequest(t, hc, http.MethodGet, withoutCert.sseURL(), "", "")
 	if code != http.StatusServiceUnavailable || h.Get("Retry-After") == "" {
 		t.Errorf("GET through a store without the client certificate: %d %q, want 503 with Retry-After", code, body)

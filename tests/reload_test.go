@@ -18,9 +18,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -29,6 +27,8 @@ import (
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/internal/testenv"
 )
 
 // ---------------------------------------------------------------------------
@@ -39,47 +39,28 @@ import (
 // and one site, http://127.0.0.1:port, whose body the test replaces with
 // `caddy reload`.
 type rlCaddy struct {
+	c         *testenv.Caddy
 	port      int
 	adminPort int
-	dir       string
 	base      string
-	proc      *proc
+	proc      *testenv.Process
 	hc        *http.Client
 	reloads   int
-	current   string // the Caddyfile of the config running
 }
 
 // caddyfile is the whole Caddyfile for a site body.
-func (c *rlCaddy) caddyfile(body string) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "{\n\tadmin 127.0.0.1:%d\n\tauto_https off\n\tpersist_config off\n\tgrace_period 1s\n", c.adminPort)
-	if os.Getenv("E2E_DEBUG") == "1" {
-		b.WriteString("\tdebug\n")
-	}
-	b.WriteString("}\n\n")
-	fmt.Fprintf(&b, "http://127.0.0.1:%d {\n\tbind 127.0.0.1\n\t%s\n}\n", c.port, body)
-	return b.String()
+func (c *rlCaddy) caddyfile(body string) testenv.Caddyfile {
+	return testenv.Caddyfile{Admin: true, AdminPort: c.adminPort, Debug: e2eDebug(),
+		Sites: []testenv.Site{{Port: c.port, Body: body}}}
 }
 
 // startRLCaddy starts Caddy serving body on a free port.
 func startRLCaddy(t testing.TB, body string) *rlCaddy {
 	t.Helper()
-	c := &rlCaddy{port: freePort(t), adminPort: freePort(t), dir: t.TempDir(), hc: newHTTPClient(t)}
+	c := &rlCaddy{port: testenv.MustFreePort(t), adminPort: testenv.MustFreePort(t), hc: testenv.MustHTTPClient(t)}
 	c.base = fmt.Sprintf("http://127.0.0.1:%d", c.port)
-	c.current = c.caddyfile(body)
-	path := filepath.Join(c.dir, "Caddyfile")
-	if err := os.WriteFile(path, []byte(c.current), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c.proc = startProc(t, "caddy", procOptions{dir: c.dir, env: caddyEnv(c.dir)},
-		caddyBin, "run", "--config", path, "--adapter", "caddyfile")
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("---- Caddyfile running at the end ----\n%s", c.current)
-		}
-	})
-	waitTCP(t, c.proc, fmt.Sprintf("127.0.0.1:%d", c.port), 20*time.Second)
-	waitTCP(t, c.proc, fmt.Sprintf("127.0.0.1:%d", c.adminPort), 10*time.Second)
+	c.c = testenv.MustCaddy(t, testenv.CaddyConfig{Bin: caddyBin, Caddyfile: c.caddyfile(body)})
+	c.proc = c.c.Proc()
 	return c
 }
 
@@ -90,25 +71,13 @@ func (c *rlCaddy) sseURL() string { return c.base + "/sse" }
 func (c *rlCaddy) tryReload(t testing.TB, body string) (string, error) {
 	t.Helper()
 	c.reloads++
-	cf := c.caddyfile(body)
-	path := filepath.Join(c.dir, fmt.Sprintf("Caddyfile.%d", c.reloads))
-	if err := os.WriteFile(path, []byte(cf), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, caddyBin, "reload", "--config", path, "--adapter", "caddyfile",
-		"--address", fmt.Sprintf("127.0.0.1:%d", c.adminPort))
-	cmd.Dir = c.dir
-	cmd.Env = append(os.Environ(), caddyEnv(c.dir)...)
-	out, err := cmd.CombinedOutput()
+	out, err := c.c.Reload(ctx, c.caddyfile(body))
 	if ctx.Err() != nil {
 		t.Fatalf("caddy reload did not finish within 30s:\n%s", out)
 	}
-	if err == nil {
-		c.current = cf
-	}
-	return string(out), err
+	return out, err
 }
 
 // reload loads body and fails the test unless `caddy reload` succeeded.
@@ -116,7 +85,7 @@ func (c *rlCaddy) reload(t testing.TB, body string) {
 	t.Helper()
 	start := time.Now()
 	if out, err := c.tryReload(t, body); err != nil {
-		t.Fatalf("caddy reload: %v\n%s\n---- the config refused ----\n%s", err, out, c.caddyfile(body))
+		t.Fatalf("caddy reload: %v\n%s\n---- the config refused ----\n%s", err, out, c.caddyfile(body).String())
 	}
 	t.Logf("reload #%d took %v", c.reloads, time.Since(start).Round(time.Millisecond))
 }
@@ -127,7 +96,7 @@ func (c *rlCaddy) refuse(t testing.TB, body, want string) {
 	t.Helper()
 	out, err := c.tryReload(t, body)
 	if err == nil {
-		t.Fatalf("caddy reload accepted an invalid config (%s):\n%s", want, c.caddyfile(body))
+		t.Fatalf("caddy reload accepted an invalid config (%s):\n%s", want, c.caddyfile(body).String())
 	}
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() == 0 {
@@ -262,7 +231,7 @@ func checkStreamAccepted(t testing.TB, hc *http.Client, sseURL, why string) {
 
 // observedStream is an event stream read to its end, bytes kept.
 type observedStream struct {
-	out   *output
+	out   *testenv.Buffer
 	done  chan struct{}
 	close func() // ends the stream from the client's side and waits
 }
@@ -274,7 +243,7 @@ func (s *observedStream) text() string { return s.out.String() }
 func observeStream(t testing.TB, hc *http.Client, sseURL string) *observedStream {
 	t.Helper()
 	resp, _, cancel := getEventStream(t, hc, sseURL, rlProbeHeader)
-	s := &observedStream{out: newOutput(), done: make(chan struct{})}
+	s := &observedStream{out: testenv.NewBuffer(), done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
 		_, _ = io.Copy(s.out, resp.Body)
@@ -300,7 +269,7 @@ func (s *observedStream) waitFor(cond func(text string) bool, timeout time.Durat
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	for {
-		text, changed := s.out.snapshot()
+		text, changed := s.out.Snapshot()
 		if cond(text) {
 			return true
 		}
@@ -355,14 +324,14 @@ func awaitResult(rc *replicaClient, tag string, timeout time.Duration) (kind, re
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	for {
-		s, changed := rc.p.out.snapshot()
+		s, changed := rc.p.Snapshot()
 		if m := re.FindStringSubmatch(s); m != nil {
 			return m[1], m[2], true
 		}
 		select {
 		case <-changed:
-		case <-rc.p.done:
-			if m := re.FindStringSubmatch(rc.p.out.String()); m != nil {
+		case <-rc.p.Done():
+			if m := re.FindStringSubmatch(rc.p.Output()); m != nil {
 				return m[1], m[2], true
 			}
 			return "", "", false
@@ -374,7 +343,7 @@ func awaitResult(rc *replicaClient, tag string, timeout time.Duration) (kind, re
 
 // hasResult reports whether the call tagged tag has a result line already.
 func hasResult(rc *replicaClient, tag string) bool {
-	return regexp.MustCompile(`(?m)^result ` + regexp.QuoteMeta(tag) + ` `).MatchString(rc.p.out.String())
+	return regexp.MustCompile(`(?m)^result ` + regexp.QuoteMeta(tag) + ` `).MatchString(rc.p.Output())
 }
 
 // checkOneStream checks that the client's event stream was opened once and
@@ -544,7 +513,7 @@ func TestReloadKeepsSessionsMemory(t *testing.T) {
 // newTestRedisClient is a go-redis client of the test's own (default user).
 func newTestRedisClient(t testing.TB, r *redisServer) *goredis.Client {
 	t.Helper()
-	rdb := goredis.NewClient(&goredis.Options{Addr: r.addr(), DialTimeout: 2 * time.Second, ReadTimeout: 3 * time.Second})
+	rdb := goredis.NewClient(&goredis.Options{Addr: r.Addr(), DialTimeout: 2 * time.Second, ReadTimeout: 3 * time.Second})
 	t.Cleanup(func() { _ = rdb.Close() })
 	return rdb
 }
@@ -582,7 +551,7 @@ func TestReloadKeepsSessionsRedis(t *testing.T) {
 	prefix := "e2e-reload-" + randomHex(4) + ":"
 
 	store := func(password string, lines ...string) string {
-		all := append([]string{"address " + rs.addr(), "username bridge", "password " + password, "key_prefix " + prefix}, lines...)
+		all := append([]string{"address " + rs.Addr(), "username bridge", "password " + password, "key_prefix " + prefix}, lines...)
 		return "store redis {\n\t\t\t" + strings.Join(all, "\n\t\t\t") + "\n\t\t}"
 	}
 	before := []string{"keepalive 1s", "session_ttl 30s", store("pass-one")}
@@ -675,10 +644,10 @@ func TestReloadKeepsSessionsRedis(t *testing.T) {
 
 // logCaddyLines logs the lines of Caddy's output that contain substr (at
 // most 5).
-func logCaddyLines(t testing.TB, p *proc, substr string) {
+func logCaddyLines(t testing.TB, p *testenv.Process, substr string) {
 	t.Helper()
 	var lines []string
-	for _, l := range strings.Split(p.out.String(), "\n") {
+	for _, l := range strings.Split(p.Output(), "\n") {
 		if strings.Contains(l, substr) && len(lines) < 5 {
 			lines = append(lines, l)
 		}
@@ -707,7 +676,7 @@ func TestReloadToAnotherRedis(t *testing.T) {
 	prefixB := "e2e-reload-b-" + randomHex(4) + ":"
 	body := func(prefix string) string {
 		return continuityBlock(up.url, "keepalive 1s", "session_ttl 30s",
-			fmt.Sprintf("store redis {\n\t\t\taddress %s\n\t\t\tkey_prefix %s\n\t\t}", rs.addr(), prefix))
+			fmt.Sprintf("store redis {\n\t\t\taddress %s\n\t\t\tkey_prefix %s\n\t\t}", rs.Addr(), prefix))
 	}
 	c := startRLCaddy(t, body(prefixA))
 	rc := startReplicaClient(t, c.sseURL())

@@ -22,7 +22,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -37,6 +36,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/internal/testenv"
 )
 
 // ---------------------------------------------------------------------------
@@ -85,11 +86,7 @@ func startRolloutTap(t testing.TB, upstreamURL string) *rolloutTap {
 	}
 	target := &url.URL{Scheme: u.Scheme, Host: u.Host} // the path is the request's
 	tap := &rolloutTap{inits: map[string]int{}, upSessions: map[string]map[string]bool{}}
-	tap.tr = &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
-		MaxIdleConnsPerHost: 200,
-		DisableCompression:  true,
-	}
+	tap.tr = testenv.NewTransport(200)
 	tap.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
@@ -206,32 +203,15 @@ const rolloutDrainTimeout = 10 * time.Second
 // rolloutCaddyfile is the configuration of replica r: the harness's
 // (keepalive 1s, session_ttl 30s, store redis, X-Replica response header)
 // plus drain_timeout, and header_up naming the replica to the upstream tap.
-func rolloutCaddyfile(r *replica) string {
-	c := r.cluster
-	var b strings.Builder
-	fmt.Fprintf(&b, "{\n\tadmin 127.0.0.1:%d\n\tauto_https off\n\tpersist_config off\n\tgrace_period 1s\n", r.adminPort)
-	if os.Getenv("E2E_DEBUG") == "1" {
-		b.WriteString("\tdebug\n")
-	}
-	b.WriteString("}\n\n")
-	fmt.Fprintf(&b, "http://127.0.0.1:%d {\n\tbind 127.0.0.1\n\theader X-Replica %s\n", r.port, r.name)
-	fmt.Fprintf(&b, "\tmcp_sse_bridge {\n\t\tupstream %s\n\t\tkeepalive %s\n\t\tsession_ttl 30s\n\t\tdrain_timeout %s\n", c.upstreamURL, r.keepalive, rolloutDrainTimeout)
-	fmt.Fprintf(&b, "\t\theader_up X-Bridge-Replica %s\n", r.name)
-	fmt.Fprintf(&b, "\t\tstore redis {\n\t\t\taddress %s\n\t\t\tkey_prefix %s\n\t\t}\n\t}\n}\n", c.redis.addr(), c.keyPrefix)
-	return b.String()
+func rolloutCaddyfile(r *replica) testenv.Caddyfile {
+	return r.caddyfile(r.keepalive, fmt.Sprintf("drain_timeout %s", rolloutDrainTimeout), "header_up X-Bridge-Replica "+r.name)
 }
 
 // launchRolloutReplica starts replica r's Caddy with rolloutCaddyfile and
 // waits until it accepts connections.
 func launchRolloutReplica(t testing.TB, r *replica) {
 	t.Helper()
-	cf := rolloutCaddyfile(r)
-	if err := os.WriteFile(r.caddyfilePath(), []byte(cf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	r.proc = startProc(t, "caddy replica "+r.name, procOptions{dir: r.dir, env: caddyEnv(r.dir)},
-		caddyBin, "run", "--config", r.caddyfilePath(), "--adapter", "caddyfile")
-	waitTCP(t, r.proc, r.addr(), 20*time.Second)
+	r.started(testenv.MustCaddy(t, r.config(rolloutCaddyfile(r))))
 }
 
 // sigtermReplica sends SIGTERM to replica r, as an orchestrator does, and waits
@@ -239,16 +219,16 @@ func launchRolloutReplica(t testing.TB, r *replica) {
 func sigtermReplica(t testing.TB, r *replica, timeout time.Duration) time.Duration {
 	t.Helper()
 	start := time.Now()
-	if err := syscall.Kill(r.proc.cmd.Process.Pid, syscall.SIGTERM); err != nil {
+	if err := r.proc.Signal(syscall.SIGTERM); err != nil {
 		t.Fatalf("SIGTERM to replica %s: %v", r.name, err)
 	}
 	select {
-	case <-r.proc.done:
+	case <-r.proc.Done():
 	case <-time.After(timeout):
 		t.Fatalf("replica %s did not exit within %v of SIGTERM", r.name, timeout)
 	}
-	if r.proc.err != nil {
-		t.Errorf("replica %s exited with %v after SIGTERM, want a clean exit", r.name, r.proc.err)
+	if err := r.proc.Err(); err != nil {
+		t.Errorf("replica %s exited with %v after SIGTERM, want a clean exit", r.name, err)
 	}
 	return time.Since(start)
 }
@@ -260,17 +240,8 @@ func sigtermReplica(t testing.TB, r *replica, timeout time.Duration) time.Durati
 func startRolloutCluster(t testing.TB, n int, upstreamURL string) (*cluster, string) {
 	t.Helper()
 	requireRedisModule(t)
-	c := &cluster{redis: startRedis(t), upstreamURL: upstreamURL, keyPrefix: "e2e-" + randomHex(6) + ":"}
-	for i := range n {
-		c.replicas = append(c.replicas, &replica{
-			name:      fmt.Sprintf("r%d", i+1),
-			port:      freePort(t),
-			adminPort: freePort(t),
-			dir:       t.TempDir(),
-			cluster:   c,
-			keepalive: time.Second,
-		})
-	}
+	c := &cluster{redis: startRedis(t), upstreamURL: upstreamURL}
+	newReplicas(t, c, n, time.Second)
 	for _, r := range c.replicas {
 		launchRolloutReplica(t, r)
 	}
@@ -376,7 +347,7 @@ func lbRetried(t testing.TB, accessLog string) []lbRequest {
 // one node process, each with its own bearer token, calling a short and a
 // long tool without pause.
 type manyClients struct {
-	p      *proc
+	p      *testenv.Process
 	n      int
 	prefix string // of the tokens: Bearer <prefix>-<i>
 }
@@ -398,9 +369,9 @@ func startManyClients(t testing.TB, sseURL, upstream string, n, longMs int, extr
 	args := append([]string{"many-clients.mjs",
 		"--url", sseURL, "--upstream", upstream, "--clients", strconv.Itoa(n), "--token-prefix", mc.prefix,
 		"--timeout", "30000", "--long-ms", strconv.Itoa(longMs), "--long-ratio", "0.3", "--think-ms", "100"}, extra...)
-	mc.p = startProc(t, "many-clients.mjs", procOptions{dir: nodeDir, stdin: true}, nodeBin, args...)
-	t.Cleanup(func() { mc.p.stdin.Close() })
-	mc.p.waitOutput(t, mcReadyRe, 60*time.Second)
+	mc.p = startNodeScript(t, "many-clients.mjs", true, args...)
+	t.Cleanup(func() { mc.p.Stdin().Close() })
+	mc.p.MustWaitOutput(t, mcReadyRe, 60*time.Second)
 	return mc
 }
 
@@ -409,7 +380,7 @@ func (mc *manyClients) auth(i int) string { return fmt.Sprintf("Bearer %s-%d", m
 
 func (mc *manyClients) send(t testing.TB, line string) {
 	t.Helper()
-	if _, err := fmt.Fprintln(mc.p.stdin, line); err != nil {
+	if _, err := fmt.Fprintln(mc.p.Stdin(), line); err != nil {
 		t.Fatalf("writing to many-clients.mjs: %v", err)
 	}
 }
@@ -425,7 +396,7 @@ type mcMark struct {
 func (mc *manyClients) mark(t testing.TB, label string) mcMark {
 	t.Helper()
 	mc.send(t, "mark "+label)
-	m := mc.p.waitOutput(t, regexp.MustCompile(`(?m)^mark `+regexp.QuoteMeta(label)+` (.*)$`), 10*time.Second)
+	m := mc.p.MustWaitOutput(t, regexp.MustCompile(`(?m)^mark `+regexp.QuoteMeta(label)+` (.*)$`), 10*time.Second)
 	var mk mcMark
 	if err := json.Unmarshal([]byte(m[1]), &mk); err != nil {
 		t.Fatalf("many-clients.mjs mark %q: %v", m[1], err)
@@ -437,7 +408,7 @@ func (mc *manyClients) mark(t testing.TB, label string) mcMark {
 func (mc *manyClients) barrier(t testing.TB, label string, timeout time.Duration) {
 	t.Helper()
 	mc.send(t, "barrier "+label)
-	mc.p.waitOutput(t, regexp.MustCompile(`(?m)^barrier `+regexp.QuoteMeta(label)+` done$`), timeout)
+	mc.p.MustWaitOutput(t, regexp.MustCompile(`(?m)^barrier `+regexp.QuoteMeta(label)+` done$`), timeout)
 }
 
 // mcLatency is one call's latency.
@@ -502,12 +473,12 @@ type mcClient struct {
 func (mc *manyClients) stop(t testing.TB, timeout time.Duration) (mcSummary, []mcClient, []string) {
 	t.Helper()
 	mc.send(t, "stop")
-	m := mc.p.waitOutput(t, mcSummaryRe, timeout)
+	m := mc.p.MustWaitOutput(t, mcSummaryRe, timeout)
 	var sum mcSummary
 	if err := json.Unmarshal([]byte(m[1]), &sum); err != nil {
 		t.Fatalf("many-clients.mjs summary %q: %v", short(m[1]), err)
 	}
-	out := mc.p.out.String()
+	out := mc.p.Output()
 	var clients []mcClient
 	for _, cm := range mcClientRe.FindAllStringSubmatch(out, -1) {
 		var c mcClient
@@ -520,7 +491,7 @@ func (mc *manyClients) stop(t testing.TB, timeout time.Duration) (mcSummary, []m
 	for _, fm := range mcFailureRe.FindAllStringSubmatch(out, -1) {
 		failures = append(failures, fm[1])
 	}
-	if err := mc.p.wait(t, 15*time.Second); err != nil {
+	if err := mc.p.MustWaitExit(t, 15*time.Second); err != nil {
 		t.Errorf("many-clients.mjs exited with %v", err)
 	}
 	return sum, clients, failures
@@ -536,7 +507,7 @@ type rollout struct {
 	start time.Time
 	// procs is every Caddy process of the replicas, relaunched ones
 	// included, for their logs.
-	procs []*proc
+	procs []*testenv.Process
 	up    *upstream
 	tap   *rolloutTap
 	cl    *cluster
@@ -582,10 +553,10 @@ func (ro *rollout) relaunch(t testing.TB, r *replica) {
 func (ro *rollout) replicaLines(subs ...string) []string {
 	var lines []string
 	for _, p := range ro.procs {
-		for _, line := range strings.Split(p.out.String(), "\n") {
+		for _, line := range strings.Split(p.Output(), "\n") {
 			for _, sub := range subs {
 				if sub != "" && strings.Contains(line, sub) {
-					lines = append(lines, p.name+": "+line)
+					lines = append(lines, p.Name()+": "+line)
 					break
 				}
 			}
@@ -838,7 +809,7 @@ func TestRollingRestart(t *testing.T) {
 		rs.from = time.Now()
 		rs.exitTook = sigtermReplica(t, r, rolloutDrainTimeout+15*time.Second)
 		rs.exited = time.Now()
-		rs.leftLogs = strings.Count(r.proc.out.String(), "shutting down with requests still in flight")
+		rs.leftLogs = strings.Count(r.proc.Output(), "shutting down with requests still in flight")
 		ro.relaunch(t, r)
 		rs.back = time.Now()
 		restarts = append(restarts, rs)

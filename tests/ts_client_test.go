@@ -45,9 +45,9 @@ func runLegacyClientScript(t *testing.T, spec upstreamSpec, sseURL string) {
 		args = append(args, "--header", "Authorization: Bearer e2e-"+spec.name)
 	}
 	start := time.Now()
-	p := startProc(t, "legacy-client.mjs", procOptions{dir: nodeDir}, nodeBin, args...)
-	err := p.wait(t, 3*time.Minute)
-	out := p.out.String()
+	p := startNodeScript(t, "legacy-client.mjs", false, args...)
+	err := p.MustWaitExit(t, 3*time.Minute)
+	out := p.Output()
 	t.Logf("legacy-client.mjs took %v", time.Since(start).Round(time.Millisecond))
 	if err != nil {
 		t.Fatalf("legacy-client.mjs failed: %v\n%s", err, out)
