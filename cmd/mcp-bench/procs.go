@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -207,184 +206,159 @@ func readListening(ctx context.Context, c *child, r io.Reader, rest io.Writer, t
 	}
 }
 
-// ---------------------------------------------------------------------------
-// /proc
-// ---------------------------------------------------------------------------
-
-// procMem is a process's memory use, in bytes.
-type procMem struct {
-	rss, hwm int64
+// startUpstream starts the demo upstream in stateless JSON mode and returns
+// its URL.
+func (b *bench) startUpstream(ctx context.Context) (*child, string, error) {
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, "", err
+	}
+	defer pr.Close()
+	logPath := filepath.Join(b.tmp, "upstream.log")
+	c, err := b.kids.start("upstream", b.tmp, logPath, nil, pw, b.cfg.upstreamBin, "-addr", "127.0.0.1:0", "-mode", "stateless", "-json")
+	pw.Close()
+	if err != nil {
+		return nil, "", err
+	}
+	rest, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return nil, "", err
+	}
+	u, err := readListening(ctx, c, pr, rest, 20*time.Second)
+	return c, u, err
 }
 
-// parseStatus reads VmRSS and VmHWM (reported in kB) from the text of
-// /proc/<pid>/status.
-func parseStatus(text string) (procMem, error) {
-	var m procMem
-	found := 0
-	for _, line := range strings.Split(text, "\n") {
-		key, val, ok := strings.Cut(line, ":")
-		if !ok || (key != "VmRSS" && key != "VmHWM") {
+// startRedis starts a redis-server on a free loopback port without
+// persistence. It returns why not, or "".
+func (b *bench) startRedis(ctx context.Context) string {
+	if b.cfg.redisBin == "" {
+		return `disabled with -redis-server ""`
+	}
+	bin, err := exec.LookPath(b.cfg.redisBin)
+	if err != nil {
+		return b.cfg.redisBin + " not on PATH"
+	}
+	b.redisVer = firstLine(commandOutput(ctx, bin, "--version"))
+	port, err := freePort()
+	if err != nil {
+		return err.Error()
+	}
+	dir := filepath.Join(b.tmp, "redis")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err.Error()
+	}
+	c, err := b.kids.start("redis-server", dir, filepath.Join(dir, "redis.log"), nil, nil, bin,
+		"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--dir", dir, "--daemonize", "no", "--protected-mode", "yes",
+		"--maxclients", strconv.Itoa(max(10000, b.cfg.idle+1000)))
+	if err != nil {
+		return err.Error()
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	if err := waitTCP(ctx, c, addr, 10*time.Second); err != nil {
+		return err.Error()
+	}
+	b.redis, b.redisProbe = c, newRedisProbe(addr)
+	for i := 0; ; i++ { // TCP is up; Redis may still be loading
+		err := b.redisProbe.c.Ping(ctx).Err()
+		if err == nil {
+			break
+		}
+		if i == 50 || !sleepCtx(ctx, 100*time.Millisecond) {
+			return "PING: " + err.Error()
+		}
+	}
+	b.logf("redis-server at %s", addr)
+	return ""
+}
+
+// caddyInst is the Caddy of one phase.
+type caddyInst struct {
+	c     *child
+	store string
+	base  string // http://127.0.0.1:PORT
+	admin string // admin address, if enabled
+	log   string
+}
+
+func (ci *caddyInst) sseURL() string { return ci.base + "/sse" }
+
+// caddyfileText is the generated configuration: one site on 127.0.0.1:port
+// bridging to upstream, with the given store block, admin as given ("off" or
+// an address).
+func caddyfileText(port int, admin, upstream, store string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "{\n\tadmin %s\n\tauto_https off\n\tpersist_config off\n\tgrace_period 1s\n}\n\n", admin)
+	// The bench opens its thousands of sessions from one address.
+	fmt.Fprintf(&b, "http://127.0.0.1:%d {\n\tbind 127.0.0.1\n\tmcp_sse_bridge {\n\t\tupstream %s\n\t\tnew_session_rate 1000000\n", port, upstream)
+	for _, l := range strings.Split(strings.TrimSpace(store), "\n") {
+		fmt.Fprintf(&b, "\t\t%s\n", l)
+	}
+	b.WriteString("\t}\n}\n")
+	return b.String()
+}
+
+// storeBlock is the Caddyfile store block for a store.
+func storeBlock(store, redisAddr string, maxSessions int) string {
+	if store == "redis" {
+		return fmt.Sprintf("store redis {\n\taddress %s\n}", redisAddr)
+	}
+	return fmt.Sprintf("store memory {\n\tmax_sessions %d\n}", maxSessions)
+}
+
+// startCaddy starts a fresh Caddy for one phase, with the admin API on a
+// loopback port when profiling.
+func (b *bench) startCaddy(ctx context.Context, store, phase string) (*caddyInst, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(b.tmp, store+"-"+phase)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	ci := &caddyInst{store: store, base: fmt.Sprintf("http://127.0.0.1:%d", port), log: filepath.Join(dir, "caddy.log")}
+	admin := "off"
+	if b.cfg.pprofDir != "" {
+		ap, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		ci.admin = fmt.Sprintf("127.0.0.1:%d", ap)
+		admin = ci.admin
+	}
+	redisAddr := ""
+	if store == "redis" {
+		redisAddr = b.redisProbe.c.Options().Addr
+	}
+	path := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(path, []byte(caddyfileText(port, admin, b.upstreamURL, storeBlock(store, redisAddr, b.cfg.idle+2048))), 0o600); err != nil {
+		return nil, err
+	}
+	env := []string{"HOME=" + dir, "XDG_DATA_HOME=" + filepath.Join(dir, "data"), "XDG_CONFIG_HOME=" + filepath.Join(dir, "config")}
+	c, err := b.kids.start("caddy ("+store+", "+phase+")", dir, ci.log, env, nil, b.cfg.caddyBin, "run", "--config", path, "--adapter", "caddyfile")
+	if err != nil {
+		return nil, err
+	}
+	ci.c = c
+	for _, addr := range []string{fmt.Sprintf("127.0.0.1:%d", port), ci.admin} {
+		if addr == "" {
 			continue
 		}
-		f := strings.Fields(val)
-		if len(f) != 2 || f[1] != "kB" {
-			return m, fmt.Errorf("unexpected %s line %q", key, line)
-		}
-		n, err := strconv.ParseInt(f[0], 10, 64)
-		if err != nil {
-			return m, fmt.Errorf("unexpected %s line %q", key, line)
-		}
-		if key == "VmRSS" {
-			m.rss = n << 10
-		} else {
-			m.hwm = n << 10
-		}
-		found++
-	}
-	if found != 2 {
-		return m, errors.New("VmRSS or VmHWM missing")
-	}
-	return m, nil
-}
-
-// readMem returns the memory use of process pid.
-func readMem(pid int) (procMem, error) {
-	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
-	if err != nil {
-		return procMem{}, err
-	}
-	return parseStatus(string(b))
-}
-
-// clockTicks is USER_HZ, the unit of the CPU times in /proc/<pid>/stat
-// (100 on every Linux platform Go supports).
-const clockTicks = 100
-
-// parseStatCPU returns utime+stime from the text of /proc/<pid>/stat.
-func parseStatCPU(text string) (time.Duration, error) {
-	// The command name (field 2) may hold spaces and parentheses: fields
-	// are counted after its closing parenthesis.
-	i := strings.LastIndexByte(text, ')')
-	if i < 0 {
-		return 0, errors.New("malformed stat")
-	}
-	f := strings.Fields(text[i+1:])
-	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
-	if len(f) < 13 {
-		return 0, errors.New("short stat")
-	}
-	u, err1 := strconv.ParseInt(f[11], 10, 64)
-	s, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, errors.New("malformed utime/stime")
-	}
-	return time.Duration(u+s) * time.Second / clockTicks, nil
-}
-
-// readCPU returns the CPU time process pid has used (user + system).
-func readCPU(pid int) time.Duration {
-	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-	if err != nil {
-		return 0
-	}
-	d, _ := parseStatCPU(string(b))
-	return d
-}
-
-// resetPeak resets the process's VmHWM to its current RSS (clear_refs 5,
-// Linux ≥ 4.0). It reports whether that worked.
-func resetPeak(pid int) bool {
-	return os.WriteFile(filepath.Join("/proc", strconv.Itoa(pid), "clear_refs"), []byte("5"), 0) == nil
-}
-
-// openFilesLimit returns the soft "Max open files" of process pid.
-func openFilesLimit(pid int) string {
-	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "limits"))
-	if err != nil {
-		return "?"
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "Max open files") {
-			f := strings.Fields(strings.TrimPrefix(line, "Max open files"))
-			if len(f) >= 2 {
-				return f[0] + " (hard " + f[1] + ")"
-			}
+		if err := waitTCP(ctx, c, addr, 30*time.Second); err != nil {
+			c.kill()
+			return nil, err
 		}
 	}
-	return "?"
-}
-
-// raiseNoFile raises this process's RLIMIT_NOFILE to at least want (soft),
-// raising the hard limit too when allowed. Children started afterwards
-// inherit it. It returns the soft limit in effect.
-func raiseNoFile(want uint64) (uint64, error) {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return 0, err
+	if b.caddyNofile == 0 {
+		b.caddyNofile = openFilesLimit(c.pid())
 	}
-	if lim.Max < want {
-		raised := lim
-		raised.Max, raised.Cur = want, want
-		if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &raised) == nil {
-			return want, nil
-		}
-	}
-	// Within the hard limit: take all of it. Calling Setrlimit also makes
-	// os/exec pass the raised limit on to children.
-	lim.Cur = lim.Max
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return 0, err
-	}
-	return lim.Cur, nil
+	return ci, nil
 }
 
-// ---------------------------------------------------------------------------
-// Sampling during a run
-// ---------------------------------------------------------------------------
-
-// sampler records the peak VmRSS of a process and the peak number of Redis
-// connections while it runs.
-type sampler struct {
-	stop chan struct{}
-	done chan struct{}
-
-	maxRSS   int64
-	maxRedis int
-	redisErr error
-}
-
-func startSampler(pid int, redisAddr string, every time.Duration) *sampler {
-	s := &sampler{stop: make(chan struct{}), done: make(chan struct{}), maxRedis: -1}
-	go func() {
-		defer close(s.done)
-		tick := time.NewTicker(every)
-		defer tick.Stop()
-		n := 0
-		for {
-			if m, err := readMem(pid); err == nil {
-				s.maxRSS = max(s.maxRSS, m.rss)
-			}
-			// Redis is asked less often: CLIENT LIST is not free.
-			if redisAddr != "" && n%4 == 0 {
-				if c, err := redisClients(redisAddr); err == nil {
-					s.maxRedis = max(s.maxRedis, c)
-				} else {
-					s.redisErr = err
-				}
-			}
-			n++
-			select {
-			case <-tick.C:
-			case <-s.stop:
-				return
-			}
-		}
-	}()
-	return s
-}
-
-// finish stops sampling; the peaks are valid afterwards.
-func (s *sampler) finish() {
-	close(s.stop)
-	<-s.done
+// stopCaddy stops a phase's Caddy and adds its warnings and errors to the
+// store's log summary.
+func (b *bench) stopCaddy(ci *caddyInst, res *storeResult) {
+	ci.c.stop()
+	res.logs.add(ci.log)
 }

@@ -68,6 +68,9 @@ func ms(d time.Duration) string {
 	return fmt.Sprintf("%.3f", float64(d)/float64(time.Millisecond))
 }
 
+// msf is a duration in milliseconds as a float.
+func msf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
 // mib formats a byte count in MiB with 1 decimal.
 func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
 
