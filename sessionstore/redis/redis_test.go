@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +14,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/internal/testenv"
 	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore"
 	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore/storetest"
 )
@@ -539,9 +538,10 @@ func TestFixedConnections(t *testing.T) {
 // store works again, subscribers registered before are woken by the
 // reconnection, and new wake-ups arrive.
 func TestRestart(t *testing.T) {
-	srv := newServer(t, "--appendonly", "yes", "--appendfsync", "always")
+	requireRedis(t)
+	srv := testenv.MustRedis(t, testenv.RedisOptions{Persist: true})
 	client := goredis.NewClient(&goredis.Options{
-		Addr:         srv.addr(),
+		Addr:         srv.Addr(),
 		DialTimeout:  200 * time.Millisecond,
 		ReadTimeout:  500 * time.Millisecond,
 		WriteTimeout: 500 * time.Millisecond,
@@ -562,7 +562,9 @@ func TestRestart(t *testing.T) {
 	}
 	defer cancelBefore()
 
-	srv.stop()
+	if err := srv.Stop(stopGrace); err != nil {
+		t.Fatal(err)
+	}
 	drain(before)
 
 	now := time.Now()
@@ -614,9 +616,7 @@ func TestRestart(t *testing.T) {
 		}
 	}
 
-	if err := srv.start(); err != nil {
-		t.Fatal(err)
-	}
+	srv.MustRestart(t)
 	awaitWake(t, before, 15*time.Second, "subscriber registered before the restart, after the reconnection")
 
 	// Back to work (the pool's connections died with the server: allow a
@@ -986,20 +986,8 @@ func TestSetLimits(t *testing.T) {
 // would next reload its slot map on its own (a minute).
 func TestClusterFailover(t *testing.T) {
 	requireRedis(t)
-	dir := t.TempDir()
-	nodes, err := startClusterNodes(dir, 3, 1, 1000)
-	if err != nil {
-		t.Fatalf("starting a 3+3 Cluster: %v", err)
-	}
-	t.Cleanup(func() {
-		for _, s := range nodes {
-			s.stop()
-		}
-	})
-	var addrs []string
-	for _, s := range nodes {
-		addrs = append(addrs, s.addr())
-	}
+	cl := testenv.MustCluster(t, testenv.ClusterOptions{Masters: 3, Replicas: 1, NodeTimeout: time.Second})
+	addrs := cl.Addrs()
 	client := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: addrs,
 		DialTimeout: time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second})
 	t.Cleanup(func() { client.Close() })
@@ -1012,12 +1000,7 @@ func TestClusterFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	masterAddr := master.Options().Addr
-	var victim *server
-	for _, s := range nodes {
-		if s.addr() == masterAddr {
-			victim = s
-		}
-	}
+	victim := cl.Node(masterAddr)
 	if victim == nil {
 		t.Fatalf("no node at %s", masterAddr)
 	}
@@ -1030,16 +1013,16 @@ func TestClusterFailover(t *testing.T) {
 	_, rest, _ := strings.Cut(info, "master_repl_offset:")
 	rest, _, _ = strings.Cut(rest, "\r\n")
 	target, _ := strconv.ParseInt(rest, 10, 64)
-	var replica *server
+	var replica *testenv.Redis
 	waitFor(t, "the master's replica to be in sync", 20*time.Second, func() bool {
-		for _, s := range nodes {
-			c := goredis.NewClient(&goredis.Options{Addr: s.addr()})
+		for _, s := range cl.Nodes() {
+			c := goredis.NewClient(&goredis.Options{Addr: s.Addr()})
 			info, err := c.Info(ctx, "replication").Result()
 			c.Close()
 			_, rest, _ := strings.Cut(info, "slave_repl_offset:")
 			rest, _, _ = strings.Cut(rest, "\r\n")
 			offset, _ := strconv.ParseInt(rest, 10, 64)
-			if err == nil && strings.Contains(info, "role:slave") && strings.Contains(info, "master_port:"+strconv.Itoa(victim.port)+"\r\n") &&
+			if err == nil && strings.Contains(info, "role:slave") && strings.Contains(info, "master_port:"+strconv.Itoa(victim.Port())+"\r\n") &&
 				strings.Contains(info, "master_link_status:up") && strings.Contains(info, "master_sync_in_progress:0") && offset >= target {
 				replica = s
 				return true
@@ -1048,11 +1031,11 @@ func TestClusterFailover(t *testing.T) {
 		return false
 	})
 
-	victim.kill()
+	victim.Kill()
 	killed := time.Now()
 	var promoted time.Time
 	waitFor(t, "the replica to be promoted", 30*time.Second, func() bool {
-		c := goredis.NewClient(&goredis.Options{Addr: replica.addr()})
+		c := goredis.NewClient(&goredis.Options{Addr: replica.Addr()})
 		defer c.Close()
 		info, err := c.Info(ctx, "replication").Result()
 		if err == nil && strings.Contains(info, "role:master") {
@@ -1093,33 +1076,13 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool)
 func TestSentinelFailover(t *testing.T) {
 	requireRedis(t)
 	dir := t.TempDir()
-	start := func(conf string, args ...string) *server {
-		t.Helper()
-		port, err := freePort(false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		s := &server{port: port, dir: dir, args: args, conf: conf}
-		if err := s.start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(s.stop)
-		return s
-	}
-	master := start("", "--appendonly", "no")
-	replica := start("", "--appendonly", "no", "--replicaof", "127.0.0.1", strconv.Itoa(master.port))
+	master := testenv.MustRedis(t, testenv.RedisOptions{Dir: dir})
+	replica := testenv.MustRedis(t, testenv.RedisOptions{Dir: dir, Args: []string{"--replicaof", "127.0.0.1", strconv.Itoa(master.Port())}})
 	var sentinels []string
-	for i := range 3 {
-		conf := filepath.Join(dir, "sentinel-"+strconv.Itoa(i)+".conf")
-		text := "sentinel monitor bridge 127.0.0.1 " + strconv.Itoa(master.port) + " 2\n" +
-			"sentinel down-after-milliseconds bridge 1000\nsentinel failover-timeout bridge 5000\n"
-		if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		// A sentinel is redis-server with --sentinel and a config file it
-		// may rewrite.
-		s := start(conf, "--sentinel")
-		sentinels = append(sentinels, s.addr())
+	for range 3 {
+		s := testenv.MustSentinel(t, testenv.SentinelOptions{Dir: dir, MasterName: "bridge", MasterAddr: master.Addr(),
+			Quorum: 2, DownAfter: time.Second, FailoverTimeout: 5 * time.Second})
+		sentinels = append(sentinels, s.Addr())
 	}
 	client := goredis.NewFailoverClient(&goredis.FailoverOptions{MasterName: "bridge", SentinelAddrs: sentinels,
 		DialTimeout: time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second})
@@ -1127,7 +1090,7 @@ func TestSentinelFailover(t *testing.T) {
 	st := newStore(t, client, Options{})
 	ctx := context.Background()
 	waitFor(t, "the replica to be in sync", 20*time.Second, func() bool {
-		c := goredis.NewClient(&goredis.Options{Addr: replica.addr()})
+		c := goredis.NewClient(&goredis.Options{Addr: replica.Addr()})
 		defer c.Close()
 		info, err := c.Info(ctx, "replication").Result()
 		return err == nil && strings.Contains(info, "master_link_status:up")
@@ -1138,7 +1101,7 @@ func TestSentinelFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	master.kill()
+	master.Kill()
 	killed := time.Now()
 	waitFor(t, "the session to be served by the promoted replica", 30*time.Second, func() bool {
 		opCtx, cancel := context.WithTimeout(ctx, time.Second)
@@ -1147,7 +1110,7 @@ func TestSentinelFailover(t *testing.T) {
 		return err == nil
 	})
 	t.Logf("master killed; the session was served again %v later", time.Since(killed).Round(10*time.Millisecond))
-	c := goredis.NewClient(&goredis.Options{Addr: replica.addr()})
+	c := goredis.NewClient(&goredis.Options{Addr: replica.Addr()})
 	defer c.Close()
 	if info, err := c.Info(ctx, "replication").Result(); err != nil || !strings.Contains(info, "role:master") {
 		t.Errorf("the replica was not promoted (%v): %s", err, info)
