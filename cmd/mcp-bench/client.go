@@ -8,16 +8,15 @@ import (
 	"fmt"
 	"io"
 	"mime"
-	"net"
 	"net/http"
 	"net/url"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/bridge"
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/internal/testenv"
 )
 
 // The benchmark's own MCP clients. Both speak raw HTTP and share everything
@@ -38,20 +37,9 @@ const (
 	maxMessage = 16 << 20
 )
 
-// newHTTPClient returns the HTTP client both transports use: loopback only,
-// no compression, a large idle pool, no redirects.
-func newHTTPClient() *http.Client {
-	return &http.Client{
-		Transport: &http.Transport{
-			DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
-			MaxIdleConns:        4096,
-			MaxIdleConnsPerHost: 4096,
-			IdleConnTimeout:     60 * time.Second,
-			DisableCompression:  true,
-		},
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
-}
+// newHTTPClient returns the HTTP client both transports use: loopback, no
+// compression, an idle connection kept for every session.
+func newHTTPClient() *http.Client { return testenv.NewHTTPClient(4096) }
 
 // transport carries JSON-RPC messages to a server. request sends a request
 // whose id is id (its JSON text) and returns the response; notify sends a
@@ -173,13 +161,13 @@ func answerID(msg []byte) string {
 	return string(env.ID)
 }
 
-// postJSON POSTs body to u with the given header and returns the response
-// when its status is one of want; otherwise an error with the start of the
-// body.
-func postJSON(ctx context.Context, hc *http.Client, u string, body []byte, header http.Header, want ...int) (*http.Response, error) {
+// postJSON POSTs body to u with the given header and, when the answer's
+// status is one of want, returns its header and body; otherwise an error
+// with the start of the body.
+func postJSON(ctx context.Context, hc *http.Client, u string, body []byte, header http.Header, want ...int) (http.Header, []byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	for k, v := range header {
 		req.Header[k] = v
@@ -187,21 +175,14 @@ func postJSON(ctx context.Context, hc *http.Client, u string, body []byte, heade
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := hc.Do(req)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if !slices.Contains(want, resp.StatusCode) {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		resp.Body.Close()
-		return nil, fmt.Errorf("POST %s: %s: %s", u, resp.Status, bytes.TrimSpace(b))
+	defer resp.Body.Close()
+	ans, err := io.ReadAll(io.LimitReader(resp.Body, maxMessage))
+	if err == nil && !slices.Contains(want, resp.StatusCode) {
+		err = fmt.Errorf("POST %s: %s: %.512s", u, resp.Status, bytes.TrimSpace(ans))
 	}
-	return resp, nil
-}
-
-// discard reads the rest of a response body and closes it, so that its
-// connection is reused.
-func discard(resp *http.Response) {
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxMessage))
-	resp.Body.Close()
+	return resp.Header, ans, err
 }
 
 // legacyTransport is one legacy session: the event stream and its message
@@ -346,12 +327,8 @@ func (t *legacyTransport) streamErr() error {
 // notify sends one message to the session's message endpoint and expects
 // 202.
 func (t *legacyTransport) notify(ctx context.Context, body []byte) error {
-	resp, err := postJSON(ctx, t.hc, t.postURL, body, nil, http.StatusAccepted)
-	if err != nil {
-		return err
-	}
-	discard(resp)
-	return nil
+	_, _, err := postJSON(ctx, t.hc, t.postURL, body, nil, http.StatusAccepted)
+	return err
 }
 
 func (t *legacyTransport) request(ctx context.Context, id string, body []byte) ([]byte, error) {
@@ -401,7 +378,7 @@ type directTransport struct {
 	protocolVersion string // MCP-Protocol-Version, once negotiated
 }
 
-func (t *directTransport) post(ctx context.Context, body []byte, want ...int) (*http.Response, error) {
+func (t *directTransport) post(ctx context.Context, body []byte, want ...int) (http.Header, []byte, error) {
 	h := http.Header{"Accept": {"application/json, text/event-stream"}}
 	if t.sessionID != "" {
 		h.Set("Mcp-Session-Id", t.sessionID)
@@ -413,20 +390,15 @@ func (t *directTransport) post(ctx context.Context, body []byte, want ...int) (*
 }
 
 func (t *directTransport) request(ctx context.Context, id string, body []byte) ([]byte, error) {
-	resp, err := t.post(ctx, body, http.StatusOK)
+	h, ans, err := t.post(ctx, body, http.StatusOK)
 	if err != nil {
 		return nil, err
 	}
-	defer resp.Body.Close()
 	if t.sessionID == "" {
-		t.sessionID = resp.Header.Get("Mcp-Session-Id")
+		t.sessionID = h.Get("Mcp-Session-Id")
 	}
-	if mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); mt != "application/json" {
+	if mt, _, _ := mime.ParseMediaType(h.Get("Content-Type")); mt != "application/json" {
 		return nil, fmt.Errorf("POST %s: Content-Type %q, want application/json (is the upstream in -json mode?)", t.url, mt)
-	}
-	ans, err := io.ReadAll(io.LimitReader(resp.Body, maxMessage))
-	if err != nil {
-		return nil, err
 	}
 	if got := answerID(ans); got != id {
 		return nil, fmt.Errorf("answer has id %q, want %s", got, id)
@@ -435,12 +407,8 @@ func (t *directTransport) request(ctx context.Context, id string, body []byte) (
 }
 
 func (t *directTransport) notify(ctx context.Context, body []byte) error {
-	resp, err := t.post(ctx, body, http.StatusAccepted, http.StatusOK)
-	if err != nil {
-		return err
-	}
-	discard(resp)
-	return nil
+	_, _, err := t.post(ctx, body, http.StatusAccepted, http.StatusOK)
+	return err
 }
 
 func (t *directTransport) close() {}

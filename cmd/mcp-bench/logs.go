@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"sort"
 )
 
@@ -25,16 +24,7 @@ var startupNoise = map[string]bool{
 	"exiting; byeee!! 👋":                     true,
 }
 
-// add reads a Caddy log file (JSON lines).
-func (l *logSummary) add(path string) {
-	f, err := os.Open(path)
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	l.addFrom(f)
-}
-
+// addFrom reads Caddy's log (JSON lines).
 func (l *logSummary) addFrom(r io.Reader) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)

@@ -44,6 +44,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/internal/testenv"
 )
 
 const redisModule = "http.handlers.mcp_sse_bridge.stores.redis"
@@ -155,7 +157,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		b.interrupted.Store(true)
 		cancel()
 		<-sigs
-		b.kids.killAll()
+		b.procs.Kill()
 		os.Exit(130)
 	}()
 
@@ -164,10 +166,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer os.RemoveAll(b.tmp)
-	defer b.kids.killAll()
+	defer b.procs.Kill()
 
 	err = b.runAll(ctx)
-	b.kids.stopAll()
+	b.procs.Stop(stopGrace)
 	b.report(stdout)
 	switch {
 	case b.interrupted.Load():
@@ -189,17 +191,15 @@ type bench struct {
 	progress    io.Writer
 	started     time.Time
 	tmp         string
-	kids        children
+	procs       testenv.Group // every process started, to end them all
 	interrupted atomic.Bool
 
 	loadStart   string
 	nofile      uint64
 	caddyVer    string
 	caddyNofile uint64 // Caddy's soft RLIMIT_NOFILE
-	upstreamURL string
-	upstream    *child
-	redis       *child
-	redisProbe  *redisProbe
+	upstream    *testenv.Upstream
+	redis       *testenv.Redis
 	redisNote   string // why there are no redis runs, if there are none
 	redisVer    string
 	results     []*storeResult
@@ -247,7 +247,6 @@ type idleResult struct {
 }
 
 type bigResult struct {
-	size                  int
 	base, peak            int64 // RSS when the peak was reset (or the earlier peak), peak after
 	reset                 bool
 	bridgedLat, directLat time.Duration
@@ -268,7 +267,7 @@ func (b *bench) runAll(ctx context.Context) error {
 	}
 	// Each idle session holds a connection in this process and one in
 	// Caddy; the children inherit the raised limit.
-	lim, err := raiseNoFile(uint64(b.cfg.idle)*2 + 4096)
+	lim, err := testenv.RaiseNoFile(uint64(b.cfg.idle)*2 + 4096)
 	if err != nil {
 		b.logf("raising RLIMIT_NOFILE: %v", err)
 	}
@@ -277,14 +276,17 @@ func (b *bench) runAll(ctx context.Context) error {
 		b.logf("warning: RLIMIT_NOFILE is %d, too low for %d idle sessions", lim, b.cfg.idle)
 	}
 	b.caddyVer = firstLine(commandOutput(ctx, b.cfg.caddyBin, "version"))
-	modules := commandOutput(ctx, b.cfg.caddyBin, "list-modules")
+	modules, err := testenv.CaddyModules(ctx, b.cfg.caddyBin)
+	if err != nil {
+		return err
+	}
 	if !strings.Contains(modules, "http.handlers.mcp_sse_bridge") {
 		return fmt.Errorf("%s list-modules shows no mcp_sse_bridge module", b.cfg.caddyBin)
 	}
-	if b.upstream, b.upstreamURL, err = b.startUpstream(ctx); err != nil {
+	if err := b.startUpstream(ctx); err != nil {
 		return err
 	}
-	b.logf("upstream at %s", b.upstreamURL)
+	b.logf("upstream at %s", b.upstream.URL())
 
 	for _, store := range b.cfg.stores {
 		if ctx.Err() != nil {
@@ -305,8 +307,8 @@ func (b *bench) runAll(ctx context.Context) error {
 			}
 		}
 		b.measureStore(ctx, res)
-		if b.upstream.exited() {
-			return fmt.Errorf("the upstream exited (%v):\n%s", b.upstream.err, b.upstream.logTail(20))
+		if p := b.upstream.Proc(); p.Exited() {
+			return fmt.Errorf("the upstream exited (%v):\n%s", p.Err(), p.Tail(20))
 		}
 	}
 	return nil

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/internal/testenv"
 )
 
 func TestPercentile(t *testing.T) {
@@ -53,7 +55,7 @@ func TestPercentile(t *testing.T) {
 func TestSummarize(t *testing.T) {
 	lat := []time.Duration{5, 1, 4, 2, 3}
 	s := summarize(loadStats{window: 2 * time.Second}, lat)
-	if s.calls != 5 || s.p50 != 3 || s.p99 != 5 || s.max != 5 {
+	if s.calls != 5 || s.p50 != 3 || s.p99 != 5 {
 		t.Errorf("summarize = %+v", s)
 	}
 	if got := s.rate(); got != 2.5 {
@@ -293,15 +295,15 @@ func TestDirectSession(t *testing.T) {
 	}
 }
 
-func TestCaddyfileText(t *testing.T) {
-	got := caddyfileText(8080, "off", "http://127.0.0.1:9/mcp", storeBlock("memory", "", 12000))
+func TestBridgeBlock(t *testing.T) {
+	cf := testenv.Caddyfile{Sites: []testenv.Site{{Port: 8080, Body: bridgeBlock("http://127.0.0.1:9/mcp", "memory", "", 12000)}}}
 	want := "{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n\tgrace_period 1s\n}\n\n" +
 		"http://127.0.0.1:8080 {\n\tbind 127.0.0.1\n\tmcp_sse_bridge {\n\t\tupstream http://127.0.0.1:9/mcp\n\t\tnew_session_rate 1000000\n" +
 		"\t\tstore memory {\n\t\t\tmax_sessions 12000\n\t\t}\n\t}\n}\n"
-	if got != want {
-		t.Errorf("caddyfileText:\n%s\nwant:\n%s", got, want)
+	if got := cf.String(); got != want {
+		t.Errorf("Caddyfile:\n%s\nwant:\n%s", got, want)
 	}
-	if got := storeBlock("redis", "127.0.0.1:6379", 1); got != "store redis {\n\taddress 127.0.0.1:6379\n}" {
+	if got := bridgeBlock("u", "redis", "127.0.0.1:6379", 1); !strings.Contains(got, "\t\tstore redis {\n\t\t\taddress 127.0.0.1:6379\n\t\t}\n") {
 		t.Errorf("redis store block %q", got)
 	}
 }

@@ -7,10 +7,13 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/internal/testenv"
 )
 
 // The three phases of a store's measurement, each with a fresh Caddy:
@@ -19,25 +22,24 @@ import (
 // measureStore runs the three phases for one store.
 func (b *bench) measureStore(ctx context.Context, res *storeResult) {
 	// phase runs f against a fresh Caddy on an empty Redis.
-	phase := func(name string, f func(ci *caddyInst)) error {
-		if b.redisProbe != nil && res.name == "redis" {
-			if err := b.redisProbe.c.FlushAll(ctx).Err(); err != nil {
+	phase := func(name string, f func(ci *caddyInst) error) error {
+		if res.name == "redis" {
+			if err := flushRedis(ctx, b.redis.Addr()); err != nil {
 				b.logf("redis FLUSHALL: %v", err)
 			}
 		}
 		ci, err := b.startCaddy(ctx, res.name, name)
 		if err != nil {
-			return err
+			return fmt.Errorf("starting caddy: %w", err)
 		}
-		f(ci)
-		b.stopCaddy(ci, res)
-		return nil
+		defer b.stopCaddy(ci, res)
+		return f(ci)
 	}
 
-	err := phase("throughput", func(ci *caddyInst) {
+	res.setupError = phase("throughput", func(ci *caddyInst) error {
 		for _, n := range b.cfg.sessions {
 			if ctx.Err() != nil {
-				return
+				break
 			}
 			b.logf("%s: %d session(s), direct and bridged in %d alternating rounds", res.name, n, b.cfg.rounds)
 			row := b.throughput(ctx, ci, res, n)
@@ -45,45 +47,42 @@ func (b *bench) measureStore(ctx context.Context, res *storeResult) {
 			if row.directErr != nil || row.bridgedErr != nil || row.direct.errors > 0 || row.bridged.errors > 0 {
 				b.failed = true
 			}
-			if ci.c.exited() {
-				res.setupError = fmt.Errorf("caddy exited (%v):\n%s", ci.c.err, ci.c.logTail(20))
-				b.failed = true
-				return
+			if p := ci.Proc(); p.Exited() {
+				return fmt.Errorf("caddy exited (%v):\n%s", p.Err(), p.Tail(20))
 			}
 		}
+		return nil
 	})
-	if err != nil || res.setupError != nil {
-		if err != nil {
-			res.setupError = err
-			b.logf("%s: starting caddy: %v", res.name, err)
-		}
+	if res.setupError != nil {
+		b.logf("%s: %v", res.name, res.setupError)
 		b.failed = true
 		return
 	}
 
 	if b.cfg.idle > 0 && ctx.Err() == nil {
 		b.logf("%s: %d idle sessions", res.name, b.cfg.idle)
-		if err := phase("idle", func(ci *caddyInst) { res.idle = b.idleSessions(ctx, ci, res) }); err != nil {
-			res.idle = &idleResult{err: err}
-		}
+		res.idle = &idleResult{want: b.cfg.idle, redisConns: -1}
+		res.idle.err = phase("idle", func(ci *caddyInst) error { return b.idleSessions(ctx, ci, res) })
 		b.failed = b.failed || res.idle.err != nil || res.idle.failed > 0 || res.idle.checkFailed > 0
 	}
 
 	if b.cfg.msgSize > 0 && ctx.Err() == nil {
 		b.logf("%s: one %d-byte message", res.name, b.cfg.msgSize)
-		if err := phase("message", func(ci *caddyInst) { res.big = b.bigMessage(ctx, ci, res) }); err != nil {
-			res.big = &bigResult{err: err}
-		}
+		res.big = &bigResult{}
+		res.big.err = phase("message", func(ci *caddyInst) error { return b.bigMessage(ctx, ci, res) })
 		b.failed = b.failed || res.big.err != nil
 	}
 }
 
-// loadRun is a set of open sessions of one kind for the throughput runs.
+// loadRun is a set of open sessions of one kind for the throughput runs,
+// and what its measured slices recorded.
 type loadRun struct {
 	hc       *http.Client
 	sessions []*session
 	params   []byte
 	checked  []bool // whether session i's first answer was checked
+	stats    loadStats
+	lat      []time.Duration
 }
 
 const loadMessage = "hello from mcp-bench"
@@ -130,37 +129,22 @@ func (lr *loadRun) close() {
 	lr.hc.CloseIdleConnections()
 }
 
-// slice is what one measuring slice of a load run produced.
-type slice struct {
-	lat      []time.Duration
-	errors   int
-	firstErr error
-	cpu      [4]time.Duration
-}
-
-// run has every session call echo one call after another for window. Calls
-// that start and end inside it count. The CPU time of the processes pids
-// (the bench, the upstream, Caddy, redis-server; 0 for none) over the window
-// is recorded.
-func (lr *loadRun) run(ctx context.Context, window time.Duration, pids [4]int) slice {
-	var out slice
-	t0 := time.Now()
-	t1 := t0.Add(window)
+// run has every session call echo one call after another for window. When
+// measured, the calls that start and end inside the window, the failed
+// ones, and the CPU time of the processes pids (the bench, the upstream,
+// Caddy, redis-server; 0 for none) over the window are recorded.
+func (lr *loadRun) run(ctx context.Context, window time.Duration, pids [4]int, measured bool) {
+	t1 := time.Now().Add(window)
 	var cpu0 [4]time.Duration
 	for i, p := range pids {
 		cpu0[i] = readCPU(p)
 	}
-	lats := make([][]time.Duration, len(lr.sessions))
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for i, s := range lr.sessions {
 		wg.Go(func() {
 			lat := make([]time.Duration, 0, 1<<12)
-			for ctx.Err() == nil {
-				begin := time.Now()
-				if !begin.Before(t1) {
-					break
-				}
+			for begin := time.Now(); ctx.Err() == nil && begin.Before(t1); begin = time.Now() {
 				callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 				res, err := s.call(callCtx, "tools/call", lr.params)
 				cancel()
@@ -172,34 +156,34 @@ func (lr *loadRun) run(ctx context.Context, window time.Duration, pids [4]int) s
 					}
 					lr.checked[i] = true
 				}
-				if err != nil {
-					if ctx.Err() != nil {
-						break
-					}
+				switch {
+				case err != nil && ctx.Err() == nil && measured:
 					mu.Lock()
-					out.errors++
-					out.firstErr = cmp.Or(out.firstErr, err)
+					lr.stats.errors++
+					lr.stats.firstErr = cmp.Or(lr.stats.firstErr, err)
 					mu.Unlock()
+					fallthrough
+				case err != nil:
 					time.Sleep(10 * time.Millisecond)
-					continue
-				}
-				if !end.After(t1) {
+				case !end.After(t1):
 					lat = append(lat, end.Sub(begin))
 				}
 			}
-			lats[i] = lat
+			if measured {
+				mu.Lock()
+				lr.lat = append(lr.lat, lat...)
+				mu.Unlock()
+			}
 		})
 	}
 	// The window ends at t1, not when the last call does.
 	sleepCtx(ctx, time.Until(t1))
 	for i, p := range pids {
-		out.cpu[i] = readCPU(p) - cpu0[i]
+		if measured {
+			lr.stats.cpu[i] += readCPU(p) - cpu0[i]
+		}
 	}
 	wg.Wait()
-	for _, l := range lats {
-		out.lat = append(out.lat, l...)
-	}
-	return out
 }
 
 // throughput measures direct and bridged sessions (n of each) in
@@ -210,16 +194,17 @@ func (lr *loadRun) run(ctx context.Context, window time.Duration, pids [4]int) s
 // profiled.
 func (b *bench) throughput(ctx context.Context, ci *caddyInst, res *storeResult, n int) *throughputRow {
 	row := &throughputRow{sessions: n, redisConns: -1}
-	var probe *redisProbe
-	pids := [4]int{os.Getpid(), b.upstream.pid(), ci.c.pid(), 0}
+	redisAddr := ""
+	pid := ci.Proc().Pid()
+	pids := [4]int{os.Getpid(), b.upstream.Proc().Pid(), pid, 0}
 	if res.name == "redis" {
-		probe, pids[3] = b.redisProbe, b.redis.pid()
+		redisAddr, pids[3] = b.redis.Addr(), b.redis.Proc().Pid()
 	}
-	hwmReset := resetPeak(ci.c.pid())
-	smp := startSampler(ctx, ci.c.pid(), probe, 100*time.Millisecond)
+	hwmReset := resetPeak(pid)
+	smp := startSampler(ctx, pid, redisAddr, 100*time.Millisecond)
 	defer func() {
 		smp.finish()
-		if m, err := readMem(ci.c.pid()); err == nil {
+		if m, err := readMem(pid); err == nil {
 			row.peakHWM = m.hwm
 		}
 		if !hwmReset {
@@ -227,7 +212,7 @@ func (b *bench) throughput(ctx context.Context, ci *caddyInst, res *storeResult,
 		}
 		row.redisConns = smp.maxRedis
 	}()
-	direct, err := openLoad(ctx, "direct", b.upstreamURL, n)
+	direct, err := openLoad(ctx, "direct", b.upstream.URL(), n)
 	if err != nil {
 		row.directErr = err
 		return row
@@ -241,92 +226,68 @@ func (b *bench) throughput(ctx context.Context, ci *caddyInst, res *storeResult,
 	defer bridged.close()
 
 	// Warm-up: nothing recorded.
-	direct.run(ctx, b.cfg.warmup, pids)
-	bridged.run(ctx, b.cfg.warmup, pids)
+	direct.run(ctx, b.cfg.warmup, pids, false)
+	bridged.run(ctx, b.cfg.warmup, pids, false)
 	var cmdsBefore map[string]int64
-	if probe != nil {
-		cmdsBefore, _ = probe.commandStats(ctx)
+	if redisAddr != "" {
+		cmdsBefore, _ = redisCommandStats(ctx, redisAddr)
 	}
 	profiled := make(chan struct{})
 	go func() {
 		defer close(profiled)
-		if ci.admin != "" && n == maxOf(b.cfg.sessions) {
+		if ci.AdminURL() != "" && n == slices.Max(b.cfg.sessions) {
 			res.profile = b.cpuProfile(ctx, ci, n)
 		}
 	}()
 	sliceLen := b.cfg.duration / time.Duration(b.cfg.rounds)
-	var dLat, bLat []time.Duration
-	add := func(st *loadStats, lat *[]time.Duration, s slice) {
-		*lat = append(*lat, s.lat...)
-		st.errors += s.errors
-		st.firstErr = cmp.Or(st.firstErr, s.firstErr)
-		for i := range st.cpu {
-			st.cpu[i] += s.cpu[i]
-		}
-	}
 	for r := 0; r < b.cfg.rounds && ctx.Err() == nil; r++ {
 		// Direct first in even rounds, bridged first in odd ones.
-		for k := range 2 {
-			if (r+k)%2 == 0 {
-				add(&row.direct, &dLat, direct.run(ctx, sliceLen, pids))
-			} else {
-				add(&row.bridged, &bLat, bridged.run(ctx, sliceLen, pids))
-			}
+		for _, lr := range [][]*loadRun{{direct, bridged}, {bridged, direct}}[r%2] {
+			lr.run(ctx, sliceLen, pids, true)
 		}
 	}
 	<-profiled
 	if cmdsBefore != nil {
-		if after, err := probe.commandStats(ctx); err == nil {
+		if after, err := redisCommandStats(ctx, redisAddr); err == nil {
 			row.redisCmds = commandDelta(cmdsBefore, after)
 		}
 	}
-	row.direct.window = sliceLen * time.Duration(b.cfg.rounds)
-	row.bridged.window = row.direct.window
-	row.direct = summarize(row.direct, dLat)
-	row.bridged = summarize(row.bridged, bLat)
+	direct.stats.window = sliceLen * time.Duration(b.cfg.rounds)
+	bridged.stats.window = direct.stats.window
+	row.direct = summarize(direct.stats, direct.lat)
+	row.bridged = summarize(bridged.stats, bridged.lat)
 	if ctx.Err() != nil {
 		row.bridgedErr = ctx.Err()
 	}
 	return row
 }
 
-func maxOf(v []int) int {
-	m := 0
-	for _, n := range v {
-		m = max(m, n)
-	}
-	return m
-}
-
 // idleSessions opens cfg.idle legacy sessions, initialises them and keeps
-// them open, and measures Caddy's RSS before and after.
-func (b *bench) idleSessions(ctx context.Context, ci *caddyInst, res *storeResult) *idleResult {
-	r := &idleResult{want: b.cfg.idle, redisConns: -1}
+// them open, and measures Caddy's RSS before and after into res.idle.
+func (b *bench) idleSessions(ctx context.Context, ci *caddyInst, res *storeResult) error {
+	r := res.idle
 	hc := newHTTPClient()
 	defer hc.CloseIdleConnections()
-	pid := ci.c.pid()
+	pid := ci.Proc().Pid()
 
 	// Warm up the code paths (a few sessions, closed again), so that the
 	// baseline is a Caddy that has served the bridge, not a cold one.
 	for range 16 {
 		s, err := openSession(ctx, hc, "bridged", ci.sseURL())
 		if err != nil {
-			r.err = fmt.Errorf("warm-up session: %w", err)
-			return r
+			return fmt.Errorf("warm-up session: %w", err)
 		}
 		s.tr.close()
 	}
 	if !sleepCtx(ctx, time.Second) {
-		r.err = ctx.Err()
-		return r
+		return ctx.Err()
 	}
-	if ci.admin != "" {
+	if ci.AdminURL() != "" {
 		b.heapBaseline(ctx, ci, r)
 	}
 	var err error
 	if r.before, err = readMem(pid); err != nil {
-		r.err = err
-		return r
+		return err
 	}
 
 	openCtx, cancel := context.WithTimeout(ctx, 30*time.Second+time.Duration(b.cfg.idle)*10*time.Millisecond)
@@ -354,19 +315,17 @@ func (b *bench) idleSessions(ctx context.Context, ci *caddyInst, res *storeResul
 	// Let the sessions' background work (the upstream GET stream attempt)
 	// end, then measure.
 	if !sleepCtx(ctx, 2*time.Second) {
-		r.err = ctx.Err()
-		return r
+		return ctx.Err()
 	}
 	if r.after, err = readMem(pid); err != nil {
-		r.err = err
-		return r
+		return err
 	}
 	if res.name == "redis" {
-		if c, err := b.redisProbe.clients(ctx); err == nil {
+		if c, err := testenv.RedisClients(ctx, b.redis.Addr()); err == nil {
 			r.redisConns = c
 		}
 	}
-	if ci.admin != "" {
+	if ci.AdminURL() != "" {
 		res.heapProfile = b.heapProfile(ctx, ci, r)
 	}
 	// The sessions still work.
@@ -383,29 +342,27 @@ func (b *bench) idleSessions(ctx context.Context, ci *caddyInst, res *storeResul
 			r.firstErr = cmp.Or(r.firstErr, fmt.Errorf("call on an idle session: %w", err))
 		}
 	}
-	return r
+	return nil
 }
 
 // bigMessage relays one echo of a cfg.msgSize string through a fresh Caddy
-// and measures its peak RSS growth.
-func (b *bench) bigMessage(ctx context.Context, ci *caddyInst, res *storeResult) *bigResult {
-	r := &bigResult{size: b.cfg.msgSize}
+// and measures its peak RSS growth into res.big.
+func (b *bench) bigMessage(ctx context.Context, ci *caddyInst, res *storeResult) error {
+	r := res.big
 	hc := newHTTPClient()
 	defer hc.CloseIdleConnections()
-	pid := ci.c.pid()
+	pid := ci.Proc().Pid()
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 
 	s, err := openSession(ctx, hc, "bridged", ci.sseURL())
 	if err != nil {
-		r.err = err
-		return r
+		return err
 	}
 	defer s.tr.close()
 	for range 3 {
 		if _, err := s.call(ctx, "tools/call", echoParams("warm-up")); err != nil {
-			r.err = fmt.Errorf("warm-up call: %w", err)
-			return r
+			return fmt.Errorf("warm-up call: %w", err)
 		}
 	}
 	big := strings.Repeat("x", b.cfg.msgSize)
@@ -424,13 +381,11 @@ func (b *bench) bigMessage(ctx context.Context, ci *caddyInst, res *storeResult)
 		return d, nil
 	}
 	if !sleepCtx(ctx, 500*time.Millisecond) {
-		r.err = ctx.Err()
-		return r
+		return ctx.Err()
 	}
 	before, err := readMem(pid)
 	if err != nil {
-		r.err = err
-		return r
+		return err
 	}
 	r.reset = resetPeak(pid)
 	r.base = before.hwm
@@ -439,28 +394,28 @@ func (b *bench) bigMessage(ctx context.Context, ci *caddyInst, res *storeResult)
 	}
 	measured := func() {
 		if r.bridgedLat, err = call(s); err != nil {
-			r.err = fmt.Errorf("bridged: %w", err)
+			err = fmt.Errorf("bridged: %w", err)
 			return
 		}
-		after, err := readMem(pid)
-		r.peak, r.err = after.hwm, err
+		var after procMem
+		after, err = readMem(pid)
+		r.peak = after.hwm
 	}
-	if ci.admin != "" {
+	if ci.AdminURL() != "" {
 		res.allocProfile = b.allocProfile(ctx, ci, measured)
 	} else {
 		measured()
 	}
-	if r.err != nil {
-		return r
+	if err != nil {
+		return err
 	}
 
-	d, err := openSession(ctx, hc, "direct", b.upstreamURL)
+	d, err := openSession(ctx, hc, "direct", b.upstream.URL())
+	if err == nil {
+		r.directLat, err = call(d)
+	}
 	if err != nil {
-		r.err = fmt.Errorf("direct: %w", err)
-		return r
+		return fmt.Errorf("direct: %w", err)
 	}
-	if r.directLat, err = call(d); err != nil {
-		r.err = fmt.Errorf("direct: %w", err)
-	}
-	return r
+	return nil
 }

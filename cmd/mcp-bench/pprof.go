@@ -1,16 +1,19 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
-	"strconv"
 	"strings"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // With -pprof, Caddy runs with its admin API on a loopback port, and the
@@ -44,7 +47,7 @@ var adminClient = newHTTPClient()
 
 // adminGet GETs path from Caddy's admin API.
 func adminGet(ctx context.Context, ci *caddyInst, path string) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+ci.admin+path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, ci.AdminURL()+path, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -86,20 +89,8 @@ func (b *bench) cpuProfile(ctx context.Context, ci *caddyInst, n int) string {
 		file, secs, b.pprofTop(ctx, file, "-nodecount=25"), b.pprofTop(ctx, file, "-cum", "-nodecount=25"))
 }
 
-// goMetricNames are the Prometheus gauges of Caddy's Go runtime the idle
-// run compares.
-var goMetricNames = []string{
-	"go_goroutines",
-	"go_memstats_heap_inuse_bytes",
-	"go_memstats_heap_alloc_bytes",
-	"go_memstats_stack_inuse_bytes",
-	"go_memstats_heap_idle_bytes",
-	"go_memstats_heap_released_bytes",
-	"go_memstats_next_gc_bytes",
-	"go_memstats_sys_bytes",
-}
-
-// goMetrics reads goMetricNames from Caddy's admin /metrics.
+// goMetrics reads the gauges of Caddy's Go runtime (go_goroutines,
+// go_memstats_heap_inuse_bytes, …) from its admin /metrics.
 func goMetrics(ctx context.Context, ci *caddyInst) map[string]float64 {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -107,19 +98,15 @@ func goMetrics(ctx context.Context, ci *caddyInst) map[string]float64 {
 	if err != nil {
 		return nil
 	}
-	return parseGoMetrics(string(body))
-}
-
-// parseGoMetrics extracts goMetricNames from Prometheus text exposition.
-func parseGoMetrics(text string) map[string]float64 {
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		return nil
+	}
 	m := map[string]float64{}
-	for _, line := range strings.Split(text, "\n") {
-		name, val, ok := strings.Cut(strings.TrimSpace(line), " ")
-		if !ok || !slices.Contains(goMetricNames, name) {
-			continue
-		}
-		if v, err := strconv.ParseFloat(strings.TrimSpace(val), 64); err == nil {
-			m[name] = v
+	for name, f := range families {
+		if strings.HasPrefix(name, "go_") && f.GetType() == dto.MetricType_GAUGE && len(f.GetMetric()) == 1 {
+			m[name] = f.GetMetric()[0].GetGauge().GetValue()
 		}
 	}
 	return m

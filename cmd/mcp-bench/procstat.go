@@ -4,15 +4,16 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"syscall"
 	"time"
 
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/internal/testenv"
 	"github.com/prometheus/procfs"
 )
 
 // What the bench reads about its children from /proc (Linux, through
-// prometheus/procfs): memory, CPU time, the open-files limit; the peak it
-// resets; and the limit it raises for them.
+// prometheus/procfs): memory, CPU time, the open-files limit; and the
+// memory peak it resets before a measurement. internal/testenv starts the
+// processes; measuring them is the bench's own.
 
 // procMem is a process's memory use, in bytes: VmRSS and VmHWM (the peak).
 type procMem struct {
@@ -60,30 +61,6 @@ func openFilesLimit(pid int) uint64 {
 	return l.OpenFiles
 }
 
-// raiseNoFile raises this process's RLIMIT_NOFILE to at least want (soft),
-// raising the hard limit too when allowed, for the idle sessions' sockets.
-// Children started afterwards inherit it. It returns the soft limit in
-// effect.
-func raiseNoFile(want uint64) (uint64, error) {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return 0, err
-	}
-	if lim.Max < want {
-		raised := syscall.Rlimit{Cur: want, Max: want}
-		if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &raised) == nil {
-			return want, nil
-		}
-	}
-	// Within the hard limit: take all of it. Calling Setrlimit also makes
-	// os/exec pass the raised limit on to children.
-	lim.Cur = lim.Max
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return 0, err
-	}
-	return lim.Cur, nil
-}
-
 // sampler records the peak VmRSS of a process and the peak number of Redis
 // connections while it runs.
 type sampler struct {
@@ -92,7 +69,7 @@ type sampler struct {
 	maxRedis   int // -1: not asked or no answer
 }
 
-func startSampler(ctx context.Context, pid int, probe *redisProbe, every time.Duration) *sampler {
+func startSampler(ctx context.Context, pid int, redisAddr string, every time.Duration) *sampler {
 	s := &sampler{stop: make(chan struct{}), done: make(chan struct{}), maxRedis: -1}
 	go func() {
 		defer close(s.done)
@@ -103,8 +80,8 @@ func startSampler(ctx context.Context, pid int, probe *redisProbe, every time.Du
 				s.maxRSS = max(s.maxRSS, m.rss)
 			}
 			// Redis is asked less often: its answer is not free.
-			if probe != nil && n%4 == 0 {
-				if c, err := probe.clients(ctx); err == nil {
+			if redisAddr != "" && n%4 == 0 {
+				if c, err := testenv.RedisClients(ctx, redisAddr); err == nil {
 					s.maxRedis = max(s.maxRedis, c)
 				}
 			}

@@ -9,36 +9,35 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// redisProbe asks the bench's redis-server about Caddy's use of it: how many
-// connections it holds and which commands it sends. It is one go-redis
-// connection (PoolSize 1), so that exactly one connection, the probe's own,
-// is left out of the counts.
-type redisProbe struct{ c *redis.Client }
+// What the bench asks the redis-server it started, through go-redis: which
+// commands Caddy sends (INFO commandstats), and FLUSHALL between phases.
+// Each question uses a connection of its own, closed again, like
+// testenv.RedisClients, which counts the connections, leaving its own out.
 
-func newRedisProbe(addr string) *redisProbe {
-	return &redisProbe{redis.NewClient(&redis.Options{Addr: addr, PoolSize: 1, DialTimeout: 2 * time.Second})}
+// withRedis runs f with a client of one connection to addr.
+func withRedis(addr string, f func(*redis.Client) error) error {
+	c := redis.NewClient(&redis.Options{Addr: addr, PoolSize: 1, DialTimeout: 2 * time.Second})
+	defer c.Close()
+	return f(c)
 }
 
-// clients counts the connections the server has besides the probe's.
-func (p *redisProbe) clients(ctx context.Context) (int, error) {
-	info, err := p.c.InfoMap(ctx, "clients").Result()
-	if err != nil {
-		return 0, err
-	}
-	n, err := strconv.Atoi(info["Clients"]["connected_clients"])
-	return n - 1, err
+// flushRedis empties the server, so that each phase starts from nothing.
+func flushRedis(ctx context.Context, addr string) error {
+	return withRedis(addr, func(c *redis.Client) error { return c.FlushAll(ctx).Err() })
 }
 
-// commandStats returns the calls per command ("get", "client|list", …) from
-// INFO commandstats, whose lines are "cmdstat_get:calls=3,usec=…".
-func (p *redisProbe) commandStats(ctx context.Context) (map[string]int64, error) {
-	info, err := p.c.InfoMap(ctx, "commandstats").Result()
-	if err != nil {
-		return nil, err
-	}
-	return parseCommandStats(info["Commandstats"]), nil
+// redisCommandStats returns the calls per command ("get", "evalsha", …).
+func redisCommandStats(ctx context.Context, addr string) (map[string]int64, error) {
+	var info map[string]map[string]string
+	err := withRedis(addr, func(c *redis.Client) (err error) {
+		info, err = c.InfoMap(ctx, "commandstats").Result()
+		return err
+	})
+	return parseCommandStats(info["Commandstats"]), err
 }
 
+// parseCommandStats reads INFO commandstats' section, whose lines are
+// "cmdstat_get:calls=3,usec=…".
 func parseCommandStats(section map[string]string) map[string]int64 {
 	m := map[string]int64{}
 	for name, stats := range section {
@@ -53,19 +52,19 @@ func parseCommandStats(section map[string]string) map[string]int64 {
 	return m
 }
 
-// probeCommands are what the probe itself sends to Redis, connection set-up
-// included; they are left out of the per-call counts.
-var probeCommands = map[string]bool{
+// ownCommands are what the bench's own connections send (set-up included);
+// they are left out of the per-call counts.
+var ownCommands = map[string]bool{
 	"info": true, "ping": true, "flushall": true,
 	"hello": true, "client|setinfo": true, "client|maint_notifications": true,
 }
 
-// commandDelta returns after-before per command, without the probe's own
+// commandDelta returns after-before per command, without the bench's own
 // commands and without zeros.
 func commandDelta(before, after map[string]int64) map[string]int64 {
 	d := map[string]int64{}
 	for k, v := range after {
-		if n := v - before[k]; n > 0 && !probeCommands[k] {
+		if n := v - before[k]; n > 0 && !ownCommands[k] {
 			d[k] = n
 		}
 	}

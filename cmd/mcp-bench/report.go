@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -56,7 +57,11 @@ func (b *bench) header(sb *strings.Builder) {
 	fmt.Fprintf(t, "load average\t%s at start, %s at end (other work on the machine skews the numbers)\n", b.loadStart, loadAverage())
 	fmt.Fprintf(t, "go\t%s %s/%s\n", runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	fmt.Fprintf(t, "caddy\t%s (%s), tree %s\n", b.cfg.caddyBin, b.caddyVer, gitDescribe(ctx))
-	fmt.Fprintf(t, "upstream\t%s -mode stateless -json (go-sdk) at %s\n", b.cfg.upstreamBin, b.upstreamURL)
+	upstreamURL := ""
+	if b.upstream != nil {
+		upstreamURL = b.upstream.URL()
+	}
+	fmt.Fprintf(t, "upstream\t%s -mode stateless -json (go-sdk) at %s\n", b.cfg.upstreamBin, upstreamURL)
 	if redis := cmp.Or(b.redisVer, b.redisNote); redis != "" {
 		fmt.Fprintf(t, "redis\t%s\n", redis)
 	}
@@ -228,6 +233,9 @@ func (b *bench) targetsTable(sb *strings.Builder) {
 	t.Flush()
 	fmt.Fprintf(sb, "%d PASS, %d MISS, %d not measured\n", n["PASS"], n["MISS"], n["-"])
 	for _, t := range targets {
+		if !slices.ContainsFunc(b.cfg.stores, func(s string) bool { _, ok := t.goal[s]; return ok }) {
+			continue
+		}
 		fmt.Fprintf(sb, "  %s: %s; %s\n", t.label("", b.cfg.msgSize), t.metric, t.how)
 	}
 }
