@@ -299,11 +299,11 @@ func TestBridgeBlock(t *testing.T) {
 	cf := testenv.Caddyfile{Sites: []testenv.Site{{Port: 8080, Body: bridgeBlock("http://127.0.0.1:9/mcp", "memory", "", 12000)}}}
 	want := "{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n\tgrace_period 1s\n}\n\n" +
 		"http://127.0.0.1:8080 {\n\tbind 127.0.0.1\n\tmcp_sse_bridge {\n\t\tupstream http://127.0.0.1:9/mcp\n\t\tnew_session_rate 1000000\n" +
-		"\t\tstore memory {\n\t\t\tmax_sessions 12000\n\t\t}\n\t}\n}\n"
+		"\t\tstore memory {\n\t\t\tmax_sessions 12000\n\t\t\tmax_sessions_per_caller 12000\n\t\t}\n\t}\n}\n"
 	if got := cf.String(); got != want {
 		t.Errorf("Caddyfile:\n%s\nwant:\n%s", got, want)
 	}
-	if got := bridgeBlock("u", "redis", "127.0.0.1:6379", 1); !strings.Contains(got, "\t\tstore redis {\n\t\t\taddress 127.0.0.1:6379\n\t\t}\n") {
+	if got := bridgeBlock("u", "redis", "127.0.0.1:6379", 1); !strings.Contains(got, "\t\tstore redis {\n\t\t\taddress 127.0.0.1:6379\n\t\t\tmax_sessions_per_caller 1\n\t\t}\n") {
 		t.Errorf("redis store block %q", got)
 	}
 }

@@ -68,12 +68,13 @@ type caddyInst struct {
 func (ci *caddyInst) sseURL() string { return ci.URL(0) + "/sse" }
 
 // bridgeBlock is the bench's site: the bridge to upstream with the store
-// given, the new-session rate unlimited (the bench opens its thousands of
-// sessions from one address).
+// given. The bench opens its thousands of sessions from one address as one
+// caller: the new-session rate is unlimited, and the store takes
+// maxSessions in all and from that caller.
 func bridgeBlock(upstream, store, redisAddr string, maxSessions int) string {
-	storeBlock := fmt.Sprintf("store memory {\n\tmax_sessions %d\n}", maxSessions)
+	storeBlock := fmt.Sprintf("store memory {\n\tmax_sessions %d\n\tmax_sessions_per_caller %[1]d\n}", maxSessions)
 	if store == "redis" {
-		storeBlock = fmt.Sprintf("store redis {\n\taddress %s\n}", redisAddr)
+		storeBlock = fmt.Sprintf("store redis {\n\taddress %s\n\tmax_sessions_per_caller %d\n}", redisAddr, maxSessions)
 	}
 	return fmt.Sprintf("mcp_sse_bridge {\n\t\tupstream %s\n\t\tnew_session_rate 1000000\n\t\t%s\n\t}",
 		upstream, strings.ReplaceAll(storeBlock, "\n", "\n\t\t"))
