@@ -8,60 +8,38 @@ import (
 	"fmt"
 	"io"
 	"mime"
-	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/bridge"
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/internal/testenv"
 )
 
 // The benchmark's own MCP clients. Both speak raw HTTP and share everything
-// but the transport: the payloads, the id bookkeeping, the answer checks and
-// the HTTP client settings, so that the bridged/direct ratio measures the
-// bridge and not the clients.
+// but the transport (payloads, id bookkeeping, answer checks, HTTP client
+// settings), so that the bridged/direct ratio measures the bridge and not
+// the clients:
 //
 //   - legacyTransport: the 2024-11-05 HTTP+SSE transport through the bridge
 //     (GET /sse, the endpoint event, POST …?sessionId=…, answers as
 //     "event: message" on the stream, matched by id);
-//   - directTransport: Streamable HTTP straight at the upstream (one POST per
-//     message; a JSON answer, or an event stream carrying it).
+//   - directTransport: Streamable HTTP straight at the upstream, which the
+//     bench runs in JSON mode: one POST per message, the answer its body.
 
 const (
 	// legacyProtocolVersion is what the legacy client asks for.
 	legacyProtocolVersion = "2024-11-05"
-	// maxEventSize bounds one server-sent event read by the clients.
-	maxEventSize = 16 << 20
-	// maxBody bounds a JSON response body read by the direct client.
-	maxBody = 16 << 20
+	// maxMessage bounds one event or response body read by the clients.
+	maxMessage = 16 << 20
 )
 
-// newHTTPClient returns the HTTP client both transports use: loopback only,
-// no compression, a large idle pool, no redirects.
-func newHTTPClient() *http.Client {
-	tr := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
-		MaxIdleConns:        4096,
-		MaxIdleConnsPerHost: 4096,
-		IdleConnTimeout:     60 * time.Second,
-		DisableCompression:  true,
-		ForceAttemptHTTP2:   false,
-	}
-	return &http.Client{
-		Transport:     tr,
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
-}
-
-// closeIdle releases the idle connections of a client made by newHTTPClient.
-func closeIdle(c *http.Client) {
-	if tr, ok := c.Transport.(*http.Transport); ok {
-		tr.CloseIdleConnections()
-	}
-}
+// newHTTPClient returns the HTTP client both transports use: loopback, no
+// compression, an idle connection kept for every session.
+func newHTTPClient() *http.Client { return testenv.NewHTTPClient(4096) }
 
 // transport carries JSON-RPC messages to a server. request sends a request
 // whose id is id (its JSON text) and returns the response; notify sends a
@@ -86,7 +64,8 @@ type rpcError struct {
 
 func (e *rpcError) Error() string { return fmt.Sprintf("JSON-RPC error %d: %s", e.Code, e.Message) }
 
-// appendRequest appends a JSON-RPC request to dst. params must be JSON.
+// appendRequest appends a JSON-RPC request to dst, without the cost of
+// json.Marshal on the measured path. params must be JSON.
 func appendRequest(dst []byte, id, method string, params []byte) []byte {
 	dst = append(dst, `{"jsonrpc":"2.0","id":`...)
 	dst = append(dst, id...)
@@ -104,8 +83,7 @@ func appendRequest(dst []byte, id, method string, params []byte) []byte {
 func (s *session) call(ctx context.Context, method string, params []byte) (json.RawMessage, error) {
 	s.nextID++
 	id := strconv.FormatInt(s.nextID, 10)
-	body := appendRequest(make([]byte, 0, 96+len(params)), id, method, params)
-	ans, err := s.tr.request(ctx, id, body)
+	ans, err := s.tr.request(ctx, id, appendRequest(make([]byte, 0, 96+len(params)), id, method, params))
 	if err != nil {
 		return nil, err
 	}
@@ -126,27 +104,27 @@ func (s *session) call(ctx context.Context, method string, params []byte) (json.
 }
 
 // initialize runs the MCP handshake: initialize, then
-// notifications/initialized. It returns the negotiated protocol version.
-func (s *session) initialize(ctx context.Context) (string, error) {
+// notifications/initialized.
+func (s *session) initialize(ctx context.Context) error {
 	params := `{"protocolVersion":"` + legacyProtocolVersion + `","capabilities":{},"clientInfo":{"name":"mcp-bench","version":"1.0.0"}}`
 	res, err := s.call(ctx, "initialize", []byte(params))
 	if err != nil {
-		return "", fmt.Errorf("initialize: %w", err)
+		return fmt.Errorf("initialize: %w", err)
 	}
 	var r struct {
 		ProtocolVersion string `json:"protocolVersion"`
 	}
 	if err := json.Unmarshal(res, &r); err != nil || r.ProtocolVersion == "" {
-		return "", fmt.Errorf("initialize: no protocolVersion in result %.200s", res)
+		return fmt.Errorf("initialize: no protocolVersion in result %.200s", res)
 	}
 	if d, ok := s.tr.(*directTransport); ok {
 		// Like the bridge: every later message carries the version.
 		d.protocolVersion = r.ProtocolVersion
 	}
 	if err := s.tr.notify(ctx, []byte(`{"jsonrpc":"2.0","method":"notifications/initialized"}`)); err != nil {
-		return "", fmt.Errorf("notifications/initialized: %w", err)
+		return fmt.Errorf("notifications/initialized: %w", err)
 	}
-	return r.ProtocolVersion, nil
+	return nil
 }
 
 // echoParams returns the params of tools/call echo with message.
@@ -173,39 +151,52 @@ func echoText(result json.RawMessage) (string, error) {
 	return r.Content[0].Text, nil
 }
 
-// peekID returns the JSON text of a message's id (empty for notifications).
-func peekID(msg []byte) (string, error) {
-	var env struct {
-		ID json.RawMessage `json:"id"`
+// answerID returns the JSON text of a message's id, "" for anything but a
+// response.
+func answerID(msg []byte) string {
+	env, err := bridge.PeekEnvelope(msg)
+	if err != nil || env.Kind != bridge.KindResponse {
+		return ""
 	}
-	if err := json.Unmarshal(msg, &env); err != nil {
-		return "", err
-	}
-	return string(env.ID), nil
+	return string(env.ID)
 }
 
-// ---------------------------------------------------------------------------
-// Server-sent events
-// ---------------------------------------------------------------------------
-
-// ---------------------------------------------------------------------------
-// Legacy HTTP+SSE client (through the bridge)
-// ---------------------------------------------------------------------------
+// postJSON POSTs body to u with the given header and, when the answer's
+// status is one of want, returns its header and body; otherwise an error
+// with the start of the body.
+func postJSON(ctx context.Context, hc *http.Client, u string, body []byte, header http.Header, want ...int) (http.Header, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
+	if err != nil {
+		return nil, nil, err
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	ans, err := io.ReadAll(io.LimitReader(resp.Body, maxMessage))
+	if err == nil && !slices.Contains(want, resp.StatusCode) {
+		err = fmt.Errorf("POST %s: %s: %.512s", u, resp.Status, bytes.TrimSpace(ans))
+	}
+	return resp.Header, ans, err
+}
 
 // legacyTransport is one legacy session: the event stream and its message
 // endpoint.
 type legacyTransport struct {
-	hc       *http.Client
-	postURL  string
-	cancel   context.CancelFunc
-	done     chan struct{} // closed when the stream reader ends
-	endpoint chan string
+	hc      *http.Client
+	postURL string
+	cancel  context.CancelFunc
+	done    chan struct{} // closed when the stream reader ends
 
 	mu      sync.Mutex
 	pending map[string]chan []byte
 	err     error // why the stream ended
-	// stray counts messages that answered no pending request.
-	stray int
+	stray   int   // messages that answered no pending request
 }
 
 // resolveEndpoint turns the data of an endpoint event into the absolute
@@ -231,104 +222,86 @@ func resolveEndpoint(stream *url.URL, data string) (string, error) {
 }
 
 // openLegacy opens an event stream at sseURL and waits for its endpoint
-// event. The stream lives until close, independent of ctx.
-func openLegacy(ctx context.Context, hc *http.Client, sseURL string) (*legacyTransport, error) {
+// event. ctx bounds the opening only: the stream lives until close.
+func openLegacy(ctx context.Context, hc *http.Client, sseURL string) (_ *legacyTransport, err error) {
 	base, err := url.Parse(sseURL)
 	if err != nil {
 		return nil, err
 	}
 	streamCtx, cancel := context.WithCancel(context.Background())
+	defer func() {
+		if err != nil {
+			cancel()
+		}
+	}()
+	stop := context.AfterFunc(ctx, cancel)
+	defer stop()
 	req, err := http.NewRequestWithContext(streamCtx, http.MethodGet, sseURL, nil)
 	if err != nil {
-		cancel()
 		return nil, err
 	}
 	req.Header.Set("Accept", "text/event-stream")
-	type result struct {
-		resp *http.Response
-		err  error
-	}
-	got := make(chan result, 1)
-	go func() {
-		resp, err := hc.Do(req)
-		got <- result{resp, err}
-	}()
-	var resp *http.Response
-	select {
-	case r := <-got:
-		if r.err != nil {
-			cancel()
-			return nil, r.err
-		}
-		resp = r.resp
-	case <-ctx.Done():
-		cancel()
-		if r := <-got; r.resp != nil {
-			r.resp.Body.Close()
-		}
-		return nil, ctx.Err()
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, err
 	}
 	if mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); resp.StatusCode != http.StatusOK || mt != "text/event-stream" {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		resp.Body.Close()
-		cancel()
 		return nil, fmt.Errorf("GET %s: %s %s: %s", sseURL, resp.Status, resp.Header.Get("Content-Type"), bytes.TrimSpace(b))
 	}
-	t := &legacyTransport{
-		hc:       hc,
-		cancel:   cancel,
-		done:     make(chan struct{}),
-		endpoint: make(chan string, 1),
-		pending:  make(map[string]chan []byte),
-	}
-	go t.readStream(resp.Body, base)
+	t := &legacyTransport{hc: hc, cancel: cancel, done: make(chan struct{}), pending: map[string]chan []byte{}}
+	endpoint := make(chan string, 1)
+	go t.readStream(resp.Body, base, endpoint)
 	select {
-	case ep := <-t.endpoint:
-		t.postURL = ep
+	case t.postURL = <-endpoint:
+		if !stop() { // ctx ended: the stream is being cancelled
+			t.close()
+			return nil, ctx.Err()
+		}
 		return t, nil
 	case <-t.done:
-		cancel()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
 		return nil, fmt.Errorf("stream ended before the endpoint event: %v", t.streamErr())
-	case <-ctx.Done():
-		t.close()
-		return nil, ctx.Err()
 	}
 }
 
 // readStream reads the event stream until it ends: the endpoint event first,
 // then messages, each handed to the request waiting for its id.
-func (t *legacyTransport) readStream(body io.ReadCloser, base *url.URL) {
+func (t *legacyTransport) readStream(body io.ReadCloser, base *url.URL, endpoint chan<- string) {
 	defer close(t.done)
 	defer body.Close()
-	sr := bridge.NewEventReader(body, maxEventSize)
-	gotEndpoint := false
+	sr := bridge.NewEventReader(body, maxMessage)
+	fail := func(err error) {
+		t.mu.Lock()
+		t.err = err
+		t.mu.Unlock()
+	}
 	for {
 		ev, err := sr.Next()
 		if err != nil {
-			t.mu.Lock()
-			t.err = err
-			t.mu.Unlock()
+			fail(err)
 			return
 		}
 		switch ev.Name {
 		case "endpoint":
-			if gotEndpoint {
+			if endpoint == nil {
 				continue
 			}
 			ep, err := resolveEndpoint(base, string(ev.Data))
 			if err != nil {
-				t.mu.Lock()
-				t.err = err
-				t.mu.Unlock()
+				fail(err)
 				return
 			}
-			gotEndpoint = true
-			t.endpoint <- ep
+			endpoint <- ep
+			endpoint = nil
 		case "", "message":
-			id, err := peekID(ev.Data)
+			id := answerID(ev.Data)
 			t.mu.Lock()
 			ch, ok := t.pending[id]
-			if ok && err == nil && id != "" {
+			if ok && id != "" {
 				delete(t.pending, id)
 			} else {
 				ok = false
@@ -351,24 +324,11 @@ func (t *legacyTransport) streamErr() error {
 	return t.err
 }
 
-// post sends one message to the session's message endpoint and expects 202.
-func (t *legacyTransport) post(ctx context.Context, body []byte) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.postURL, bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := t.hc.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return fmt.Errorf("POST %s: %s: %s", t.postURL, resp.Status, bytes.TrimSpace(b))
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	return nil
+// notify sends one message to the session's message endpoint and expects
+// 202.
+func (t *legacyTransport) notify(ctx context.Context, body []byte) error {
+	_, _, err := postJSON(ctx, t.hc, t.postURL, body, nil, http.StatusAccepted)
+	return err
 }
 
 func (t *legacyTransport) request(ctx context.Context, id string, body []byte) ([]byte, error) {
@@ -381,7 +341,7 @@ func (t *legacyTransport) request(ctx context.Context, id string, body []byte) (
 		delete(t.pending, id)
 		t.mu.Unlock()
 	}
-	if err := t.post(ctx, body); err != nil {
+	if err := t.notify(ctx, body); err != nil {
 		forget()
 		return nil, err
 	}
@@ -403,17 +363,11 @@ func (t *legacyTransport) request(ctx context.Context, id string, body []byte) (
 	}
 }
 
-func (t *legacyTransport) notify(ctx context.Context, body []byte) error { return t.post(ctx, body) }
-
 // close ends the stream and waits for its reader.
 func (t *legacyTransport) close() {
 	t.cancel()
 	<-t.done
 }
-
-// ---------------------------------------------------------------------------
-// Streamable HTTP client (straight at the upstream)
-// ---------------------------------------------------------------------------
 
 // directTransport posts each message to the upstream's Streamable HTTP
 // endpoint, with the headers the bridge would send.
@@ -424,80 +378,37 @@ type directTransport struct {
 	protocolVersion string // MCP-Protocol-Version, once negotiated
 }
 
-func (t *directTransport) post(ctx context.Context, body []byte) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.url, bytes.NewReader(body))
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json, text/event-stream")
+func (t *directTransport) post(ctx context.Context, body []byte, want ...int) (http.Header, []byte, error) {
+	h := http.Header{"Accept": {"application/json, text/event-stream"}}
 	if t.sessionID != "" {
-		req.Header.Set("Mcp-Session-Id", t.sessionID)
+		h.Set("Mcp-Session-Id", t.sessionID)
 	}
 	if t.protocolVersion != "" {
-		req.Header.Set("MCP-Protocol-Version", t.protocolVersion)
+		h.Set("MCP-Protocol-Version", t.protocolVersion)
 	}
-	return t.hc.Do(req)
+	return postJSON(ctx, t.hc, t.url, body, h, want...)
 }
 
 func (t *directTransport) request(ctx context.Context, id string, body []byte) ([]byte, error) {
-	resp, err := t.post(ctx, body)
+	h, ans, err := t.post(ctx, body, http.StatusOK)
 	if err != nil {
 		return nil, err
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return nil, fmt.Errorf("POST %s: %s: %s", t.url, resp.Status, bytes.TrimSpace(b))
+	if t.sessionID == "" {
+		t.sessionID = h.Get("Mcp-Session-Id")
 	}
-	if sid := resp.Header.Get("Mcp-Session-Id"); sid != "" && t.sessionID == "" {
-		t.sessionID = sid
+	if mt, _, _ := mime.ParseMediaType(h.Get("Content-Type")); mt != "application/json" {
+		return nil, fmt.Errorf("POST %s: Content-Type %q, want application/json (is the upstream in -json mode?)", t.url, mt)
 	}
-	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
-	switch mt {
-	case "application/json":
-		ans, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
-		if err != nil {
-			return nil, err
-		}
-		got, err := peekID(ans)
-		if err != nil {
-			return nil, fmt.Errorf("decoding the answer to id %s: %w", id, err)
-		}
-		if got != id {
-			return nil, fmt.Errorf("answer has id %s, want %s", got, id)
-		}
-		return ans, nil
-	case "text/event-stream":
-		sr := bridge.NewEventReader(resp.Body, maxEventSize)
-		for {
-			ev, err := sr.Next()
-			if err != nil {
-				return nil, fmt.Errorf("response stream for id %s ended without the answer: %w", id, err)
-			}
-			if ev.Name != "" && ev.Name != "message" {
-				continue
-			}
-			if got, err := peekID(ev.Data); err == nil && got == id {
-				return ev.Data, nil
-			}
-		}
-	default:
-		return nil, fmt.Errorf("POST %s: unexpected Content-Type %q", t.url, resp.Header.Get("Content-Type"))
+	if got := answerID(ans); got != id {
+		return nil, fmt.Errorf("answer has id %q, want %s", got, id)
 	}
+	return ans, nil
 }
 
 func (t *directTransport) notify(ctx context.Context, body []byte) error {
-	resp, err := t.post(ctx, body)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxBody))
-	if resp.StatusCode != http.StatusAccepted && resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("POST %s: %s", t.url, resp.Status)
-	}
-	return nil
+	_, _, err := t.post(ctx, body, http.StatusAccepted, http.StatusOK)
+	return err
 }
 
 func (t *directTransport) close() {}
@@ -506,26 +417,18 @@ func (t *directTransport) close() {}
 // (legacy client to the bridge's sse URL) or "direct" (Streamable HTTP to
 // the upstream URL).
 func openSession(ctx context.Context, hc *http.Client, kind, target string) (*session, error) {
-	var s *session
-	switch kind {
-	case "bridged":
+	var tr transport = &directTransport{hc: hc, url: target}
+	if kind == "bridged" {
 		t, err := openLegacy(ctx, hc, target)
 		if err != nil {
 			return nil, err
 		}
-		s = &session{tr: t}
-		if _, err := s.initialize(ctx); err != nil {
-			t.close()
-			return nil, err
-		}
-	case "direct":
-		t := &directTransport{hc: hc, url: target}
-		s = &session{tr: t}
-		if _, err := s.initialize(ctx); err != nil {
-			return nil, err
-		}
-	default:
-		return nil, fmt.Errorf("unknown session kind %q", kind)
+		tr = t
+	}
+	s := &session{tr: tr}
+	if err := s.initialize(ctx); err != nil {
+		tr.close()
+		return nil, err
 	}
 	return s, nil
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/internal/testenv"
 )
 
 func TestPercentile(t *testing.T) {
@@ -54,7 +55,7 @@ func TestPercentile(t *testing.T) {
 func TestSummarize(t *testing.T) {
 	lat := []time.Duration{5, 1, 4, 2, 3}
 	s := summarize(loadStats{window: 2 * time.Second}, lat)
-	if s.calls != 5 || s.p50 != 3 || s.p99 != 5 || s.max != 5 {
+	if s.calls != 5 || s.p50 != 3 || s.p99 != 5 {
 		t.Errorf("summarize = %+v", s)
 	}
 	if got := s.rate(); got != 2.5 {
@@ -185,7 +186,7 @@ func TestLegacySession(t *testing.T) {
 	srv := httptest.NewServer(&fakeBridge{stream: make(chan []byte, 16)})
 	defer srv.Close()
 	hc := newHTTPClient()
-	defer closeIdle(hc)
+	defer hc.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
@@ -227,7 +228,7 @@ func TestLegacySessionStreamEnds(t *testing.T) {
 	}))
 	defer srv.Close()
 	hc := newHTTPClient()
-	defer closeIdle(hc)
+	defer hc.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	tr, err := openLegacy(ctx, hc, srv.URL+"/sse")
@@ -265,17 +266,12 @@ func TestDirectSession(t *testing.T) {
 			w.WriteHeader(http.StatusAccepted)
 			return
 		}
-		if strings.Contains(string(body), "sse please") {
-			w.Header().Set("Content-Type", "text/event-stream")
-			fmt.Fprintf(w, "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\ndata: %s\n\n", ans)
-			return
-		}
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(ans)
 	}))
 	defer srv.Close()
 	hc := newHTTPClient()
-	defer closeIdle(hc)
+	defer hc.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
@@ -283,7 +279,7 @@ func TestDirectSession(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, msg := range []string{"json", "sse please"} {
+	for _, msg := range []string{"one", "two"} {
 		res, err := s.call(ctx, "tools/call", echoParams(msg))
 		if err != nil {
 			t.Fatal(err)
@@ -299,66 +295,15 @@ func TestDirectSession(t *testing.T) {
 	}
 }
 
-func TestParseStatus(t *testing.T) {
-	text := "Name:\tcaddy\nVmPeak:\t 1000 kB\nVmHWM:\t   60000 kB\nVmRSS:\t   51200 kB\nThreads:\t9\n"
-	m, err := parseStatus(text)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if m.rss != 51200<<10 || m.hwm != 60000<<10 {
-		t.Errorf("parseStatus = %+v", m)
-	}
-	if _, err := parseStatus("VmRSS:\t1 kB\n"); err == nil {
-		t.Error("VmHWM missing: no error")
-	}
-	if _, err := parseStatus("VmRSS:\t1 MB\nVmHWM:\t1 kB\n"); err == nil {
-		t.Error("wrong unit: no error")
-	}
-}
-
-func TestCountClients(t *testing.T) {
-	list := "id=3 addr=127.0.0.1:50000 laddr=127.0.0.1:6379 fd=8 name= cmd=get\n" +
-		"id=4 addr=127.0.0.1:50001 laddr=127.0.0.1:6379 fd=9 name= cmd=blpop\n" +
-		"id=7 addr=127.0.0.1:50002 laddr=127.0.0.1:6379 fd=10 name= cmd=client|list\n"
-	if n := countClients(list, 7); n != 2 {
-		t.Errorf("countClients = %d, want 2", n)
-	}
-	if n := countClients("", 1); n != 0 {
-		t.Errorf("empty list: %d", n)
-	}
-}
-
-func TestReadRESP(t *testing.T) {
-	for _, tc := range []struct {
-		in   string
-		want any
-	}{
-		{"+PONG\r\n", "PONG"},
-		{":42\r\n", int64(42)},
-		{"$5\r\nhe\nlo\r\n", "he\nlo"},
-		{"$-1\r\n", ""},
-	} {
-		got, err := readRESP(bufioReader(tc.in))
-		if err != nil || got != tc.want {
-			t.Errorf("readRESP(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
-		}
-	}
-	if _, err := readRESP(bufioReader("-ERR nope\r\n")); err == nil || !strings.Contains(err.Error(), "nope") {
-		t.Errorf("error reply: %v", err)
-	}
-}
-
-func bufioReader(s string) *bufio.Reader { return bufio.NewReader(strings.NewReader(s)) }
-
-func TestCaddyfileText(t *testing.T) {
-	got := caddyfileText(8080, "off", "http://127.0.0.1:9/mcp", storeBlock("memory", "", 12000))
+func TestBridgeBlock(t *testing.T) {
+	cf := testenv.Caddyfile{Sites: []testenv.Site{{Port: 8080, Body: bridgeBlock("http://127.0.0.1:9/mcp", "memory", "", 12000)}}}
 	want := "{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n\tgrace_period 1s\n}\n\n" +
 		"http://127.0.0.1:8080 {\n\tbind 127.0.0.1\n\tmcp_sse_bridge {\n\t\tupstream http://127.0.0.1:9/mcp\n\t\tnew_session_rate 1000000\n" +
-		"\t\tstore memory {\n\t\t\tmax_sessions 12000\n\t\t}\n\t}\n}\n"
-	if got != want {
-		t.Errorf("caddyfileText:\n%s\nwant:\n%s", got, want)
+		"\t\tstore memory {\n\t\t\tmax_sessions 12000\n\t\t\tmax_sessions_per_caller 12000\n\t\t}\n\t}\n}\n"
+	if got := cf.String(); got != want {
+		t.Errorf("Caddyfile:\n%s\nwant:\n%s", got, want)
 	}
-	if got := storeBlock("redis", "127.0.0.1:6379", 1); got != "store redis {\n\taddress 127.0.0.1:6379\n}" {
+	if got := bridgeBlock("u", "redis", "127.0.0.1:6379", 1); !strings.Contains(got, "\t\tstore redis {\n\t\t\taddress 127.0.0.1:6379\n\t\t\tmax_sessions_per_caller 1\n\t\t}\n") {
 		t.Errorf("redis store block %q", got)
 	}
 }
@@ -402,26 +347,46 @@ func TestShellQuote(t *testing.T) {
 	}
 }
 
-func TestParseStatCPU(t *testing.T) {
-	// utime 250 and stime 50 ticks; a command name with spaces and ')'.
-	text := "1234 (we ird) name) S 1 1234 1234 0 -1 4194560 500 0 0 0 250 50 0 0 20 0 9 0 100 123456 789 18446744073709551615"
-	d, err := parseStatCPU(text)
-	if err != nil || d != 3*time.Second {
-		t.Errorf("parseStatCPU = %v, %v; want 3s", d, err)
-	}
-	if _, err := parseStatCPU("1234 (x) S 1 2"); err == nil {
-		t.Error("short stat: no error")
-	}
-}
-
 func TestCommandStats(t *testing.T) {
-	before := parseCommandStats("# Commandstats\r\ncmdstat_get:calls=10,usec=5,usec_per_call=0.5,rejected_calls=0,failed_calls=0\r\ncmdstat_info:calls=1,usec=1\r\n")
-	after := parseCommandStats("# Commandstats\r\ncmdstat_get:calls=30,usec=5\r\ncmdstat_evalsha:calls=40,usec=9\r\ncmdstat_info:calls=3,usec=1\r\ncmdstat_client|list:calls=9,usec=1\r\n")
+	before := parseCommandStats(map[string]string{"cmdstat_get": "calls=10,usec=5,usec_per_call=0.5,rejected_calls=0,failed_calls=0", "cmdstat_info": "calls=1,usec=1"})
+	after := parseCommandStats(map[string]string{"cmdstat_get": "calls=30,usec=5", "cmdstat_evalsha": "calls=40,usec=9", "cmdstat_info": "calls=3,usec=1", "cmdstat_hello": "calls=9,usec=1"})
 	d := commandDelta(before, after)
 	if len(d) != 2 || d["get"] != 20 || d["evalsha"] != 40 {
 		t.Errorf("commandDelta = %v", d)
 	}
 	if got := perCall(d, 10); got != "6.0 (evalsha 4.00, get 2.00)" {
 		t.Errorf("perCall = %q", got)
+	}
+}
+
+func TestTargets(t *testing.T) {
+	stats := func(calls int, p50 time.Duration) loadStats {
+		return loadStats{calls: calls, window: time.Second, p50: p50}
+	}
+	b := &bench{cfg: &config{stores: []string{"memory", "redis"}, msgSize: 1 << 20}, results: []*storeResult{{
+		name: "memory",
+		rows: []*throughputRow{
+			{sessions: 1, direct: stats(1000, time.Millisecond), bridged: stats(600, 1200*time.Microsecond), redisConns: -1},
+			{sessions: 8, direct: stats(1000, 0), bridged: stats(900, 0), redisConns: -1},
+		},
+		idle: &idleResult{opened: 1000, failed: 2, before: procMem{rss: 10 << 20}, after: procMem{rss: 30 << 20}, redisConns: -1},
+	}, {name: "redis", note: "redis: not available"}}}
+	var got []string
+	for _, r := range b.evaluate() {
+		got = append(got, r.name+" | "+r.measured+" | "+r.goal+" | "+r.result)
+	}
+	want := []string{
+		"throughput, 8 sessions, memory | 0.90× (900 vs 1000 calls/s) | ≥ 0.80× direct | PASS",
+		"added p50 latency, 1 session, memory | +0.2000 ms (1.200 vs 1.000) | ≤ 0.3 ms | PASS",
+		"idle session RSS, memory | 20.5 KiB (1000 sessions), 2 failed | ≤ 30 KiB each | MISS",
+		"peak RSS growth, one 1 MiB message, memory | not measured | ≤ 4.0 MiB | -",
+		"throughput, 8 sessions, redis | redis: not available | ≥ 0.60× direct | -",
+		"added p50 latency, 1 session, redis | redis: not available | ≤ 1.0 ms | -",
+		"idle session RSS, redis | redis: not available | ≤ 30 KiB each | -",
+		"Redis connections per replica (1 replica) | redis: not available | ≤ 8 | -",
+		"peak RSS growth, one 1 MiB message, redis | redis: not available | ≤ 4.0 MiB | -",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("evaluate:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }

@@ -22,13 +22,11 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 
 // loadStats summarises one load run.
 type loadStats struct {
-	sessions int
 	calls    int           // calls completed inside the measuring window
 	window   time.Duration // length of the measuring window
 	errors   int
 	firstErr error
 	p50, p99 time.Duration
-	max      time.Duration
 	// cpu is the CPU time used over the window by the bench itself, the
 	// upstream, Caddy and redis-server.
 	cpu [4]time.Duration
@@ -57,16 +55,16 @@ func summarize(s loadStats, lat []time.Duration) loadStats {
 	s.calls = len(lat)
 	s.p50 = percentile(lat, 50)
 	s.p99 = percentile(lat, 99)
-	if len(lat) > 0 {
-		s.max = lat[len(lat)-1]
-	}
 	return s
 }
 
 // ms formats a duration in milliseconds with 3 decimals.
 func ms(d time.Duration) string {
-	return fmt.Sprintf("%.3f", float64(d)/float64(time.Millisecond))
+	return fmt.Sprintf("%.3f", msf(d))
 }
+
+// msf is a duration in milliseconds as a float.
+func msf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // mib formats a byte count in MiB with 1 decimal.
 func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
