@@ -41,8 +41,11 @@ const (
 	// expiredScanFactor bounds the index entries Expired examines, as a
 	// multiple of its limit (stale entries are skipped, not returned).
 	expiredScanFactor = 4
-	// indexSyncRounds bounds the write-then-verify rounds of index updates.
-	indexSyncRounds = 3
+	// indexSyncRounds bounds the write-then-verify rounds of index updates;
+	// a round is needed only when another Update came in between, so the
+	// bound matters only under heavy contention on one session (readers
+	// check index entries against the records anyway).
+	indexSyncRounds = 10
 	// readyWait bounds how long Subscribe waits for the wake-up
 	// subscription to be confirmed the first time.
 	readyWait = 2 * time.Second
