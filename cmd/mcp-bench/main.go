@@ -1,32 +1,9 @@
-// Command mcp-bench measures the MCP SSE bridge end to end and prints one
-// report with the performance targets (targets.go) next to the numbers.
-//
-// It starts everything itself on 127.0.0.1 and stops it again: the go-sdk
-// demo upstream (cmd/mcp-demo-upstream) in stateless JSON mode, the Caddy
-// built from this repository bridging to it (memory store; and, when
-// redis-server is on PATH and ./caddy has the redis store, again with a
-// redis-server it starts), and its own lean clients (client.go):
-//
-//   - throughput and latency: N sessions each calling tools/call echo one
-//     call after another for a fixed time, through the bridge (legacy
-//     HTTP+SSE client) and straight at the upstream (Streamable HTTP client,
-//     same code paths but the transport); Caddy's peak RSS and the Redis
-//     connection count during each bridged run;
-//   - idle sessions: S legacy sessions opened, initialised and kept open;
-//     Caddy's RSS before and after, per session; Redis connections;
-//   - one 1 MiB message: Caddy's peak RSS growth while one echo of a 1 MiB
-//     string goes through.
-//
-// Usage:
-//
-//	go build -o .bin/mcp-bench ./cmd/mcp-bench && .bin/mcp-bench [flags]
-//	./xcaddy.sh bench                      (builds everything first)
-//	BENCH_FLAGS=-quick ./xcaddy.sh bench   (2 s runs, 1000 idle sessions)
-//
-// Run it from the repository root (or pass -caddy and -upstream-bin). The
-// report goes to stdout, progress to stderr. The exit status is 0 when every
-// measurement ran (whether or not the targets were met), 1 when one failed,
-// 2 for bad flags.
+// Command mcp-bench measures the MCP SSE bridge end to end against the demo
+// upstream, a Caddy built from this tree and a redis-server, all of which it
+// starts on loopback, and prints one report with the targets (targets.go).
+// Run it from the repository root, or as ./xcaddy.sh bench (BENCH_FLAGS=-quick
+// for a short run). Exit status: 0 when every measurement ran (targets met
+// or not), 1 when one failed, 2 for bad flags.
 package main
 
 import (
@@ -34,14 +11,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -51,10 +26,14 @@ import (
 const redisModule = "http.handlers.mcp_sse_bridge.stores.redis"
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	cfg, err := parseFlags(os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "mcp-bench:", err)
+		os.Exit(2)
+	}
+	os.Exit(run(cfg))
 }
 
-// config holds the parsed flags.
 type config struct {
 	caddyBin, upstreamBin, redisBin string
 	duration, warmup, timeout       time.Duration
@@ -65,12 +44,10 @@ type config struct {
 	args                            []string // as given, for the report
 }
 
-func parseFlags(args []string, stderr io.Writer) (*config, error) {
-	fs := flag.NewFlagSet("mcp-bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+func parseFlags(args []string) (*config, error) {
+	fs := flag.NewFlagSet("mcp-bench", flag.ExitOnError)
 	cfg := &config{args: args}
 	var sessions, stores string
-	var quick bool
 	fs.StringVar(&cfg.caddyBin, "caddy", "./caddy", "the Caddy binary built from this repository")
 	fs.StringVar(&cfg.upstreamBin, "upstream-bin", ".bin/mcp-demo-upstream", "the demo upstream binary (go build ./cmd/mcp-demo-upstream)")
 	fs.StringVar(&cfg.redisBin, "redis-server", "redis-server", `redis-server binary (looked up on PATH); "" skips the redis runs`)
@@ -81,16 +58,14 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&cfg.idle, "idle", 10000, "idle sessions to open (0 skips the idle run)")
 	fs.IntVar(&cfg.msgSize, "message-size", 1<<20, "size in bytes of the large echoed string (0 skips the run)")
 	fs.StringVar(&stores, "stores", "memory,redis", "stores to measure: memory, redis")
-	fs.StringVar(&cfg.pprofDir, "pprof", "", "directory for CPU profiles of Caddy during the largest bridged run (enables Caddy's admin API on a loopback port); the top functions are added to the report")
+	fs.StringVar(&cfg.pprofDir, "pprof", "", "directory for profiles of Caddy (enables its admin API on a loopback port); their top functions are added to the report")
 	fs.DurationVar(&cfg.timeout, "timeout", 0, "overall time limit (default: estimated from the other flags)")
-	fs.BoolVar(&quick, "quick", false, "short run: -duration 2s -warmup 500ms -idle 1000 (flags given explicitly win)")
-	if err := fs.Parse(args); err != nil {
-		return nil, err
-	}
+	quick := fs.Bool("quick", false, "short run: -duration 2s -warmup 500ms -idle 1000 (flags given explicitly win)")
+	_ = fs.Parse(args) // exits on errors and -h
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	if quick {
+	if *quick {
 		set := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 		for name, v := range map[string]string{"duration": "2s", "warmup": "500ms", "idle": "1000"} {
@@ -110,170 +85,127 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		cfg.sessions = append(cfg.sessions, n)
 	}
 	for _, s := range strings.Split(stores, ",") {
-		s = strings.TrimSpace(s)
-		if s != "memory" && s != "redis" {
+		if s = strings.TrimSpace(s); s != "memory" && s != "redis" {
 			return nil, fmt.Errorf("unknown store %q in -stores", s)
 		}
 		cfg.stores = append(cfg.stores, s)
 	}
-	if cfg.timeout <= 0 {
-		// Generous: per store, each throughput run twice (warm-up, start and
-		// stop included), the idle run, the large message; all twice over.
-		perStore := time.Duration(len(cfg.sessions)) * 2 * (cfg.duration + cfg.warmup + 10*time.Second)
-		perStore += time.Minute + time.Duration(cfg.idle)*15*time.Millisecond
+	if cfg.timeout <= 0 { // generous: twice the expected time
+		perStore := 2*time.Duration(len(cfg.sessions))*(cfg.duration+cfg.warmup+10*time.Second) + time.Minute + time.Duration(cfg.idle)*15*time.Millisecond
 		cfg.timeout = 2*time.Duration(len(cfg.stores))*perStore + time.Minute
 	}
-	// The children run in their own directories.
-	for _, p := range []*string{&cfg.caddyBin, &cfg.upstreamBin} {
-		if abs, err := filepath.Abs(*p); err == nil {
-			*p = abs
-		}
-	}
+	// The children run in directories of their own.
+	cfg.caddyBin, _ = filepath.Abs(cfg.caddyBin)
+	cfg.upstreamBin, _ = filepath.Abs(cfg.upstreamBin)
 	return cfg, nil
 }
 
-// run is main without the exit.
-func run(args []string, stdout, stderr io.Writer) int {
-	cfg, err := parseFlags(args, stderr)
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
+func run(cfg *config) int {
+	// A first signal stops the measuring and reports what there is; a
+	// second ends the bench, and its children with it (Pdeathsig).
+	b := &bench{cfg: cfg, started: time.Now()}
+	sigCtx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer stop()
+	context.AfterFunc(sigCtx, func() {
+		if stop(); !errors.Is(context.Cause(sigCtx), context.Canceled) {
+			b.logf("%v: stopping", context.Cause(sigCtx))
 		}
-		fmt.Fprintln(stderr, "mcp-bench:", err)
-		return 2
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.timeout)
+	})
+	ctx, cancel := context.WithTimeout(sigCtx, cfg.timeout)
 	defer cancel()
-
-	b := &bench{cfg: cfg, progress: stderr, started: time.Now()}
-	// First signal: stop measuring, report what there is, clean up. Second:
-	// kill the children and leave at once.
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sigs)
-	go func() {
-		sig := <-sigs
-		b.logf("%v: stopping", sig)
-		b.interrupted.Store(true)
-		cancel()
-		<-sigs
-		b.procs.Kill()
-		os.Exit(130)
-	}()
-
-	if b.tmp, err = os.MkdirTemp("", "mcp-bench-"); err != nil {
-		fmt.Fprintln(stderr, "mcp-bench:", err)
-		return 1
-	}
-	defer os.RemoveAll(b.tmp)
+	defer func() { _ = os.RemoveAll(b.tmp) }()
 	defer b.procs.Kill()
-
-	err = b.runAll(ctx)
+	err := b.runAll(ctx)
 	b.procs.Stop(stopGrace)
-	b.report(stdout)
+	b.report(os.Stdout)
 	switch {
-	case b.interrupted.Load():
-		fmt.Fprintln(stderr, "mcp-bench: interrupted; the report is partial")
-		return 1
-	case err != nil:
-		fmt.Fprintln(stderr, "mcp-bench:", err)
-		return 1
-	case b.failed:
-		fmt.Fprintln(stderr, "mcp-bench: some measurements failed (see the report)")
-		return 1
+	case sigCtx.Err() != nil:
+		err = errors.New("interrupted; the report is partial")
+	case err == nil && b.failed:
+		err = errors.New("some measurements failed (see the report)")
+	case err == nil:
+		return 0
 	}
-	return 0
+	fmt.Fprintln(os.Stderr, "mcp-bench:", err)
+	return 1
 }
 
 // bench is one benchmark run and its results.
 type bench struct {
-	cfg         *config
-	progress    io.Writer
-	started     time.Time
-	tmp         string
-	procs       testenv.Group // every process started, to end them all
-	interrupted atomic.Bool
-
-	loadStart   string
-	nofile      uint64
-	caddyVer    string
-	caddyNofile uint64 // Caddy's soft RLIMIT_NOFILE
-	upstream    *testenv.Upstream
-	redis       *testenv.Redis
-	redisNote   string // why there are no redis runs, if there are none
-	redisVer    string
-	results     []*storeResult
-	failed      bool
+	cfg                 *config
+	started             time.Time
+	tmp                 string
+	procs               testenv.Group // every process started, to end them all
+	loadStart, caddyVer string
+	nofile              uint64 // RLIMIT_NOFILE, inherited by the children
+	upstream            *testenv.Upstream
+	redis               *testenv.Redis
+	redisVer, redisNote string // redisNote: why there are no redis runs
+	results             []*storeResult
+	failed              bool
 }
 
-// storeResult holds the measurements of one store configuration.
+// storeResult holds the measurements of one store.
 type storeResult struct {
-	name       string
-	note       string // why the store was not measured, if it was not
-	rows       []*throughputRow
-	idle       *idleResult
-	big        *bigResult
-	logs       logSummary
-	setupError error
-	// With -pprof: Caddy's CPU during the largest bridged run, its heap and
-	// goroutines with the idle sessions open, what it allocated for the
-	// large message.
-	profile, heapProfile, allocProfile string
+	name                               string
+	note                               string // why the store was not measured, if it was not
+	rows                               []*throughputRow
+	idle                               *idleResult
+	big                                *bigResult
+	logs                               string              // Caddy's, of every phase
+	remarks                            map[string][]string // failures and caveats, by section
+	profile, heapProfile, allocProfile string              // -pprof: top functions
 }
 
 type throughputRow struct {
 	sessions        int
 	direct, bridged loadStats
-	directErr       error
-	bridgedErr      error
-	peakHWM         int64 // VmHWM after the bridged run (reset before it when possible)
-	redisConns      int   // peak during the bridged run; -1 unknown
-	// redisCmds: Redis commands per command name over the measuring rounds
-	// (the bridged calls are all that uses Redis then).
-	redisCmds map[string]int64
+	peakHWM         int64            // VmHWM after the bridged run (reset before it)
+	redisConns      int              // peak during the run; -1 unknown
+	redisCmds       map[string]int64 // Redis commands over the measuring rounds
 }
 
 type idleResult struct {
-	want, opened, failed int
-	firstErr             error
-	openTime             time.Duration
-	before, after        procMem
-	redisConns           int
-	checked, checkFailed int
-	err                  error
-	// Go runtime metrics of Caddy before and after (-pprof only).
-	metricsBefore, metricsAfter map[string]float64
-	heapBefore                  string // baseline heap profile (-pprof only)
+	opened, failed              int
+	openTime                    time.Duration
+	before, after               procMem
+	redisConns                  int
+	checked, checkFailed        int
+	metricsBefore, metricsAfter map[string]float64 // -pprof: Caddy's Go runtime
+	heapBefore                  string             // -pprof: baseline heap profile
 }
 
 type bigResult struct {
-	base, peak            int64 // RSS when the peak was reset (or the earlier peak), peak after
+	base, peak            int64 // RSS at the peak's reset (or the earlier peak), peak after
 	reset                 bool
 	bridgedLat, directLat time.Duration
-	err                   error
+}
+
+// fail notes a failed measurement under a section of the report.
+func (b *bench) fail(res *storeResult, section, format string, args ...any) {
+	b.failed = true
+	res.remarks[section] = append(res.remarks[section], fmt.Sprintf(format, args...))
+	b.logf("%s", res.remarks[section][len(res.remarks[section])-1])
 }
 
 func (b *bench) logf(format string, args ...any) {
-	fmt.Fprintf(b.progress, "mcp-bench %5.1fs: %s\n", time.Since(b.started).Seconds(), fmt.Sprintf(format, args...))
+	fmt.Fprintf(os.Stderr, "mcp-bench %5.1fs: %s\n", time.Since(b.started).Seconds(), fmt.Sprintf(format, args...))
 }
 
 // runAll starts the shared processes and measures each store.
-func (b *bench) runAll(ctx context.Context) error {
+func (b *bench) runAll(ctx context.Context) (err error) {
+	if b.tmp, err = os.MkdirTemp("", "mcp-bench-"); err != nil {
+		return err
+	}
 	b.loadStart = loadAverage()
 	for _, p := range []string{b.cfg.caddyBin, b.cfg.upstreamBin} {
 		if _, err := os.Stat(p); err != nil {
 			return fmt.Errorf("%v (run from the repository root after ./xcaddy.sh build, or use -caddy / -upstream-bin)", err)
 		}
 	}
-	// Each idle session holds a connection in this process and one in
-	// Caddy; the children inherit the raised limit.
-	lim, err := testenv.RaiseNoFile(uint64(b.cfg.idle)*2 + 4096)
-	if err != nil {
-		b.logf("raising RLIMIT_NOFILE: %v", err)
-	}
-	b.nofile = lim
-	if lim < uint64(b.cfg.idle)+1024 {
-		b.logf("warning: RLIMIT_NOFILE is %d, too low for %d idle sessions", lim, b.cfg.idle)
+	// Each idle session holds a connection here and one in Caddy.
+	if b.nofile, err = testenv.RaiseNoFile(uint64(b.cfg.idle)*2 + 4096); err != nil {
+		b.logf("raising RLIMIT_NOFILE: %v (now %d)", err, b.nofile)
 	}
 	b.caddyVer = firstLine(commandOutput(ctx, b.cfg.caddyBin, "version"))
 	modules, err := testenv.CaddyModules(ctx, b.cfg.caddyBin)
@@ -283,7 +215,11 @@ func (b *bench) runAll(ctx context.Context) error {
 	if !strings.Contains(modules, "http.handlers.mcp_sse_bridge") {
 		return fmt.Errorf("%s list-modules shows no mcp_sse_bridge module", b.cfg.caddyBin)
 	}
-	if err := b.startUpstream(ctx); err != nil {
+	upCtx, cancel := context.WithTimeout(ctx, readyTimeout)
+	defer cancel()
+	if b.upstream, err = testenv.StartDemoUpstream(upCtx, testenv.DemoOptions{
+		Bin: b.cfg.upstreamBin, Args: []string{"-mode", "stateless", "-json"}, Dir: b.tmp, OnStart: b.procs.Add,
+	}); err != nil {
 		return err
 	}
 	b.logf("upstream at %s", b.upstream.URL())
@@ -292,16 +228,15 @@ func (b *bench) runAll(ctx context.Context) error {
 		if ctx.Err() != nil {
 			break
 		}
-		res := &storeResult{name: store}
+		res := &storeResult{name: store, remarks: map[string][]string{}}
 		b.results = append(b.results, res)
 		if store == "redis" {
-			if !strings.Contains(modules, redisModule) {
-				b.redisNote = "not available: " + b.cfg.caddyBin + " list-modules has no " + redisModule
-			} else if note := b.startRedis(ctx); note != "" {
-				b.redisNote = "not available: " + note
+			note := b.cfg.caddyBin + " list-modules has no " + redisModule
+			if strings.Contains(modules, redisModule) {
+				note = b.startRedis(ctx)
 			}
-			if b.redisNote != "" {
-				res.note = "redis: not available"
+			if note != "" {
+				b.redisNote, res.note = "not available: "+note, "redis: not available"
 				b.logf("redis %s", b.redisNote)
 				continue
 			}
@@ -320,7 +255,7 @@ func commandOutput(ctx context.Context, name string, args ...string) string {
 	defer cancel()
 	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
 	if err != nil {
-		return strings.TrimSpace(string(out) + " (" + err.Error() + ")")
+		out = fmt.Appendf(out, " (%v)", err)
 	}
 	return strings.TrimSpace(string(out))
 }
@@ -328,16 +263,4 @@ func commandOutput(ctx context.Context, name string, args ...string) string {
 func firstLine(s string) string {
 	l, _, _ := strings.Cut(s, "\n")
 	return strings.TrimSpace(l)
-}
-
-// sleepCtx waits for d or the end of ctx and reports whether d passed.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

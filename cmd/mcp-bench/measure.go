@@ -3,8 +3,8 @@ package main
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"os"
 	"slices"
@@ -16,12 +16,10 @@ import (
 	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/internal/testenv"
 )
 
-// The three phases of a store's measurement, each with a fresh Caddy:
-// throughput and latency, idle sessions, one large message.
-
-// measureStore runs the three phases for one store.
+// measureStore measures one store in three phases, each on a fresh Caddy
+// and an empty Redis: throughput and latency, idle sessions, one large
+// message.
 func (b *bench) measureStore(ctx context.Context, res *storeResult) {
-	// phase runs f against a fresh Caddy on an empty Redis.
 	phase := func(name string, f func(ci *caddyInst) error) error {
 		if res.name == "redis" {
 			if err := flushRedis(ctx, b.redis.Addr()); err != nil {
@@ -29,66 +27,73 @@ func (b *bench) measureStore(ctx context.Context, res *storeResult) {
 			}
 		}
 		ci, err := b.startCaddy(ctx, res.name, name)
-		if err != nil {
-			return fmt.Errorf("starting caddy: %w", err)
+		if err == nil {
+			err = f(ci)
+			b.stopCaddy(ci, res)
 		}
-		defer b.stopCaddy(ci, res)
-		return f(ci)
+		if err != nil {
+			b.fail(res, name, "%s: %v", res.name, err)
+		}
+		return err
 	}
-
-	res.setupError = phase("throughput", func(ci *caddyInst) error {
+	err := phase("throughput", func(ci *caddyInst) error {
 		for _, n := range b.cfg.sessions {
 			if ctx.Err() != nil {
 				break
 			}
 			b.logf("%s: %d session(s), direct and bridged in %d alternating rounds", res.name, n, b.cfg.rounds)
-			row := b.throughput(ctx, ci, res, n)
-			res.rows = append(res.rows, row)
-			if row.directErr != nil || row.bridgedErr != nil || row.direct.errors > 0 || row.bridged.errors > 0 {
-				b.failed = true
-			}
+			res.rows = append(res.rows, b.throughput(ctx, ci, res, n))
 			if p := ci.Proc(); p.Exited() {
 				return fmt.Errorf("caddy exited (%v):\n%s", p.Err(), p.Tail(20))
 			}
 		}
 		return nil
 	})
-	if res.setupError != nil {
-		b.logf("%s: %v", res.name, res.setupError)
-		b.failed = true
-		return
-	}
-
-	if b.cfg.idle > 0 && ctx.Err() == nil {
+	if b.cfg.idle > 0 && err == nil && ctx.Err() == nil {
 		b.logf("%s: %d idle sessions", res.name, b.cfg.idle)
-		res.idle = &idleResult{want: b.cfg.idle, redisConns: -1}
-		res.idle.err = phase("idle", func(ci *caddyInst) error { return b.idleSessions(ctx, ci, res) })
-		b.failed = b.failed || res.idle.err != nil || res.idle.failed > 0 || res.idle.checkFailed > 0
+		res.idle = &idleResult{redisConns: -1}
+		_ = phase("idle", func(ci *caddyInst) error { return b.idleSessions(ctx, ci, res) })
 	}
-
-	if b.cfg.msgSize > 0 && ctx.Err() == nil {
+	if b.cfg.msgSize > 0 && err == nil && ctx.Err() == nil {
 		b.logf("%s: one %d-byte message", res.name, b.cfg.msgSize)
 		res.big = &bigResult{}
-		res.big.err = phase("message", func(ci *caddyInst) error { return b.bigMessage(ctx, ci, res) })
-		b.failed = b.failed || res.big.err != nil
+		_ = phase("message", func(ci *caddyInst) error { return b.bigMessage(ctx, ci, res) })
 	}
 }
 
-// loadRun is a set of open sessions of one kind for the throughput runs,
-// and what its measured slices recorded.
-type loadRun struct {
-	hc       *http.Client
-	sessions []*session
-	params   []byte
-	checked  []bool // whether session i's first answer was checked
-	stats    loadStats
-	lat      []time.Duration
+// loadStats sums up the measured slices of one kind of session.
+type loadStats struct {
+	calls    int // completed inside the measuring window
+	window   time.Duration
+	errors   int
+	firstErr error // of the measured calls
+	p50, p99 time.Duration
+	cpu      [4]time.Duration // over the window: the bench, the upstream, Caddy, redis-server
 }
 
-const loadMessage = "hello from mcp-bench"
+func (s loadStats) rate() float64 { return float64(s.calls) / max(s.window.Seconds(), 1e-9) }
 
-// openSessions opens and initialises n sessions of kind at target, workers
-// at a time, until ctx ends. A session that failed is nil, with its error.
+// cpuPerCall is process i's CPU time per call, in µs.
+func (s loadStats) cpuPerCall(i int) float64 {
+	return float64(s.cpu[i]) / float64(time.Microsecond) / float64(max(s.calls, 1))
+}
+
+// percentile is the p-th percentile of sorted, by nearest rank.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return sorted[max(1, min(int(math.Ceil(p/100*float64(len(sorted)))), len(sorted)))-1]
+}
+
+// summarize sorts lat in place and fills in the calls and percentiles.
+func summarize(s loadStats, lat []time.Duration) loadStats {
+	slices.Sort(lat)
+	s.calls, s.p50, s.p99 = len(lat), percentile(lat, 50), percentile(lat, 99)
+	return s
+}
+
+// openSessions opens n sessions, workers at a time; a failed one is nil.
 func openSessions(ctx context.Context, hc *http.Client, kind, target string, n, workers int) ([]*session, []error) {
 	sessions, errs := make([]*session, n), make([]error, n)
 	var next atomic.Int64
@@ -106,55 +111,54 @@ func openSessions(ctx context.Context, hc *http.Client, kind, target string, n, 
 	return sessions, errs
 }
 
-// openLoad opens and initialises n sessions of the given kind, all at once.
-func openLoad(ctx context.Context, kind, target string, n int) (*loadRun, error) {
-	lr := &loadRun{hc: newHTTPClient(), params: echoParams(loadMessage), checked: make([]bool, n)}
-	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
-	var errs []error
-	lr.sessions, errs = openSessions(ctx, lr.hc, kind, target, n, n)
-	if err := errors.Join(errs...); err != nil {
-		lr.close()
-		return nil, fmt.Errorf("opening %s sessions: %w", kind, err)
-	}
-	return lr, nil
-}
-
-func (lr *loadRun) close() {
-	for _, s := range lr.sessions {
+// closeAll closes the sessions that opened, at once.
+func closeAll(sessions []*session) {
+	var wg sync.WaitGroup
+	for _, s := range sessions {
 		if s != nil {
-			s.tr.close()
+			wg.Go(s.close)
 		}
 	}
-	lr.hc.CloseIdleConnections()
+	wg.Wait()
 }
 
-// run has every session call echo one call after another for window. When
-// measured, the calls that start and end inside the window, the failed
-// ones, and the CPU time of the processes pids (the bench, the upstream,
-// Caddy, redis-server; 0 for none) over the window are recorded.
-func (lr *loadRun) run(ctx context.Context, window time.Duration, pids [4]int, measured bool) {
-	t1 := time.Now().Add(window)
-	var cpu0 [4]time.Duration
+// loadRun is n open sessions of one kind and what they recorded.
+type loadRun struct {
+	kind     string
+	sessions []*session
+	stats    loadStats
+	lat      []time.Duration
+}
+
+var loadMessage, loadParams = []byte("hello from mcp-bench"), echoParams("hello from mcp-bench")
+
+func openLoad(ctx context.Context, hc *http.Client, kind, target string, n int) (*loadRun, error) {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	sessions, errs := openSessions(ctx, hc, kind, target, n, n)
+	return &loadRun{kind: kind, sessions: sessions}, cmp.Or(errs...)
+}
+
+// run has every session call echo one call after another for window; if
+// measured, it records the calls that end inside the window, the failed
+// ones, and the CPU time of pids (0: none). It samples meanwhile.
+func (lr *loadRun) run(ctx context.Context, window time.Duration, pids [4]int, measured bool, sample func()) {
+	t1, cpu0 := time.Now().Add(window), [4]time.Duration{}
 	for i, p := range pids {
 		cpu0[i] = readCPU(p)
 	}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	for i, s := range lr.sessions {
+	for _, s := range lr.sessions {
 		wg.Go(func() {
 			lat := make([]time.Duration, 0, 1<<12)
 			for begin := time.Now(); ctx.Err() == nil && begin.Before(t1); begin = time.Now() {
 				callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				res, err := s.call(callCtx, "tools/call", lr.params)
+				res, err := s.call(callCtx, "tools/call", loadParams)
 				cancel()
 				end := time.Now()
-				if err == nil && !lr.checked[i] {
-					var text string
-					if text, err = echoText(res); err == nil && text != loadMessage {
-						err = fmt.Errorf("echo returned %q, want %q", text, loadMessage)
-					}
-					lr.checked[i] = true
+				if err == nil {
+					err = checkEcho(res, loadMessage)
 				}
 				switch {
 				case err != nil && ctx.Err() == nil && measured:
@@ -176,8 +180,10 @@ func (lr *loadRun) run(ctx context.Context, window time.Duration, pids [4]int, m
 			}
 		})
 	}
-	// The window ends at t1, not when the last call does.
-	sleepCtx(ctx, time.Until(t1))
+	for ctx.Err() == nil && time.Now().Before(t1) { // the window ends at t1, not with the last call
+		sample()
+		_ = testenv.Sleep(ctx, min(400*time.Millisecond, time.Until(t1))) // Redis's INFO is not free
+	}
 	for i, p := range pids {
 		if measured {
 			lr.stats.cpu[i] += readCPU(p) - cpu0[i]
@@ -186,52 +192,41 @@ func (lr *loadRun) run(ctx context.Context, window time.Duration, pids [4]int, m
 	wg.Wait()
 }
 
-// throughput measures direct and bridged sessions (n of each) in
-// alternating slices, so that other load on the machine hits both alike:
-// warm-up of each, then cfg.rounds rounds of one slice each (the order
-// alternates from round to round). Caddy's peak RSS and the Redis
-// connections are sampled meanwhile; with -pprof, the largest run is
-// profiled.
+// throughput measures n direct and n bridged sessions in alternating
+// slices, so that other load on the machine hits both alike: a warm-up of
+// each, then cfg.rounds rounds of one slice each, the order alternating.
 func (b *bench) throughput(ctx context.Context, ci *caddyInst, res *storeResult, n int) *throughputRow {
 	row := &throughputRow{sessions: n, redisConns: -1}
-	redisAddr := ""
-	pid := ci.Proc().Pid()
+	redisAddr, pid := "", ci.Proc().Pid()
 	pids := [4]int{os.Getpid(), b.upstream.Proc().Pid(), pid, 0}
+	sample := func() {} // the peak of Redis connections
 	if res.name == "redis" {
 		redisAddr, pids[3] = b.redis.Addr(), b.redis.Proc().Pid()
+		sample = func() {
+			if c, err := testenv.RedisClients(ctx, redisAddr); err == nil {
+				row.redisConns = max(row.redisConns, c)
+			}
+		}
 	}
-	hwmReset := resetPeak(pid)
-	smp := startSampler(ctx, pid, redisAddr, 100*time.Millisecond)
+	resetPeak(pid)
 	defer func() {
-		smp.finish()
 		if m, err := readMem(pid); err == nil {
 			row.peakHWM = m.hwm
 		}
-		if !hwmReset {
-			row.peakHWM = max(row.peakHWM, smp.maxRSS)
-		}
-		row.redisConns = smp.maxRedis
 	}()
-	direct, err := openLoad(ctx, "direct", b.upstream.URL(), n)
-	if err != nil {
-		row.directErr = err
+	hc := newHTTPClient()
+	defer hc.CloseIdleConnections()
+	direct, err1 := openLoad(ctx, hc, "direct", b.upstream.URL(), n)
+	defer closeAll(direct.sessions)
+	bridged, err2 := openLoad(ctx, hc, "bridged", ci.sseURL(), n)
+	defer closeAll(bridged.sessions)
+	if err := cmp.Or(err1, err2); err != nil {
+		b.fail(res, "throughput", "%s, %d sessions, opening: %v", res.name, n, err)
 		return row
 	}
-	defer direct.close()
-	bridged, err := openLoad(ctx, "bridged", ci.sseURL(), n)
-	if err != nil {
-		row.bridgedErr = err
-		return row
-	}
-	defer bridged.close()
-
-	// Warm-up: nothing recorded.
-	direct.run(ctx, b.cfg.warmup, pids, false)
-	bridged.run(ctx, b.cfg.warmup, pids, false)
-	var cmdsBefore map[string]int64
-	if redisAddr != "" {
-		cmdsBefore, _ = redisCommandStats(ctx, redisAddr)
-	}
+	direct.run(ctx, b.cfg.warmup, pids, false, sample)
+	bridged.run(ctx, b.cfg.warmup, pids, false, sample)
+	cmdsBefore := redisCommandStats(ctx, redisAddr)
 	profiled := make(chan struct{})
 	go func() {
 		defer close(profiled)
@@ -241,81 +236,59 @@ func (b *bench) throughput(ctx context.Context, ci *caddyInst, res *storeResult,
 	}()
 	sliceLen := b.cfg.duration / time.Duration(b.cfg.rounds)
 	for r := 0; r < b.cfg.rounds && ctx.Err() == nil; r++ {
-		// Direct first in even rounds, bridged first in odd ones.
 		for _, lr := range [][]*loadRun{{direct, bridged}, {bridged, direct}}[r%2] {
-			lr.run(ctx, sliceLen, pids, true)
+			lr.run(ctx, sliceLen, pids, true, sample)
 		}
 	}
 	<-profiled
-	if cmdsBefore != nil {
-		if after, err := redisCommandStats(ctx, redisAddr); err == nil {
-			row.redisCmds = commandDelta(cmdsBefore, after)
-		}
+	if after := redisCommandStats(ctx, redisAddr); after != nil && cmdsBefore != nil {
+		row.redisCmds = commandDelta(cmdsBefore, after)
 	}
-	direct.stats.window = sliceLen * time.Duration(b.cfg.rounds)
-	bridged.stats.window = direct.stats.window
-	row.direct = summarize(direct.stats, direct.lat)
-	row.bridged = summarize(bridged.stats, bridged.lat)
-	if ctx.Err() != nil {
-		row.bridgedErr = ctx.Err()
+	direct.stats.window, bridged.stats.window = sliceLen*time.Duration(b.cfg.rounds), sliceLen*time.Duration(b.cfg.rounds)
+	row.direct, row.bridged = summarize(direct.stats, direct.lat), summarize(bridged.stats, bridged.lat)
+	for _, lr := range []*loadRun{direct, bridged} {
+		if err := cmp.Or(lr.stats.firstErr, ctx.Err()); err != nil {
+			b.fail(res, "throughput", "%s, %d sessions, %s call: %v", res.name, n, lr.kind, err)
+		}
 	}
 	return row
 }
 
-// idleSessions opens cfg.idle legacy sessions, initialises them and keeps
-// them open, and measures Caddy's RSS before and after into res.idle.
-func (b *bench) idleSessions(ctx context.Context, ci *caddyInst, res *storeResult) error {
-	r := res.idle
-	hc := newHTTPClient()
+// idleSessions opens cfg.idle bridged sessions and keeps them open, and
+// measures Caddy's RSS before and after.
+func (b *bench) idleSessions(ctx context.Context, ci *caddyInst, res *storeResult) (err error) {
+	r, hc, pid := res.idle, newHTTPClient(), ci.Proc().Pid()
 	defer hc.CloseIdleConnections()
-	pid := ci.Proc().Pid()
-
-	// Warm up the code paths (a few sessions, closed again), so that the
-	// baseline is a Caddy that has served the bridge, not a cold one.
-	for range 16 {
-		s, err := openSession(ctx, hc, "bridged", ci.sseURL())
-		if err != nil {
-			return fmt.Errorf("warm-up session: %w", err)
-		}
-		s.tr.close()
+	// The baseline is a Caddy that has served the bridge, not a cold one.
+	warm, errs := openSessions(ctx, hc, "bridged", ci.sseURL(), 16, 1)
+	closeAll(warm)
+	if err := cmp.Or(errs...); err != nil {
+		return fmt.Errorf("warm-up session: %w", err)
 	}
-	if !sleepCtx(ctx, time.Second) {
-		return ctx.Err()
+	if err := testenv.Sleep(ctx, time.Second); err != nil {
+		return err
 	}
 	if ci.AdminURL() != "" {
-		b.heapBaseline(ctx, ci, r)
+		r.heapBefore = b.saveProfile(ctx, ci, "/debug/pprof/heap?gc=1", "idle-before.heap.pprof", 30*time.Second)
+		r.metricsBefore = goMetrics(ctx, ci)
 	}
-	var err error
 	if r.before, err = readMem(pid); err != nil {
 		return err
 	}
-
 	openCtx, cancel := context.WithTimeout(ctx, 30*time.Second+time.Duration(b.cfg.idle)*10*time.Millisecond)
 	defer cancel()
 	begin := time.Now()
-	sessions, errs := openSessions(openCtx, hc, "bridged", ci.sseURL(), b.cfg.idle, 32)
+	all, errs := openSessions(openCtx, hc, "bridged", ci.sseURL(), b.cfg.idle, 32)
 	r.openTime = time.Since(begin)
-	defer func() {
-		var wg sync.WaitGroup
-		for _, s := range sessions {
-			if s != nil {
-				wg.Go(s.tr.close)
-			}
-		}
-		wg.Wait()
-	}()
-	for _, err := range errs {
-		if err != nil {
-			r.failed++
-			r.firstErr = cmp.Or(r.firstErr, err)
-		}
+	defer closeAll(all)
+	sessions := slices.DeleteFunc(slices.Clone(all), func(s *session) bool { return s == nil })
+	if r.opened, r.failed = len(sessions), b.cfg.idle-len(sessions); r.failed > 0 {
+		b.fail(res, "idle", "%s: %d sessions failed to open, the first: %v", res.name, r.failed, cmp.Or(errs...))
 	}
-	r.opened = len(sessions) - r.failed
 
-	// Let the sessions' background work (the upstream GET stream attempt)
-	// end, then measure.
-	if !sleepCtx(ctx, 2*time.Second) {
-		return ctx.Err()
+	// Let the sessions' background work (the upstream GET attempt) end.
+	if err := testenv.Sleep(ctx, 2*time.Second); err != nil {
+		return err
 	}
 	if r.after, err = readMem(pid); err != nil {
 		return err
@@ -328,77 +301,65 @@ func (b *bench) idleSessions(ctx context.Context, ci *caddyInst, res *storeResul
 	if ci.AdminURL() != "" {
 		res.heapProfile = b.heapProfile(ctx, ci, r)
 	}
-	// The sessions still work.
+	// Up to 8 sessions, spread out, still answer.
+	var checkErr error
 	for i := 0; i < len(sessions) && r.checked < 8; i += max(1, len(sessions)/8) {
-		if sessions[i] == nil {
-			continue
-		}
 		r.checked++
 		callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		_, err := sessions[i].call(callCtx, "tools/call", echoParams("still there?"))
-		cancel()
-		if err != nil {
+		if _, err := sessions[i].call(callCtx, "tools/call", echoParams("still there?")); err != nil {
 			r.checkFailed++
-			r.firstErr = cmp.Or(r.firstErr, fmt.Errorf("call on an idle session: %w", err))
+			checkErr = cmp.Or(checkErr, err)
 		}
+		cancel()
+	}
+	if checkErr != nil {
+		return fmt.Errorf("%d calls on idle sessions failed, the first: %w", r.checkFailed, checkErr)
 	}
 	return nil
 }
 
-// bigMessage relays one echo of a cfg.msgSize string through a fresh Caddy
-// and measures its peak RSS growth into res.big.
+// bigMessage relays one echo of a cfg.msgSize string and measures Caddy's
+// peak RSS growth.
 func (b *bench) bigMessage(ctx context.Context, ci *caddyInst, res *storeResult) error {
-	r := res.big
-	hc := newHTTPClient()
+	r, hc, pid := res.big, newHTTPClient(), ci.Proc().Pid()
 	defer hc.CloseIdleConnections()
-	pid := ci.Proc().Pid()
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-
+	big := []byte(strings.Repeat("x", b.cfg.msgSize))
+	params := echoParams(string(big))
+	call := func(s *session) (d time.Duration, err error) {
+		start := time.Now()
+		result, err := s.call(ctx, "tools/call", params)
+		if d = time.Since(start); err == nil {
+			err = checkEcho(result, big)
+		}
+		return d, err
+	}
 	s, err := openSession(ctx, hc, "bridged", ci.sseURL())
 	if err != nil {
 		return err
 	}
-	defer s.tr.close()
+	defer s.close()
 	for range 3 {
 		if _, err := s.call(ctx, "tools/call", echoParams("warm-up")); err != nil {
 			return fmt.Errorf("warm-up call: %w", err)
 		}
 	}
-	big := strings.Repeat("x", b.cfg.msgSize)
-	params := echoParams(big)
-	// call sends the message on s and checks the echo.
-	call := func(s *session) (time.Duration, error) {
-		start := time.Now()
-		res, err := s.call(ctx, "tools/call", params)
-		d := time.Since(start)
-		if err != nil {
-			return d, err
-		}
-		if text, err := echoText(res); err != nil || len(text) != len(big) {
-			return d, cmp.Or(err, fmt.Errorf("echo returned %d bytes, want %d", len(text), len(big)))
-		}
-		return d, nil
-	}
-	if !sleepCtx(ctx, 500*time.Millisecond) {
-		return ctx.Err()
+	if err := testenv.Sleep(ctx, 500*time.Millisecond); err != nil {
+		return err
 	}
 	before, err := readMem(pid)
 	if err != nil {
 		return err
 	}
-	r.reset = resetPeak(pid)
-	r.base = before.hwm
-	if m, err := readMem(pid); err == nil && r.reset {
-		r.base = m.rss
+	if r.base, r.reset = before.hwm, resetPeak(pid); r.reset {
+		r.base = before.rss
 	}
 	measured := func() {
-		if r.bridgedLat, err = call(s); err != nil {
-			err = fmt.Errorf("bridged: %w", err)
-			return
-		}
 		var after procMem
-		after, err = readMem(pid)
+		if r.bridgedLat, err = call(s); err == nil {
+			after, err = readMem(pid)
+		}
 		r.peak = after.hwm
 	}
 	if ci.AdminURL() != "" {
@@ -407,9 +368,8 @@ func (b *bench) bigMessage(ctx context.Context, ci *caddyInst, res *storeResult)
 		measured()
 	}
 	if err != nil {
-		return err
+		return fmt.Errorf("bridged: %w", err)
 	}
-
 	d, err := openSession(ctx, hc, "direct", b.upstream.URL())
 	if err == nil {
 		r.directLat, err = call(d)

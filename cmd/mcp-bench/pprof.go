@@ -1,38 +1,46 @@
 package main
 
 import (
-	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
-
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 )
 
-// With -pprof, Caddy runs with its admin API on a loopback port, and the
-// bench saves profiles of it under the -pprof directory and adds their top
-// functions to the report: CPU over the largest bridged run, the heap that
-// the idle sessions hold, the allocations of the large message.
+// With -pprof, Caddy runs with its admin API on a loopback port; the bench
+// saves its profiles under the -pprof directory and reports their top
+// functions. adminClient asks for no compression: Caddy's gzip would show.
+var adminClient = newHTTPClient()
 
-// fetchProfile saves the answer of an admin endpoint (path) under the
-// profile directory as name and returns the file, or "".
-func (b *bench) fetchProfile(ctx context.Context, ci *caddyInst, path, name string, timeout time.Duration) string {
+func adminGet(ctx context.Context, ci *caddyInst, path string, timeout time.Duration) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	file := filepath.Join(b.cfg.pprofDir, name)
-	body, err := adminGet(ctx, ci, path)
-	if err == nil {
-		err = os.MkdirAll(b.cfg.pprofDir, 0o755)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, ci.AdminURL()+path, nil)
+	resp, err := adminClient.Do(req)
+	if err != nil {
+		return nil, err
 	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("GET %s: %s: %.200s", path, resp.Status, body)
+	}
+	return body, err
+}
+
+// saveProfile saves what the admin endpoint path answers as caddy-<store>-name
+// in the -pprof directory and returns the file, "" if that failed.
+func (b *bench) saveProfile(ctx context.Context, ci *caddyInst, path, name string, timeout time.Duration) string {
+	file := filepath.Join(b.cfg.pprofDir, "caddy-"+ci.store+"-"+name)
+	body, err := adminGet(ctx, ci, path, timeout)
 	if err == nil {
-		err = os.WriteFile(file, body, 0o644)
+		err = errors.Join(os.MkdirAll(b.cfg.pprofDir, 0o755), os.WriteFile(file, body, 0o644))
 	}
 	if err != nil {
 		b.logf("fetching %s: %v", path, err)
@@ -41,47 +49,20 @@ func (b *bench) fetchProfile(ctx context.Context, ci *caddyInst, path, name stri
 	return file
 }
 
-// adminClient asks for no compression: Caddy's gzip would show in its
-// allocation profile.
-var adminClient = newHTTPClient()
-
-// adminGet GETs path from Caddy's admin API.
-func adminGet(ctx context.Context, ci *caddyInst, path string) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, ci.AdminURL()+path, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := adminClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
-	if err == nil && resp.StatusCode != http.StatusOK {
-		err = fmt.Errorf("GET %s: %s: %.200s", path, resp.Status, strings.TrimSpace(string(body)))
-	}
-	return body, err
-}
-
-// pprofTop runs go tool pprof -top with args and the Caddy binary on file,
-// dropping the preamble before "Showing nodes".
+// pprofTop runs go tool pprof -top on file, from "Showing nodes" on.
 func (b *bench) pprofTop(ctx context.Context, file string, args ...string) string {
-	args = append(append([]string{"tool", "pprof", "-top"}, args...), b.cfg.caddyBin, file)
-	out := commandOutput(ctx, "go", args...)
+	out := commandOutput(ctx, "go", append(append([]string{"tool", "pprof", "-top"}, args...), b.cfg.caddyBin, file)...)
 	if i := strings.Index(out, "Showing nodes"); i >= 0 {
 		return out[i:]
 	}
 	return out
 }
 
-// cpuProfile profiles Caddy over the measuring rounds of the running load
-// and returns the top functions, flat and cumulative.
+// cpuProfile profiles Caddy over the measuring rounds of the running load.
 func (b *bench) cpuProfile(ctx context.Context, ci *caddyInst, n int) string {
-	// The rounds take twice the duration (direct and bridged slices); Caddy
-	// is idle during the direct ones.
-	secs := max(1, int(2*b.cfg.duration/time.Second)-1)
-	file := b.fetchProfile(ctx, ci, fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs),
-		fmt.Sprintf("caddy-%s-%dsessions.cpu.pprof", ci.store, n), time.Duration(secs+30)*time.Second)
+	secs := max(1, int(2*b.cfg.duration/time.Second)-1) // the rounds take twice the duration
+	file := b.saveProfile(ctx, ci, fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs),
+		fmt.Sprintf("%dsessions.cpu.pprof", n), time.Duration(secs+30)*time.Second)
 	if file == "" {
 		return "profile: not available"
 	}
@@ -89,78 +70,43 @@ func (b *bench) cpuProfile(ctx context.Context, ci *caddyInst, n int) string {
 		file, secs, b.pprofTop(ctx, file, "-nodecount=25"), b.pprofTop(ctx, file, "-cum", "-nodecount=25"))
 }
 
-// goMetrics reads the gauges of Caddy's Go runtime (go_goroutines,
-// go_memstats_heap_inuse_bytes, …) from its admin /metrics.
+// goMetrics reads the unlabelled go_* values of Caddy's admin /metrics.
 func goMetrics(ctx context.Context, ci *caddyInst) map[string]float64 {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	body, err := adminGet(ctx, ci, "/metrics")
-	if err != nil {
-		return nil
-	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(bytes.NewReader(body))
+	body, err := adminGet(ctx, ci, "/metrics", 10*time.Second)
 	if err != nil {
 		return nil
 	}
 	m := map[string]float64{}
-	for name, f := range families {
-		if strings.HasPrefix(name, "go_") && f.GetType() == dto.MetricType_GAUGE && len(f.GetMetric()) == 1 {
-			m[name] = f.GetMetric()[0].GetGauge().GetValue()
+	for line := range strings.SplitSeq(string(body), "\n") {
+		name, v, _ := strings.Cut(line, " ")
+		if f, err := strconv.ParseFloat(v, 64); err == nil && strings.HasPrefix(name, "go_") {
+			m[name] = f
 		}
 	}
 	return m
 }
 
-// heapBaseline takes Caddy's heap profile (after a GC) and runtime metrics
-// before the idle sessions open, for heapProfile to compare with.
-func (b *bench) heapBaseline(ctx context.Context, ci *caddyInst, r *idleResult) {
-	r.heapBefore = b.fetchProfile(ctx, ci, "/debug/pprof/heap?gc=1", fmt.Sprintf("caddy-%s-idle-before.heap.pprof", ci.store), 30*time.Second)
-	r.metricsBefore = goMetrics(ctx, ci)
-}
-
-// heapProfile fetches Caddy's heap profile (after a GC), runtime metrics and
-// goroutines while the idle sessions are open and summarises what they hold,
-// compared with the baseline.
+// heapProfile summarises what the open idle sessions hold against the
+// baseline.
 func (b *bench) heapProfile(ctx context.Context, ci *caddyInst, r *idleResult) string {
 	r.metricsAfter = goMetrics(ctx, ci)
-	file := b.fetchProfile(ctx, ci, "/debug/pprof/heap?gc=1", fmt.Sprintf("caddy-%s-%didle.heap.pprof", ci.store, r.opened), 30*time.Second)
+	file := b.saveProfile(ctx, ci, "/debug/pprof/heap?gc=1", fmt.Sprintf("%didle.heap.pprof", r.opened), 30*time.Second)
 	if file == "" {
 		return "heap profile: not available"
 	}
-	live := ""
-	if m := goMetrics(ctx, ci); m != nil && r.opened > 0 && r.metricsBefore != nil {
-		perSession := func(name string) float64 { return (m[name] - r.metricsBefore[name]) / 1024 / float64(r.opened) }
-		live = fmt.Sprintf("live heap (after a GC, both times): %+.1f KiB per session; stacks %+.1f KiB per session\n",
-			perSession("go_memstats_heap_alloc_bytes"), perSession("go_memstats_stack_inuse_bytes"))
-	}
-	goroutines := "?"
-	gfile := b.fetchProfile(ctx, ci, "/debug/pprof/goroutine?debug=1", fmt.Sprintf("caddy-%s-%didle.goroutines.txt", ci.store, r.opened), 30*time.Second)
-	if data, err := os.ReadFile(gfile); gfile != "" && err == nil {
-		goroutines = strings.TrimPrefix(firstLine(string(data)), "goroutine profile: ")
-	}
-	args := []string{"-sample_index=inuse_space", "-nodecount=25"}
-	if r.heapBefore != "" {
-		args = append(args, "-base", r.heapBefore)
-	}
-	return fmt.Sprintf("profiles %s (base %s); goroutines: %s\n%s\n%s", file, r.heapBefore, goroutines, live, b.pprofTop(ctx, file, args...))
+	return fmt.Sprintf("profiles %s (base %s)\n\n%s", file, r.heapBefore,
+		b.pprofTop(ctx, file, "-sample_index=inuse_space", "-nodecount=25", "-base", r.heapBefore))
 }
 
-// allocProfile runs measured between two allocation profiles of Caddy and
-// returns what it allocated meanwhile (the large allocations are all
-// sampled). Fetching a profile runs a GC in Caddy first (heap?gc=1, which
-// publishes the counts), so the peak differs a little from a run without.
+// allocProfile runs measured between two heap profiles of Caddy and returns
+// what it allocated meanwhile. Their GC (heap?gc=1) moves the peak a little.
 func (b *bench) allocProfile(ctx context.Context, ci *caddyInst, measured func()) string {
-	name := func(stage string) string { return fmt.Sprintf("caddy-%s-message-%s.allocs.pprof", ci.store, stage) }
-	before := b.fetchProfile(ctx, ci, "/debug/pprof/heap?gc=1", name("before"), 60*time.Second)
+	before := b.saveProfile(ctx, ci, "/debug/pprof/heap?gc=1", "message-before.allocs.pprof", time.Minute)
 	measured()
-	if before == "" {
+	after := b.saveProfile(ctx, ci, "/debug/pprof/heap?gc=1", "message-after.allocs.pprof", time.Minute)
+	if before == "" || after == "" {
 		return ""
 	}
-	after := b.fetchProfile(ctx, ci, "/debug/pprof/heap?gc=1", name("after"), 60*time.Second)
-	if after == "" {
-		return ""
-	}
-	top := b.pprofTop(ctx, after, "-sample_index=alloc_space", "-nodecount=20", "-base", before)
-	return fmt.Sprintf("profiles %s and %s\n\n%s", before, after, top)
+	return fmt.Sprintf("profiles %s and %s\n\n%s", before, after,
+		b.pprofTop(ctx, after, "-sample_index=alloc_space", "-nodecount=20", "-base", before))
 }

@@ -11,28 +11,15 @@ import (
 	"time"
 
 	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/internal/testenv"
+	"github.com/prometheus/procfs"
+	"github.com/redis/go-redis/v9"
 )
 
-// The processes the bench measures, started through internal/testenv (the
-// harness the tests use too), each in b.procs so that all end with the
-// bench: the demo upstream and redis-server for the whole run, a fresh
-// Caddy for each phase.
+// The processes the bench measures (all in b.procs, to end with it), and
+// what it reads of them from /proc and Redis.
+const readyTimeout, stopGrace = 30 * time.Second, 3 * time.Second
 
-// readyTimeout bounds the wait for a process to be ready.
-const readyTimeout = 30 * time.Second
-
-// startUpstream starts the demo upstream in stateless JSON mode.
-func (b *bench) startUpstream(ctx context.Context) (err error) {
-	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
-	defer cancel()
-	b.upstream, err = testenv.StartDemoUpstream(ctx, testenv.DemoOptions{
-		Bin: b.cfg.upstreamBin, Args: []string{"-mode", "stateless", "-json"}, Dir: b.tmp, OnStart: b.procs.Add,
-	})
-	return err
-}
-
-// startRedis starts a redis-server without persistence, allowing a client
-// per idle session and more. It returns why not, or "".
+// startRedis starts a redis-server, or returns why not.
 func (b *bench) startRedis(ctx context.Context) string {
 	if b.cfg.redisBin == "" {
 		return `disabled with -redis-server ""`
@@ -42,14 +29,10 @@ func (b *bench) startRedis(ctx context.Context) string {
 		return b.cfg.redisBin + " not on PATH"
 	}
 	b.redisVer = firstLine(commandOutput(ctx, bin, "--version"))
-	dir := filepath.Join(b.tmp, "redis")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err.Error()
-	}
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
 	b.redis, err = testenv.StartRedis(ctx, testenv.RedisOptions{
-		Bin: bin, Dir: dir, OnStart: b.procs.Add,
+		Bin: bin, Dir: b.tmp, OnStart: b.procs.Add,
 		Args: []string{"--protected-mode", "yes", "--maxclients", strconv.Itoa(max(10000, b.cfg.idle+1000))},
 	})
 	if err != nil {
@@ -59,7 +42,6 @@ func (b *bench) startRedis(ctx context.Context) string {
 	return ""
 }
 
-// caddyInst is the Caddy of one phase.
 type caddyInst struct {
 	*testenv.Caddy
 	store string
@@ -67,10 +49,8 @@ type caddyInst struct {
 
 func (ci *caddyInst) sseURL() string { return ci.URL(0) + "/sse" }
 
-// bridgeBlock is the bench's site: the bridge to upstream with the store
-// given. The bench opens its thousands of sessions from one address as one
-// caller: the new-session rate is unlimited, and the store takes
-// maxSessions in all and from that caller.
+// bridgeBlock is the bench's site. Its sessions all come from one address:
+// no limit on the new-session rate, and maxSessions from one caller.
 func bridgeBlock(upstream, store, redisAddr string, maxSessions int) string {
 	storeBlock := fmt.Sprintf("store memory {\n\tmax_sessions %d\n\tmax_sessions_per_caller %[1]d\n}", maxSessions)
 	if store == "redis" {
@@ -80,8 +60,7 @@ func bridgeBlock(upstream, store, redisAddr string, maxSessions int) string {
 		upstream, strings.ReplaceAll(storeBlock, "\n", "\n\t\t"))
 }
 
-// startCaddy starts a fresh Caddy for one phase, with the admin API on a
-// loopback port when profiling.
+// startCaddy starts a fresh Caddy for one phase (admin API on with -pprof).
 func (b *bench) startCaddy(ctx context.Context, store, phase string) (*caddyInst, error) {
 	dir := filepath.Join(b.tmp, store+"-"+phase)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -99,21 +78,93 @@ func (b *bench) startCaddy(ctx context.Context, store, phase string) (*caddyInst
 			Body: bridgeBlock(b.upstream.URL(), store, redisAddr, b.cfg.idle+2048),
 		}}},
 	})
-	if err != nil {
-		return nil, err
-	}
-	if b.caddyNofile == 0 {
-		b.caddyNofile = openFilesLimit(c.Proc().Pid())
-	}
-	return &caddyInst{c, store}, nil
+	return &caddyInst{c, store}, err
 }
 
-// stopCaddy stops a phase's Caddy and adds its warnings and errors to the
-// store's log summary.
+// stopCaddy stops a phase's Caddy and keeps its log.
 func (b *bench) stopCaddy(ci *caddyInst, res *storeResult) {
 	_ = ci.Proc().Stop(stopGrace)
-	res.logs.addFrom(strings.NewReader(ci.Proc().Output()))
+	res.logs += ci.Proc().Output()
 }
 
-// stopGrace is how long a process may take to exit on SIGTERM.
-const stopGrace = 3 * time.Second
+type procMem struct{ rss, hwm int64 } // VmRSS and VmHWM (the peak), in bytes
+
+func readMem(pid int) (procMem, error) {
+	p, err := procfs.NewProc(pid)
+	if err != nil {
+		return procMem{}, err
+	}
+	st, err := p.NewStatus()
+	return procMem{rss: int64(st.VmRSS), hwm: int64(st.VmHWM)}, err
+}
+
+// readCPU is the user+system CPU time pid has used, 0 if unknown.
+func readCPU(pid int) time.Duration {
+	if p, err := procfs.NewProc(pid); err == nil {
+		if st, err := p.Stat(); err == nil {
+			return time.Duration(st.CPUTime() * float64(time.Second))
+		}
+	}
+	return 0
+}
+
+// resetPeak resets pid's VmHWM to its RSS, so that a phase's peak is its own.
+func resetPeak(pid int) bool {
+	return os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0) == nil
+}
+
+// redisClient has one connection (testenv.RedisClients leaves out only the
+// one asking).
+func redisClient(addr string) *redis.Client {
+	return redis.NewClient(&redis.Options{Addr: addr, PoolSize: 1, DialTimeout: 2 * time.Second})
+}
+
+func flushRedis(ctx context.Context, addr string) error {
+	c := redisClient(addr)
+	defer c.Close()
+	return c.FlushAll(ctx).Err()
+}
+
+// redisCommandStats returns the calls per command, nil without Redis.
+func redisCommandStats(ctx context.Context, addr string) map[string]int64 {
+	if addr == "" {
+		return nil
+	}
+	c := redisClient(addr)
+	defer c.Close()
+	info, err := c.InfoMap(ctx, "commandstats").Result()
+	if err != nil {
+		return nil
+	}
+	return parseCommandStats(info["Commandstats"])
+}
+
+// parseCommandStats reads INFO commandstats ("cmdstat_get" → "calls=3,…").
+func parseCommandStats(section map[string]string) map[string]int64 {
+	m := map[string]int64{}
+	for name, stats := range section {
+		for kv := range strings.SplitSeq(stats, ",") {
+			if v, ok := strings.CutPrefix(kv, "calls="); ok {
+				m[strings.TrimPrefix(name, "cmdstat_")], _ = strconv.ParseInt(v, 10, 64)
+			}
+		}
+	}
+	return m
+}
+
+// ownCommands are what the bench's own connections send.
+var ownCommands = map[string]bool{
+	"info": true, "ping": true, "flushall": true,
+	"hello": true, "client|setinfo": true, "client|maint_notifications": true,
+}
+
+// commandDelta is after−before per command, but the bench's own and zeros.
+func commandDelta(before, after map[string]int64) map[string]int64 {
+	d := map[string]int64{}
+	for k, v := range after {
+		if n := v - before[k]; n > 0 && !ownCommands[k] {
+			d[k] = n
+		}
+	}
+	return d
+}
