@@ -45,7 +45,7 @@ func TestBridgeBlock(t *testing.T) {
 	cf := testenv.Caddyfile{Sites: []testenv.Site{{Port: 8080, Body: bridgeBlock("http://127.0.0.1:9/mcp", "memory", "", 12000)}}}
 	want := "{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n\tgrace_period 1s\n}\n\n" +
 		"http://127.0.0.1:8080 {\n\tbind 127.0.0.1\n\tmcp_sse_bridge {\n\t\tupstream http://127.0.0.1:9/mcp\n\t\tnew_session_rate 1000000\n" +
-		"\t\tstore memory {\n\t\t\tmax_sessions 12000\n\t\t\tmax_sessions_per_caller 12000\n\t\t}\n\t}\n}\n"
+		"\t\tidentity_secret mcp-bench-identity-secret\n\t\tstore memory {\n\t\t\tmax_sessions 12000\n\t\t\tmax_sessions_per_caller 12000\n\t\t}\n\t}\n}\n"
 	if got := cf.String(); got != want {
 		t.Errorf("Caddyfile:\n%s\nwant:\n%s", got, want)
 	}

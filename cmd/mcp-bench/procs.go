@@ -50,13 +50,14 @@ type caddyInst struct {
 func (ci *caddyInst) sseURL() string { return ci.URL(0) + "/sse" }
 
 // bridgeBlock is the bench's site. Its sessions all come from one address:
-// no limit on the new-session rate, and maxSessions from one caller.
+// no limit on the new-session rate, and maxSessions from one caller; an
+// identity secret, as a deployment on Redis has.
 func bridgeBlock(upstream, store, redisAddr string, maxSessions int) string {
 	storeBlock := fmt.Sprintf("store memory {\n\tmax_sessions %d\n\tmax_sessions_per_caller %[1]d\n}", maxSessions)
 	if store == "redis" {
 		storeBlock = fmt.Sprintf("store redis {\n\taddress %s\n\tmax_sessions_per_caller %d\n}", redisAddr, maxSessions)
 	}
-	return fmt.Sprintf("mcp_sse_bridge {\n\t\tupstream %s\n\t\tnew_session_rate 1000000\n\t\t%s\n\t}",
+	return fmt.Sprintf("mcp_sse_bridge {\n\t\tupstream %s\n\t\tnew_session_rate 1000000\n\t\tidentity_secret mcp-bench-identity-secret\n\t\t%s\n\t}",
 		upstream, strings.ReplaceAll(storeBlock, "\n", "\n\t\t"))
 }
 
