@@ -93,7 +93,7 @@ func (b *Bridge) EndSession(ctx context.Context, id string) (bool, error) {
 		return deleted, err
 	}
 	if s.UpstreamSessionID != "" {
-		if resp, err := b.do(ctx, http.MethodDelete, s, b.credentialsFor(id), nil, ""); err != nil {
+		if resp, err := b.do(ctx, labelDelete, http.MethodDelete, s, b.credentialsFor(id), nil, ""); err != nil {
 			b.log.Debug("ending upstream session", zap.String("session", shortID(id)), zap.Error(err))
 		} else {
 			drain(resp)

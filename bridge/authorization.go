@@ -60,9 +60,13 @@ func isResourceMetadataPath(p string) bool {
 // authChallenge is an upstream's refusal of a client's credentials: 401 or
 // 403 with its WWW-Authenticate, passed back to the client.
 type authChallenge struct {
-	code   int
-	header http.Header
-	body   []byte
+	code        int
+	challenges  []string // the upstream's WWW-Authenticate values
+	contentType string
+	body        []byte
+	// metadataURL is the bridge's metadata URL for the client's stream,
+	// which the challenges name instead of the upstream's.
+	metadataURL string
 }
 
 // challengeFrom returns the upstream response's refusal of the client's
@@ -78,19 +82,15 @@ func (b *Bridge) challengeFrom(resp *http.Response, body []byte, metadataURL str
 	if resp.StatusCode != http.StatusUnauthorized && (resp.StatusCode != http.StatusForbidden || len(values) == 0) {
 		return nil
 	}
-	h := http.Header{}
 	for _, v := range values {
 		if m := resourceMetadataParam.FindStringSubmatch(v); m != nil {
 			if u := strings.Trim(m[1], `"`); b.onUpstreamHost(u) {
 				b.upstreamMetadataURL.Store(&u)
 			}
 		}
-		h.Add("WWW-Authenticate", resourceMetadataParam.ReplaceAllLiteralString(v, `resource_metadata="`+metadataURL+`"`))
 	}
-	if ct := resp.Header.Get("Content-Type"); ct != "" {
-		h.Set("Content-Type", ct)
-	}
-	return &authChallenge{code: resp.StatusCode, header: h, body: body}
+	return &authChallenge{code: resp.StatusCode, challenges: values, contentType: resp.Header.Get("Content-Type"),
+		body: body, metadataURL: metadataURL}
 }
 
 // onUpstreamHost reports whether a URL the upstream named is on the
@@ -110,22 +110,15 @@ func (b *Bridge) resourceMetadataURL(r *http.Request) string {
 
 // cachedChallenge is the upstream's last refusal of an anonymous probe.
 type cachedChallenge struct {
-	upstream *http.Response // its status and headers only; the body is below
-	body     []byte
-	until    time.Time
+	challenge *authChallenge
+	until     time.Time
 }
 
-// rewritten is the cached refusal, for a stream whose metadata URL is
+// forStream is the challenge for a stream whose metadata URL is
 // metadataURL.
-func (c *cachedChallenge) rewritten(metadataURL string) *authChallenge {
-	h := http.Header{}
-	for _, v := range c.upstream.Header.Values("WWW-Authenticate") {
-		h.Add("WWW-Authenticate", resourceMetadataParam.ReplaceAllLiteralString(v, `resource_metadata="`+metadataURL+`"`))
-	}
-	if ct := c.upstream.Header.Get("Content-Type"); ct != "" {
-		h.Set("Content-Type", ct)
-	}
-	return &authChallenge{code: c.upstream.StatusCode, header: h, body: c.body}
+func (c authChallenge) forStream(metadataURL string) *authChallenge {
+	c.metadataURL = metadataURL
+	return &c
 }
 
 // upstreamOpen reports whether the upstream let an anonymous probe
@@ -134,8 +127,11 @@ func (b *Bridge) upstreamOpen() bool { return b.now().UnixNano() < b.upstreamOpe
 
 // write answers the client with the challenge.
 func (c *authChallenge) write(w http.ResponseWriter) {
-	for k, v := range c.header {
-		w.Header()[k] = v
+	for _, v := range c.challenges {
+		w.Header().Add("WWW-Authenticate", resourceMetadataParam.ReplaceAllLiteralString(v, `resource_metadata="`+c.metadataURL+`"`))
+	}
+	if c.contentType != "" {
+		w.Header().Set("Content-Type", c.contentType)
 	}
 	w.WriteHeader(c.code)
 	_, _ = w.Write(c.body)
@@ -160,7 +156,7 @@ func (b *Bridge) probeAuthorization(ctx context.Context, r *http.Request) *authC
 		// An upstream that refused anonymous callers a moment ago still
 		// does: a flood of anonymous streams costs it nothing.
 		if c := b.anonymousChallenge.Load(); c != nil && b.now().Before(c.until) {
-			return c.rewritten(b.resourceMetadataURL(r))
+			return c.challenge.forStream(b.resourceMetadataURL(r))
 		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, authProbeTimeout)
@@ -173,11 +169,11 @@ func (b *Bridge) probeAuthorization(ctx context.Context, r *http.Request) *authC
 	req.Header.Set("Accept", "text/event-stream")
 	resp, err := b.client.Do(req)
 	if err != nil {
-		b.metrics.upstreamRequest("probe", 0)
+		b.metrics.upstreamRequest(labelProbe, 0)
 		b.log.Debug("authorization probe failed", zap.Error(err))
 		return nil
 	}
-	b.metrics.upstreamRequest("probe", resp.StatusCode)
+	b.metrics.upstreamRequest(labelProbe, resp.StatusCode)
 	defer resp.Body.Close()
 	var body []byte
 	if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
@@ -188,7 +184,7 @@ func (b *Bridge) probeAuthorization(ctx context.Context, r *http.Request) *authC
 	case anonymous && challenge == nil && resp.StatusCode != http.StatusUnauthorized && resp.StatusCode != http.StatusForbidden:
 		b.upstreamOpenUntil.Store(b.now().Add(openUpstreamMemory).UnixNano())
 	case anonymous && challenge != nil:
-		b.anonymousChallenge.Store(&cachedChallenge{upstream: resp, body: body, until: b.now().Add(anonymousChallengeMemory)})
+		b.anonymousChallenge.Store(&cachedChallenge{challenge: challenge, until: b.now().Add(anonymousChallengeMemory)})
 	}
 	return challenge
 }

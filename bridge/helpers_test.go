@@ -142,6 +142,25 @@ func newRecorder(t *testing.T, h http.Handler) *testUpstream {
 	return u
 }
 
+// handwrittenUpstream is a minimal Streamable HTTP server in JSON mode:
+// notifications and responses get 202, initialize its result, and every
+// other request goes to call.
+func handwrittenUpstream(call func(w http.ResponseWriter, env Envelope)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		env, err := PeekEnvelope(body)
+		switch {
+		case err != nil || env.Kind != KindRequest:
+			w.WriteHeader(http.StatusAccepted)
+		case env.Method == "initialize":
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,"result":{"protocolVersion":"2025-03-26","capabilities":{},"serverInfo":{"name":"handwritten","version":"0"}}}`, env.ID)
+		default:
+			call(w, env)
+		}
+	}
+}
+
 // newFakeUpstream serves h, a hand-written upstream.
 func newFakeUpstream(t *testing.T, h http.HandlerFunc) *testUpstream {
 	u := newRecorder(t, h)

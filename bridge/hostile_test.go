@@ -198,26 +198,16 @@ func TestUpstreamHeaderTimeout(t *testing.T) {
 		}
 	})
 	t.Run("long streamed call", func(t *testing.T) {
-		up := newFakeUpstream(t, func(w http.ResponseWriter, r *http.Request) {
-			body, _ := io.ReadAll(r.Body)
-			env, err := PeekEnvelope(body)
-			switch {
-			case err != nil || env.Kind != KindRequest:
-				w.WriteHeader(http.StatusAccepted)
-			case env.Method == "initialize":
-				w.Header().Set("Content-Type", "application/json")
-				fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,"result":{"protocolVersion":"2025-03-26","capabilities":{},"serverInfo":{"name":"slow","version":"0"}}}`, env.ID)
-			default:
-				w.Header().Set("Content-Type", "text/event-stream")
-				w.WriteHeader(http.StatusOK)
-				for i := range 5 { // 1 s of progress, longer than the timeout
-					fmt.Fprintf(w, "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":\"p\",\"progress\":%d}}\n\n", i)
-					w.(http.Flusher).Flush()
-					time.Sleep(200 * time.Millisecond) // the upstream's pace
-				}
-				fmt.Fprintf(w, "data: {\"jsonrpc\":\"2.0\",\"id\":%s,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"done\"}]}}\n\n", env.ID)
+		up := newFakeUpstream(t, handwrittenUpstream(func(w http.ResponseWriter, env Envelope) {
+			w.Header().Set("Content-Type", "text/event-stream")
+			w.WriteHeader(http.StatusOK)
+			for i := range 5 { // 1 s of progress, longer than the timeout
+				fmt.Fprintf(w, "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":\"p\",\"progress\":%d}}\n\n", i)
+				w.(http.Flusher).Flush()
+				time.Sleep(200 * time.Millisecond) // the upstream's pace
 			}
-		})
+			fmt.Fprintf(w, "data: {\"jsonrpc\":\"2.0\",\"id\":%s,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"done\"}]}}\n\n", env.ID)
+		}))
 		e := newEnv(t, up.URL, nil, &Config{UpstreamHeaderTimeout: timeout})
 		s := openStream(t, e, nil)
 		s.initialize(t)

@@ -63,21 +63,25 @@ func (b *Bridge) identityOf(r *http.Request) []string {
 // or the upstream checks them (it refused anonymous probes): against an
 // upstream that takes anyone, made-up tokens would be as many callers.
 func (b *Bridge) caller(r *http.Request) string {
-	vouched := b.cfg.Identity != nil && b.cfg.Identity(r) != ""
-	if vouched || (b.hasIdentity(r) && !b.upstreamOpen()) {
-		return "c" + b.fingerprint(r)
+	id := b.identityOf(r)
+	vouched := id[0] == "user"
+	if vouched || (!isAnonymous(id) && !b.upstreamOpen()) {
+		return "c" + b.keyedHash("identity", id...)
 	}
 	return "a" + b.keyedHash("address", b.cfg.ClientAddress(r))
 }
 
 // hasIdentity reports whether the caller is not anonymous.
-func (b *Bridge) hasIdentity(r *http.Request) bool {
-	for _, part := range b.identityOf(r)[1:] {
+func (b *Bridge) hasIdentity(r *http.Request) bool { return !isAnonymous(b.identityOf(r)) }
+
+// isAnonymous reports whether an identity (from identityOf) names nobody.
+func isAnonymous(id []string) bool {
+	for _, part := range id[1:] {
 		if part != "" {
-			return true
+			return false
 		}
 	}
-	return false
+	return true
 }
 
 // clientCertificate is the hash of the request's TLS client certificate,

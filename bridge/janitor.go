@@ -55,7 +55,7 @@ func (b *Bridge) reapExpired() {
 			continue
 		}
 		if s.UpstreamSessionID != "" {
-			resp, err := b.do(ctx, http.MethodDelete, s, b.credentialsFor(s.ID), nil, "")
+			resp, err := b.do(ctx, labelDelete, http.MethodDelete, s, b.credentialsFor(s.ID), nil, "")
 			if err != nil {
 				b.log.Debug("ending upstream session", zap.String("session", shortID(s.ID)), zap.Error(err))
 			} else {

@@ -205,6 +205,13 @@ func isMCPMethod(method string) bool {
 	return false
 }
 
+// Method labels of upstream requests that carry no client message.
+const (
+	labelStream = "stream" // the session's GET stream, or a resumed response stream
+	labelDelete = "delete" // the end of an upstream session
+	labelProbe  = "probe"  // the authorization probe
+)
+
 // methodLabel is the method label of an upstream POST carrying msg.
 func methodLabel(env Envelope) string {
 	switch {
@@ -224,8 +231,12 @@ func shortID(id string) string { return sessionstore.ShortID(id) }
 // level without its payload.
 func (b *Bridge) noteMessage(sessionID, direction string, env Envelope) {
 	b.metrics.message(direction, env.Kind)
-	b.log.Debug("message", zap.String("session", shortID(sessionID)), zap.String("direction", direction),
-		zap.Stringer("kind", env.Kind), zap.String("method", methodLabel(env)))
+	// Checked first: on every message, the fields are built only when
+	// debug logging is on.
+	if ce := b.log.Check(zap.DebugLevel, "message"); ce != nil {
+		ce.Write(zap.String("session", shortID(sessionID)), zap.String("direction", direction),
+			zap.Stringer("kind", env.Kind), zap.String("method", methodLabel(env)))
+	}
 }
 
 // sessionStarted counts and logs a session just created for r.

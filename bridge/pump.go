@@ -63,7 +63,7 @@ func (b *Bridge) runPump(ctx context.Context, id string) {
 		if lastID != "" {
 			b.metrics.resumed("stream")
 		}
-		resp, err := b.do(ctx, http.MethodGet, sess, b.credentialsFor(id), nil, lastID)
+		resp, err := b.do(ctx, labelStream, http.MethodGet, sess, b.credentialsFor(id), nil, lastID)
 		if ctx.Err() == nil {
 			// Connected, refused or unreachable: either way requests need
 			// not wait for this stream any longer.

@@ -56,7 +56,7 @@ func (b *Bridge) openUpstreamSession(ctx context.Context, cur *sessionstore.Sess
 	}
 	fresh := *cur
 	fresh.UpstreamSessionID, fresh.ProtocolVersion = "", ""
-	resp, err := b.do(ctx, http.MethodPost, &fresh, client, ReplaceID(init, env, reinitID), "")
+	resp, err := b.do(ctx, "initialize", http.MethodPost, &fresh, client, ReplaceID(init, env, reinitID), "")
 	if err != nil {
 		return nil, fmt.Errorf("replaying initialize: %w", err)
 	}
@@ -67,7 +67,7 @@ func (b *Bridge) openUpstreamSession(ctx context.Context, cur *sessionstore.Sess
 	fresh.UpstreamSessionID = resp.Header.Get("Mcp-Session-Id")
 	fresh.ProtocolVersion = result.ProtocolVersion
 
-	resp, err = b.do(ctx, http.MethodPost, &fresh, client, initializedNotification, "")
+	resp, err = b.do(ctx, "notifications/initialized", http.MethodPost, &fresh, client, initializedNotification, "")
 	if err != nil {
 		return nil, fmt.Errorf("sending notifications/initialized: %w", err)
 	}

@@ -109,7 +109,7 @@ func (b *Bridge) resumeOnce(ctx context.Context, sess *sessionstore.Session, cli
 	}()
 	defer func() { cancel(); <-watching }()
 	b.metrics.resumed("request")
-	r, err := b.do(ctx, http.MethodGet, sess, client, nil, lastID)
+	r, err := b.do(ctx, labelStream, http.MethodGet, sess, client, nil, lastID)
 	if err != nil {
 		return "", 0, false, true, err
 	}

@@ -2,7 +2,6 @@ package bridge
 
 import (
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -16,25 +15,18 @@ import (
 // jsonUpstream is a JSON-mode upstream (stateless, as the go-sdk's JSON
 // mode is) whose tools/call takes delay; it reports each POST to seen.
 func jsonUpstream(delay time.Duration, seen func(r *http.Request)) http.HandlerFunc {
+	answer := handwrittenUpstream(func(w http.ResponseWriter, env Envelope) {
+		time.Sleep(delay) // the tool's work
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,"result":{"content":[{"type":"text","text":"done"}]}}`, env.ID)
+	})
 	return func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
 			w.WriteHeader(http.StatusMethodNotAllowed)
 			return
 		}
 		seen(r)
-		body, _ := io.ReadAll(r.Body)
-		env, err := PeekEnvelope(body)
-		switch {
-		case err != nil || env.Kind != KindRequest:
-			w.WriteHeader(http.StatusAccepted)
-		case env.Method == "initialize":
-			w.Header().Set("Content-Type", "application/json")
-			fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,"result":{"protocolVersion":"2025-03-26","capabilities":{},"serverInfo":{"name":"json","version":"0"}}}`, env.ID)
-		default:
-			time.Sleep(delay) // the tool's work
-			w.Header().Set("Content-Type", "application/json")
-			fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,"result":{"content":[{"type":"text","text":"done"}]}}`, env.ID)
-		}
+		answer(w, r)
 	}
 }
 

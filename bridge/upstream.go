@@ -68,7 +68,7 @@ func (b *Bridge) forward(c *call) {
 			}
 		}
 		sent := time.Now()
-		resp, err := b.do(ctx, http.MethodPost, sess, c.client, c.msg, "")
+		resp, err := b.do(ctx, methodLabel(c.env), http.MethodPost, sess, c.client, c.msg, "")
 		if err != nil {
 			b.failUpstream(c, "forwarding", err)
 			return
@@ -119,8 +119,10 @@ func upstreamSessionLost(sess *sessionstore.Session, status int, body []byte) bo
 		(status == http.StatusBadRequest && bytes.Contains(bytes.ToLower(body), []byte("session")))
 }
 
-// do sends one upstream request with the session's headers.
-func (b *Bridge) do(ctx context.Context, method string, sess *sessionstore.Session, client http.Header, body []byte, lastEventID string) (*http.Response, error) {
+// do sends one upstream request with the session's headers. label names it
+// in the metrics (methodLabel of the message a POST carries, labelStream,
+// labelDelete): the callers know it, so nothing is parsed again here.
+func (b *Bridge) do(ctx context.Context, label, method string, sess *sessionstore.Session, client http.Header, body []byte, lastEventID string) (*http.Response, error) {
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
@@ -164,23 +166,8 @@ func (b *Bridge) do(ctx context.Context, method string, sess *sessionstore.Sessi
 	if err == nil {
 		status = resp.StatusCode
 	}
-	b.metrics.upstreamRequest(upstreamMethodLabel(method, body), status)
+	b.metrics.upstreamRequest(label, status)
 	return resp, err
-}
-
-// upstreamMethodLabel is the method label of an upstream request.
-func upstreamMethodLabel(method string, body []byte) string {
-	switch method {
-	case http.MethodGet:
-		return "stream"
-	case http.MethodDelete:
-		return "delete"
-	}
-	env, err := PeekEnvelope(body)
-	if err != nil {
-		return "other"
-	}
-	return methodLabel(env)
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {
