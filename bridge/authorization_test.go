@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -139,5 +140,35 @@ func TestAuthorizationProbeBounded(t *testing.T) {
 	code, _, body := doRaw(t, http.MethodGet, e.srv.URL+"/.well-known/oauth-protected-resource/sse", "", nil, "")
 	if code != http.StatusOK || !strings.Contains(body, "https://auth.example") {
 		t.Errorf("metadata: %d %q, want the upstream's own (not the other host's the challenge named)", code, body)
+	}
+}
+
+// TestMetadataFailureCached: while the upstream's metadata cannot be
+// fetched, clients asking the bridge for it get 502 without each of them
+// making the bridge ask the upstream again.
+func TestMetadataFailureCached(t *testing.T) {
+	var fetches atomic.Int32
+	up := newFakeUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/.well-known/") {
+			fetches.Add(1)
+			// A broken upstream: the connection ends without an answer.
+			conn, _, err := http.NewResponseController(w).Hijack()
+			if err == nil {
+				conn.Close()
+			}
+			return
+		}
+		w.WriteHeader(http.StatusMethodNotAllowed)
+	})
+	e := newEnv(t, up.URL, nil, nil)
+	for range 5 {
+		if code, _, body := doRaw(t, http.MethodGet, e.srv.URL+"/.well-known/oauth-protected-resource/sse", "", nil, ""); code != http.StatusBadGateway {
+			t.Fatalf("metadata from a broken upstream: %d %q, want 502", code, body)
+		}
+	}
+	// One failed fetch tries each well-known URL once (the path form, then
+	// the root form); the four requests after it are served from memory.
+	if n := fetches.Load(); n > 2 {
+		t.Errorf("5 metadata requests made %d upstream fetches, want at most 2", n)
 	}
 }
