@@ -195,19 +195,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		mux.Handle(metadataPath, metadataHandler(baseURL+"/mcp", &cfg.oauth, logw))
 	}
 	mux.Handle("/mcp", mcpHandler)
-	srv := &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-	}
 	// Standalone and request SSE streams stay open for as long as their MCP
 	// session lives, so Shutdown would wait for them until its deadline.
-	// Closing the sessions ends those streams.
+	// Shutdown cancels every request's context, which ends the streams even
+	// when one registers while its session is closing, and closes the
+	// sessions.
 	//
 	// ServerSession.Close waits for in-flight calls to finish, so the
 	// handlers of those calls are cancelled first.
 	handlersCtx, cancelHandlers := context.WithCancel(context.Background())
 	defer cancelHandlers()
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return handlersCtx },
+	}
 	server.AddReceivingMiddleware(cancelWhenDone(handlersCtx))
 	srv.RegisterOnShutdown(func() {
 		cancelHandlers()
