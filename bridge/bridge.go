@@ -173,6 +173,9 @@ func (b *Bridge) Drain(ctx context.Context) {
 	if !b.WaitIdle(ctx) {
 		b.log.Info("shutting down with requests still in flight: left to the other replicas")
 	}
+	// Detached streams (detach.go) are not the HTTP server's to wait for:
+	// their final comment goes out before the process exits.
+	b.WaitStreams(ctx)
 	b.cancelBG()
 	stopCtx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()

@@ -16,8 +16,8 @@ type credential struct {
 	until time.Time
 }
 
-func (b *Bridge) rememberCredentials(id string, r *http.Request) *credential {
-	c := &credential{header: b.upstreamHeaders(r)}
+func (b *Bridge) rememberCredentials(id string, header http.Header) *credential {
+	c := &credential{header: header}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.credentials[id] = c

@@ -29,14 +29,33 @@ const maxKeptBuffer = 64 << 10
 
 // serveStream serves GET sse_path: the legacy event stream. Its steps:
 // open the session (resume the one Last-Event-ID names, or a new one),
-// send the endpoint event at once, then relay the mailbox until the client
-// leaves, adopting the caller's released session on the way where the
-// continuity rules (continuity.go) say so.
+// send the endpoint event at once, take the connection off net/http where
+// it can (detach.go), then relay the mailbox until the client leaves,
+// adopting the caller's released session on the way where the continuity
+// rules (continuity.go) say so.
 func (b *Bridge) serveStream(w http.ResponseWriter, r *http.Request) {
-	b.streams.Add(1)
-	defer b.streams.Add(-1)
-	b.metrics.streamOpened(1)
-	defer b.metrics.streamOpened(-1)
+	b.streamOpened(1)
+	ls, ok := b.startStream(w, r)
+	if !ok {
+		b.streamOpened(-1)
+		return
+	}
+	if ctx, ok := ls.detach(); ok {
+		go ls.relay(ctx)
+		return
+	}
+	ls.relay(r.Context())
+}
+
+// streamOpened counts streams opening (+1) and ending (-1).
+func (b *Bridge) streamOpened(delta int64) {
+	b.streams.Add(delta)
+	b.metrics.streamOpened(float64(delta))
+}
+
+// startStream opens the stream's session and sends the endpoint event; on
+// false the client has had its answer and nothing is held.
+func (b *Bridge) startStream(w http.ResponseWriter, r *http.Request) (*legacyStream, bool) {
 	ctx := r.Context()
 	// A stream that will need a new session takes its place in its
 	// address's rate before anything, the authorization probe included,
@@ -45,69 +64,88 @@ func (b *Bridge) serveStream(w http.ResponseWriter, r *http.Request) {
 	if r.Header.Get("Last-Event-ID") == "" {
 		if err := b.admitNewSession(r); err != nil {
 			b.storeError(w, err)
-			return
+			return nil, false
 		}
 		admitted = true
 	}
 	if c := b.probeAuthorization(ctx, r); c != nil {
 		b.metrics.refusedFor("unauthorized")
 		c.write(w)
-		return
+		return nil, false
 	}
 	ls := &legacyStream{
-		admitted:  admitted,
-		b:         b,
-		w:         w,
-		rc:        http.NewResponseController(w),
-		r:         r,
-		owner:     b.cfg.ReplicaID + "/" + randomID()[:12],
-		creds:     map[string]*credential{},
-		opened:    time.Now(),
-		endReason: "client gone",
+		admitted:       admitted,
+		b:              b,
+		out:            responseOut{w: w, rc: http.NewResponseController(w)},
+		r:              r,
+		clientGone:     ctx.Done(),
+		fingerprint:    b.fingerprint(r),
+		upstreamHeader: b.upstreamHeaders(r),
+		owner:          b.cfg.ReplicaID + "/" + randomID()[:12],
+		creds:          map[string]*credential{},
+		opened:         time.Now(),
+		endReason:      "client gone",
 	}
 	sess, resumed, err := ls.open(ctx)
 	if err != nil {
 		b.storeError(w, err)
-		return
+		return nil, false
 	}
 	ls.addr = sess.ID
 	if err := ls.follow(ctx, sess.ID); err != nil {
 		b.releaseSession(sess.ID, ls.owner)
 		b.storeError(w, err)
-		return
+		return nil, false
 	}
-	defer ls.end()
 	if !ls.sendEndpoint() {
-		return
+		ls.end()
+		return nil, false
 	}
 	b.log.Debug("stream opened", zap.String("session", shortID(ls.addr)), zap.Uint64("after", ls.after), zap.Bool("resumed", resumed))
-
-	ls.pumpCtx, ls.stopPumps = context.WithCancel(b.background)
-	if sess.Initialized {
-		ls.startPump()
-	}
+	ls.initialized = sess.Initialized
 	if pv := r.Header.Get("MCP-Protocol-Version"); !resumed && pv != "" && b.mayAdopt(r) {
 		// Perhaps a returning client (or a new one of an SDK that sends the
 		// header at once): look for its released session.
 		ls.protocolVersion = pv
 		ls.seekUntil = time.Now().Add(b.adoptWindow())
-		ls.seek(ctx)
 	}
+	return ls, true
+}
+
+// relay serves the stream until it ends, then releases what it holds.
+func (ls *legacyStream) relay(ctx context.Context) {
+	b := ls.b
+	defer b.streamOpened(-1)
+	defer ls.end()
+	ls.pumpCtx, ls.stopPumps = context.WithCancel(b.background)
+	if ls.initialized {
+		ls.startPump()
+	}
+	ls.seek(ctx)
 	b.recoverOrphans(ctx, ls.cur)
 	ls.run(ctx)
 }
 
 // legacyStream is one client's event stream.
 type legacyStream struct {
-	b     *Bridge
-	w     http.ResponseWriter
-	rc    *http.ResponseController
-	r     *http.Request
-	owner string // this stream's name in the sessions' Owner field
+	b   *Bridge
+	out streamOut
+	// r is the stream's request, for its opening only: a detached stream
+	// outlives it.
+	r *http.Request
+	// clientGone is closed when the client has left.
+	clientGone <-chan struct{}
+	// fingerprint and upstreamHeader are what the stream keeps of its
+	// request: its caller, and the headers the bridge's own upstream
+	// requests for its sessions carry.
+	fingerprint    string
+	upstreamHeader http.Header
+	owner          string // this stream's name in the sessions' Owner field
 	// addr is the session named in the endpoint event; cur is the session
 	// whose mailbox is streamed: addr, or the session addr adopted.
 	addr, cur   string
 	after       uint64 // the mailbox position of cur reached
+	initialized bool   // cur was initialised when the stream opened
 	wake        <-chan struct{}
 	unsubscribe func()
 	creds       map[string]*credential
@@ -139,7 +177,7 @@ type legacyStream struct {
 // creates a new one, owned by this stream.
 func (ls *legacyStream) open(ctx context.Context) (*sessionstore.Session, bool, error) {
 	b := ls.b
-	fp := b.fingerprint(ls.r)
+	fp := ls.fingerprint
 	if id, seq, ok := parseEventID(ls.r.Header.Get("Last-Event-ID")); ok {
 		var sess *sessionstore.Session
 		err := b.retryUnavailable(ctx, func() (err error) {
@@ -191,18 +229,19 @@ func (ls *legacyStream) follow(ctx context.Context, id string) error {
 	}
 	ls.wake, ls.unsubscribe, ls.cur = wake, unsubscribe, id
 	if ls.creds[id] == nil {
-		ls.creds[id] = ls.b.rememberCredentials(id, ls.r)
+		ls.creds[id] = ls.b.rememberCredentials(id, ls.upstreamHeader)
 	}
 	return nil
 }
 
 // sendEndpoint writes the response headers and the endpoint event.
 func (ls *legacyStream) sendEndpoint() bool {
-	h := ls.w.Header()
+	w := ls.out.(responseOut).w
+	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache, no-transform")
 	h.Set("X-Accel-Buffering", "no")
-	ls.w.WriteHeader(http.StatusOK)
+	w.WriteHeader(http.StatusOK)
 	ls.buf = appendEvent(ls.buf[:0], "", "endpoint", []byte(ls.b.endpointURL(ls.r, ls.addr)))
 	return ls.write(ls.buf)
 }
@@ -350,13 +389,13 @@ func (ls *legacyStream) seek(ctx context.Context) {
 	if ls.seekUntil.IsZero() || ls.cur != ls.addr {
 		return
 	}
-	addr := &sessionstore.Session{ID: ls.addr, Fingerprint: b.fingerprint(ls.r)}
+	addr := &sessionstore.Session{ID: ls.addr, Fingerprint: ls.fingerprint}
 	adopted, err := b.linkAdoptable(ctx, addr, ls.owner, b.now().Add(b.lease()), ls.protocolVersion, true)
 	switch {
 	case err == nil:
 		ls.seekUntil = time.Time{}
 		ls.held = adopted.ID
-		ls.creds[adopted.ID] = b.rememberCredentials(adopted.ID, ls.r)
+		ls.creds[adopted.ID] = b.rememberCredentials(adopted.ID, ls.upstreamHeader)
 		ls.adoptTimer = time.NewTimer(b.cfg.AdoptHold)
 	case errors.Is(err, errStale) || time.Now().Add(seekInterval).After(ls.seekUntil):
 		ls.seekUntil = time.Time{} // the client showed it is new, or nothing turned up
@@ -470,8 +509,7 @@ func (ls *legacyStream) sessions() []string {
 // end releases what the stream holds (its sessions stay resumable for the
 // session TTL) and starts the countdown of the credentials it kept.
 func (ls *legacyStream) end() {
-	// The connection may serve other requests: no deadline of ours stays.
-	_ = ls.rc.SetWriteDeadline(time.Time{})
+	ls.out.close()
 	if ls.stopPumps != nil {
 		ls.stopPump()
 		ls.stopPumps()
@@ -491,22 +529,23 @@ func (ls *legacyStream) end() {
 
 // ended records why the stream ends, unless the client left first.
 func (ls *legacyStream) ended(reason string) {
-	if ls.r.Context().Err() == nil {
+	select {
+	case <-ls.clientGone:
+	default:
 		ls.endReason = reason
 	}
 }
 
+// write sends p to the client at once.
 func (ls *legacyStream) write(p []byte) bool {
-	return ls.writeRaw(p) && ls.rc.Flush() == nil
+	return ls.writeRaw(p) && ls.out.flush() == nil
 }
 
 // writeRaw writes to the client within StreamWriteTimeout: a client that
 // stops reading is disconnected rather than holding the stream, and resumes
 // from the store when it reconnects.
 func (ls *legacyStream) writeRaw(p []byte) bool {
-	_ = ls.rc.SetWriteDeadline(time.Now().Add(ls.b.cfg.StreamWriteTimeout))
-	_, err := ls.w.Write(p)
-	return err == nil
+	return ls.out.write(p, time.Now().Add(ls.b.cfg.StreamWriteTimeout)) == nil
 }
 
 // claim makes a new stream the owner of an existing session of the caller;
