@@ -188,3 +188,17 @@ func TestSocketInode(t *testing.T) {
 		}
 	}
 }
+
+func TestLogSummary(t *testing.T) {
+	log := `{"level":"info","logger":"http","msg":"admin endpoint disabled"}
+{"level":"warn","logger":"http.handlers.reverse_proxy","msg":"aborting with incomplete response","error":"reading: context canceled"}
+{"level":"warn","logger":"http.handlers.reverse_proxy","msg":"aborting with incomplete response","error":"reading: unexpected EOF"}
+{"level":"error","logger":"http.handlers.mcp_sse_bridge","msg":"lost","error":"x"}
+not JSON
+`
+	want := "1 warnings, 1 errors\n         1× error: http.handlers.mcp_sse_bridge: lost (first: x)\n" +
+		"         1× warn: http.handlers.reverse_proxy: aborting with incomplete response (first: reading: unexpected EOF)"
+	if got := logSummary(log); got != want {
+		t.Errorf("logSummary:\n%s\nwant:\n%s", got, want)
+	}
+}

@@ -276,6 +276,12 @@ var startupNoise = map[string]bool{
 	"exiting; byeee!! 👋":                     true,
 }
 
+// clientClosedStream tells the load balancer's warning for each stream the
+// bench's sessions close (the replicas run) from a fault.
+func clientClosedStream(logger, msg, err string) bool {
+	return logger == "http.handlers.reverse_proxy" && msg == "aborting with incomplete response" && strings.HasSuffix(err, "context canceled")
+}
+
 // logSummary counts the warnings and errors in Caddy's log (JSON lines) by
 // "level: logger: msg", with the first one's error field.
 func logSummary(log string) string {
@@ -283,7 +289,7 @@ func logSummary(log string) string {
 	count, first := map[string]int{}, map[string]string{}
 	for line := range strings.SplitSeq(log, "\n") {
 		var e struct{ Level, Logger, Msg, Error string }
-		if json.Unmarshal([]byte(line), &e) != nil || startupNoise[e.Msg] {
+		if json.Unmarshal([]byte(line), &e) != nil || startupNoise[e.Msg] || clientClosedStream(e.Logger, e.Msg, e.Error) {
 			continue
 		}
 		switch e.Level {
