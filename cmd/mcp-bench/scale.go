@@ -144,12 +144,16 @@ func loadBalancerBlock(replicas []*caddyInst) string {
 // meanwhile. It returns an error if a replica exited; failed calls are
 // remarks.
 func (b *bench) measureScale(ctx context.Context, res *storeResult, run *scaleRun, sseURL string, replicas ...*caddyInst) error {
-	b.logf("%s: scale, %d sessions × %d calls, think %v, through %d replica(s): direct", res.name, run.sessions, run.callsEach, run.think, len(replicas))
-	run.direct = scaleLoad(ctx, "direct", b.upstream.URL(), run, nil)
 	pids := make([]int, len(replicas))
 	for i, ci := range replicas {
 		pids[i] = ci.Proc().Pid()
-		resetPeak(pids[i])
+	}
+	// The direct run is sampled too, and its samples dropped: reading
+	// /proc costs CPU, which then weighs on both kinds alike.
+	b.logf("%s: scale, %d sessions × %d calls, think %v, through %d replica(s): direct", res.name, run.sessions, run.callsEach, run.think, len(replicas))
+	run.direct = scaleLoad(ctx, "direct", b.upstream.URL(), run, newUsageSampler(b.upstream.Port(), pids).sample)
+	for _, pid := range pids {
+		resetPeak(pid)
 	}
 	b.logf("%s: scale, %d sessions: bridged", res.name, run.sessions)
 	u := newUsageSampler(b.upstream.Port(), pids)
@@ -182,9 +186,9 @@ func (b *bench) measureScale(ctx context.Context, res *storeResult, run *scaleRu
 // time, then has each make run.callsEach echo calls: the first after a
 // random part of the think time, so that the sessions spread out, each
 // next one a jittered think time (½ to 1½ of it) after the answer. A
-// session that failed to open fails all its calls. sample, if not nil,
-// runs on a ticker throughout and once after the last answer, before the
-// sessions close.
+// session that failed to open fails all its calls. sample runs on a
+// ticker throughout and once after the last answer, before the sessions
+// close.
 func scaleLoad(ctx context.Context, kind, target string, run *scaleRun, sample func()) scaleSide {
 	var side scaleSide
 	hc := testenv.NewHTTPClient(run.sessions + 64) // a bridged session keeps its POSTs' connection between calls
@@ -263,9 +267,6 @@ func jitter(d time.Duration) time.Duration {
 // sampleMeanwhile calls sample now and every sampleInterval until stop is
 // called, and once more then; stop returns after that last one.
 func sampleMeanwhile(sample func()) (stop func()) {
-	if sample == nil {
-		return func() {}
-	}
 	stopping, stopped := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(stopped)
