@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -41,13 +42,19 @@ type config struct {
 	idle, msgSize, rounds           int
 	stores                          []string
 	pprofDir                        string
-	args                            []string // as given, for the report
+	// The scale phase (scale.go): sessions open at once, each making
+	// scaleCalls calls a think time apart.
+	scale                []int
+	scaleCalls           int
+	think, replicasThink time.Duration
+	replicasSessions     int
+	args                 []string // as given, for the report
 }
 
 func parseFlags(args []string) (*config, error) {
 	fs := flag.NewFlagSet("mcp-bench", flag.ExitOnError)
 	cfg := &config{args: args}
-	var sessions, stores string
+	var sessions, stores, scale string
 	fs.StringVar(&cfg.caddyBin, "caddy", "./caddy", "the Caddy binary built from this repository")
 	fs.StringVar(&cfg.upstreamBin, "upstream-bin", ".bin/mcp-demo-upstream", "the demo upstream binary (go build ./cmd/mcp-demo-upstream)")
 	fs.StringVar(&cfg.redisBin, "redis-server", "redis-server", `redis-server binary (looked up on PATH); "" skips the redis runs`)
@@ -58,9 +65,14 @@ func parseFlags(args []string) (*config, error) {
 	fs.IntVar(&cfg.idle, "idle", 10000, "idle sessions to open (0 skips the idle run)")
 	fs.IntVar(&cfg.msgSize, "message-size", 1<<20, "size in bytes of the large echoed string (0 skips the run)")
 	fs.StringVar(&stores, "stores", "memory,redis", "stores to measure: memory, redis")
+	fs.StringVar(&scale, "scale", "1000,5000", `comma-separated session counts of the scale runs (memory store); "" or 0 skips them`)
+	fs.IntVar(&cfg.scaleCalls, "scale-calls", 10, "tools/call echo calls of each session in the scale and replicas runs")
+	fs.DurationVar(&cfg.think, "think", 200*time.Millisecond, "think time between a session's calls in the scale runs (jittered: ½ to 1½ of it)")
+	fs.IntVar(&cfg.replicasSessions, "replicas-sessions", 1000, "sessions of the run through 2 replicas on Redis behind a load balancer (redis store; 0 skips it)")
+	fs.DurationVar(&cfg.replicasThink, "replicas-think", 3*time.Second, "think time between a session's calls in the replicas run (1,000 sessions at 3s: ~330 calls/s)")
 	fs.StringVar(&cfg.pprofDir, "pprof", "", "directory for profiles of Caddy (enables its admin API on a loopback port); their top functions are added to the report")
 	fs.DurationVar(&cfg.timeout, "timeout", 0, "overall time limit (default: estimated from the other flags)")
-	quick := fs.Bool("quick", false, "short run: -duration 2s -warmup 500ms -idle 1000 (flags given explicitly win)")
+	quick := fs.Bool("quick", false, "short run: -duration 2s -warmup 500ms -idle 1000 -scale 200 -replicas-sessions 200 -scale-calls 5 (flags given explicitly win)")
 	_ = fs.Parse(args) // exits on errors and -h
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
@@ -68,7 +80,8 @@ func parseFlags(args []string) (*config, error) {
 	if *quick {
 		set := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-		for name, v := range map[string]string{"duration": "2s", "warmup": "500ms", "idle": "1000"} {
+		for name, v := range map[string]string{"duration": "2s", "warmup": "500ms", "idle": "1000",
+			"scale": "200", "replicas-sessions": "200", "scale-calls": "5"} {
 			if !set[name] {
 				_ = fs.Set(name, v)
 			}
@@ -77,12 +90,25 @@ func parseFlags(args []string) (*config, error) {
 	if cfg.duration <= 0 || cfg.warmup < 0 || cfg.idle < 0 || cfg.msgSize < 0 || cfg.rounds <= 0 {
 		return nil, errors.New("-duration and -rounds must be positive; -warmup, -idle and -message-size not negative")
 	}
+	if cfg.scaleCalls <= 0 || cfg.think < 0 || cfg.replicasThink < 0 || cfg.replicasSessions < 0 {
+		return nil, errors.New("-scale-calls must be positive; -think, -replicas-think and -replicas-sessions not negative")
+	}
 	for _, f := range strings.Split(sessions, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n <= 0 || n > 1000 {
 			return nil, fmt.Errorf("bad -sessions entry %q (want 1…1000)", f)
 		}
 		cfg.sessions = append(cfg.sessions, n)
+	}
+	for f := range strings.SplitSeq(scale, ",") {
+		if f = strings.TrimSpace(f); f == "" || f == "0" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("bad -scale entry %q (want a positive count)", f)
+		}
+		cfg.scale = append(cfg.scale, n)
 	}
 	for _, s := range strings.Split(stores, ",") {
 		if s = strings.TrimSpace(s); s != "memory" && s != "redis" {
@@ -92,7 +118,16 @@ func parseFlags(args []string) (*config, error) {
 	}
 	if cfg.timeout <= 0 { // generous: twice the expected time
 		perStore := 2*time.Duration(len(cfg.sessions))*(cfg.duration+cfg.warmup+10*time.Second) + time.Minute + time.Duration(cfg.idle)*15*time.Millisecond
-		cfg.timeout = 2*time.Duration(len(cfg.stores))*perStore + time.Minute
+		var scaleTime time.Duration // memory: each -scale run; redis: the replicas run
+		for _, n := range cfg.scale {
+			if slices.Contains(cfg.stores, "memory") {
+				scaleTime += cfg.scaleRunTime(n, cfg.think)
+			}
+		}
+		if slices.Contains(cfg.stores, "redis") {
+			scaleTime += cfg.scaleRunTime(cfg.replicasSessions, cfg.replicasThink)
+		}
+		cfg.timeout = 2*(time.Duration(len(cfg.stores))*perStore+scaleTime) + time.Minute
 	}
 	// The children run in directories of their own.
 	cfg.caddyBin, _ = filepath.Abs(cfg.caddyBin)
@@ -152,6 +187,7 @@ type storeResult struct {
 	rows                               []*throughputRow
 	idle                               *idleResult
 	big                                *bigResult
+	scale                              []*scaleRun         // memory: one per -scale count; redis: the replicas run
 	logs                               string              // Caddy's, of every phase
 	remarks                            map[string][]string // failures and caveats, by section
 	profile, heapProfile, allocProfile string              // -pprof: top functions
@@ -203,8 +239,9 @@ func (b *bench) runAll(ctx context.Context) (err error) {
 			return fmt.Errorf("%v (run from the repository root after ./xcaddy.sh build, or use -caddy / -upstream-bin)", err)
 		}
 	}
-	// Each idle session holds a connection here and one in Caddy.
-	if b.nofile, err = testenv.RaiseNoFile(uint64(b.cfg.idle)*2 + 4096); err != nil {
+	// Each session open holds up to two connections here (its stream, its
+	// POSTs') and as many in Caddy.
+	if b.nofile, err = testenv.RaiseNoFile(2*uint64(b.cfg.maxSessions()) + 4096); err != nil {
 		b.logf("raising RLIMIT_NOFILE: %v (now %d)", err, b.nofile)
 	}
 	b.caddyVer = firstLine(commandOutput(ctx, b.cfg.caddyBin, "version"))

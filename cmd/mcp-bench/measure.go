@@ -16,9 +16,9 @@ import (
 	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/internal/testenv"
 )
 
-// measureStore measures one store in three phases, each on a fresh Caddy
-// and an empty Redis: throughput and latency, idle sessions, one large
-// message.
+// measureStore measures one store in phases, each on a fresh Caddy and an
+// empty Redis: throughput and latency, idle sessions, one large message,
+// and the scale phase (scale.go).
 func (b *bench) measureStore(ctx context.Context, res *storeResult) {
 	phase := func(name string, f func(ci *caddyInst) error) error {
 		if res.name == "redis" {
@@ -58,6 +58,17 @@ func (b *bench) measureStore(ctx context.Context, res *storeResult) {
 		b.logf("%s: one %d-byte message", res.name, b.cfg.msgSize)
 		res.big = &bigResult{}
 		_ = phase("message", func(ci *caddyInst) error { return b.bigMessage(ctx, ci, res) })
+	}
+	if res.name == "memory" {
+		for _, n := range b.cfg.scale {
+			if err != nil || ctx.Err() != nil {
+				break
+			}
+			_ = phase(fmt.Sprintf("scale-%d", n), func(ci *caddyInst) error { return b.scaleMemory(ctx, ci, res, n) })
+		}
+	}
+	if res.name == "redis" && b.cfg.replicasSessions > 0 && err == nil && ctx.Err() == nil {
+		b.scaleReplicas(ctx, res)
 	}
 }
 

@@ -61,25 +61,30 @@ func bridgeBlock(upstream, store, redisAddr string, maxSessions int) string {
 		upstream, strings.ReplaceAll(storeBlock, "\n", "\n\t\t"))
 }
 
-// startCaddy starts a fresh Caddy for one phase (admin API on with -pprof).
+// startCaddy starts a fresh Caddy of the bridge for one phase.
 func (b *bench) startCaddy(ctx context.Context, store, phase string) (*caddyInst, error) {
-	dir := filepath.Join(b.tmp, store+"-"+phase)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
 	redisAddr := ""
 	if b.redis != nil {
 		redisAddr = b.redis.Addr()
 	}
+	c, err := b.startSite(ctx, store+"-"+phase, "caddy ("+store+", "+phase+")",
+		bridgeBlock(b.upstream.URL(), store, redisAddr, b.cfg.maxSessions()+2048))
+	return &caddyInst{c, store}, err
+}
+
+// startSite starts a Caddy serving one site of body, in a directory of its
+// own under the bench's (admin API on with -pprof).
+func (b *bench) startSite(ctx context.Context, dirName, name, body string) (*testenv.Caddy, error) {
+	dir := filepath.Join(b.tmp, dirName)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
-	c, err := testenv.StartCaddy(ctx, testenv.CaddyConfig{
-		Bin: b.cfg.caddyBin, Dir: dir, Name: "caddy (" + store + ", " + phase + ")", OnStart: b.procs.Add,
-		Caddyfile: testenv.Caddyfile{Admin: b.cfg.pprofDir != "", Sites: []testenv.Site{{
-			Body: bridgeBlock(b.upstream.URL(), store, redisAddr, b.cfg.idle+2048),
-		}}},
+	return testenv.StartCaddy(ctx, testenv.CaddyConfig{
+		Bin: b.cfg.caddyBin, Dir: dir, Name: name, OnStart: b.procs.Add,
+		Caddyfile: testenv.Caddyfile{Admin: b.cfg.pprofDir != "", Sites: []testenv.Site{{Body: body}}},
 	})
-	return &caddyInst{c, store}, err
 }
 
 // stopCaddy stops a phase's Caddy and keeps its log.

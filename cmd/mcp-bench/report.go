@@ -25,6 +25,7 @@ func (b *bench) report(sb io.Writer) {
 	b.throughputSection(sb)
 	b.idleSection(sb)
 	b.bigSection(sb)
+	b.scaleSection(sb)
 	b.targetsSection(sb)
 	fmt.Fprintf(sb, "\n---- caddy logs ----\n")
 	for _, res := range b.results {
@@ -89,7 +90,7 @@ func (b *bench) header(sb io.Writer) {
 	if ci, err := fs.CPUInfo(); err == nil && len(ci) > 0 {
 		cpu = ci[0].ModelName
 	}
-	sessions := strings.ReplaceAll(strings.Trim(fmt.Sprint(b.cfg.sessions), "[]"), " ", ",")
+	sessions, scale := commaList(b.cfg.sessions), cmp.Or(commaList(b.cfg.scale), "none")
 	fmt.Fprintf(sb, "==== mcp-bench: caddy-mcp-sse-bridge performance ====\n")
 	lines := []string{
 		"command\t" + cmd,
@@ -107,7 +108,9 @@ func (b *bench) header(sb io.Writer) {
 	table(sb, false, append(lines,
 		fmt.Sprintf("open files\tRLIMIT_NOFILE %d set in the bench and inherited by its children", b.nofile),
 		fmt.Sprintf("settings\tthroughput: %v measured per kind (direct, bridged) in %d alternating rounds after %v warm-up each; sessions %s; %d idle sessions; %d-byte message",
-			b.cfg.duration, b.cfg.rounds, b.cfg.warmup, sessions, b.cfg.idle, b.cfg.msgSize)))
+			b.cfg.duration, b.cfg.rounds, b.cfg.warmup, sessions, b.cfg.idle, b.cfg.msgSize),
+		fmt.Sprintf("\tscale: sessions %s (memory) and %d through 2 replicas (redis), %d calls each, think %v and %v (replicas)",
+			scale, b.cfg.replicasSessions, b.cfg.scaleCalls, b.cfg.think, b.cfg.replicasThink)))
 }
 
 func (b *bench) throughputSection(sb io.Writer) {
@@ -207,6 +210,45 @@ func (b *bench) bigSection(sb io.Writer) {
 	table(sb, true, lines, remarks...)
 }
 
+func (b *bench) scaleSection(sb io.Writer) {
+	remarks := b.remarks("scale")
+	for _, n := range b.cfg.scale {
+		remarks = append(remarks, b.remarks(fmt.Sprintf("scale-%d", n))...)
+	}
+	if !slices.ContainsFunc(b.results, func(res *storeResult) bool { return len(res.scale) > 0 }) && len(remarks) == 0 {
+		return
+	}
+	fmt.Fprintf(sb, "\n---- scale: sessions open at once, each making tools/call echo calls a jittered think time apart ----\n")
+	fmt.Fprintf(sb, "memory: one Caddy; redis: 2 replicas behind a round-robin Caddy load balancer; direct first, then bridged (fresh Caddy)\n")
+	lines := []string{"store\tsessions\tcalls each\tthink\topen s direct/bridged\tsuccess direct\tbridged\tdirect calls/s\tbridged calls/s\tdirect p50 ms\tbridged p50 ms\tdirect p99 ms\tbridged p99 ms"}
+	usage := []string{"store\tsessions\tupstream conns (peak)\tTIME_WAIT\tof calls\tcaddy peak RSS\tcaddy peak fds\tbench peak fds"}
+	for _, res := range b.results {
+		for _, r := range res.scale {
+			d, br := r.direct.stats, r.bridged.stats
+			lines = append(lines, fmt.Sprintf("%s\t%d\t%d\t%v\t%.1f/%.1f\t%.2f%%\t%.2f%%\t%.0f\t%.0f\t%s\t%s\t%s\t%s",
+				res.name, r.sessions, r.callsEach, r.think, r.direct.openTime.Seconds(), r.bridged.openTime.Seconds(),
+				d.success(), br.success(), d.rate(), br.rate(), ms(d.p50), ms(br.p50), ms(d.p99), ms(br.p99)))
+			var conns, rss, fds []string
+			for _, c := range r.caddies {
+				conns, rss, fds = append(conns, fmt.Sprint(c.upstreamConns)), append(rss, mib(c.peakHWM)), append(fds, fmt.Sprint(c.fds))
+			}
+			share := "-"
+			if r.timeWait >= 0 {
+				share = fmt.Sprintf("%.2f%%", r.timeWaitShare())
+			}
+			usage = append(usage, fmt.Sprintf("%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d", res.name, r.sessions,
+				strings.Join(conns, " / "), count(r.timeWait), share, strings.Join(rss, " / "), strings.Join(fds, " / "), r.benchFDs))
+		}
+	}
+	table(sb, true, lines)
+	fmt.Fprintf(sb, "success = calls answered with their id and echo text within %v; calls/s = answered calls from the first call to the last answer\n", scaleCallTimeout)
+	fmt.Fprintf(sb, "\nCaddy over the bridged run (per replica: a / b), from /proc every %v\n", sampleInterval)
+	table(sb, true, usage)
+	fmt.Fprintf(sb, "upstream conns = Caddy's ESTABLISHED sockets to the upstream's port (calls' and GET streams' alike); TIME_WAIT = sockets to it that\n"+
+		"went to TIME_WAIT during the run (Caddy closed them; all replicas), of calls; caddy peak RSS = VmHWM (reset before the run); fds = entries of /proc/<pid>/fd\n")
+	table(sb, false, nil, remarks...)
+}
+
 // targetsSection holds the targets against the results, and says how each
 // is measured.
 func (b *bench) targetsSection(sb io.Writer) {
@@ -234,6 +276,12 @@ var startupNoise = map[string]bool{
 	"exiting; byeee!! 👋":                     true,
 }
 
+// clientClosedStream tells the load balancer's warning for each stream the
+// bench's sessions close (the replicas run) from a fault.
+func clientClosedStream(logger, msg, err string) bool {
+	return logger == "http.handlers.reverse_proxy" && msg == "aborting with incomplete response" && strings.HasSuffix(err, "context canceled")
+}
+
 // logSummary counts the warnings and errors in Caddy's log (JSON lines) by
 // "level: logger: msg", with the first one's error field.
 func logSummary(log string) string {
@@ -241,7 +289,7 @@ func logSummary(log string) string {
 	count, first := map[string]int{}, map[string]string{}
 	for line := range strings.SplitSeq(log, "\n") {
 		var e struct{ Level, Logger, Msg, Error string }
-		if json.Unmarshal([]byte(line), &e) != nil || startupNoise[e.Msg] {
+		if json.Unmarshal([]byte(line), &e) != nil || startupNoise[e.Msg] || clientClosedStream(e.Logger, e.Msg, e.Error) {
 			continue
 		}
 		switch e.Level {
@@ -275,6 +323,11 @@ func logSummary(log string) string {
 func ms(d time.Duration) string   { return fmt.Sprintf("%.3f", msf(d)) }
 func msf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 func mib(b int64) string          { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+// commaList formats counts as "1,8".
+func commaList(ns []int) string {
+	return strings.ReplaceAll(strings.Trim(fmt.Sprint(ns), "[]"), " ", ",")
+}
 
 // count formats a count, "-" for unknown (negative).
 func count(n int) string {

@@ -23,6 +23,15 @@ type target struct {
 // The session counts the throughput and the latency targets apply at.
 const targetSessions, targetLatencySessions = 8, 1
 
+// The scale targets apply to the run of targetScaleSessions making
+// targetScaleCalls calls each (memory) and to the replicas run of
+// targetReplicasSessions. maxUpstreamConns is the bridge's default
+// max_upstream_conns, the bench's Caddy having none set.
+const (
+	targetScaleSessions, targetScaleCalls, targetReplicasSessions = 5000, 10, 1000
+	maxUpstreamConns, replicasP99Factor                           = 512, 3
+)
+
 var targets = []target{{
 	name:    fmt.Sprintf("throughput, %d sessions, {store}", targetSessions),
 	metric:  "bridged / direct calls per second",
@@ -105,7 +114,72 @@ var targets = []target{{
 		}
 		return float64(r.peak-r.base) / (1 << 20), mib(r.peak - r.base)
 	},
+}, {
+	name:    fmt.Sprintf("%d active sessions × %d calls, success, {store}", targetScaleSessions, targetScaleCalls),
+	metric:  fmt.Sprintf("bridged calls answered with their id and echo text within %v, of all", scaleCallTimeout),
+	how:     "-scale sessions opened and initialised, then each makes -scale-calls tools/call echo calls a jittered -think apart (½ to 1½ of it, the first after a random part of it); the same straight at the upstream first, then bridged on a fresh Caddy; a session that failed to open fails its calls",
+	goal:    map[string]float64{"memory": 100},
+	goalFmt: "≥ %.0f %%",
+	measure: func(res *storeResult) (float64, string) {
+		r := res.scaleRun(targetScaleSessions, targetScaleCalls)
+		if r == nil {
+			return 0, ""
+		}
+		d, br := r.direct.stats, r.bridged.stats
+		return br.success(), fmt.Sprintf("%.2f %% (%d of %d calls; direct %.2f %%)", br.success(), br.calls, br.calls+br.errors, d.success())
+	},
+}, {
+	name:    fmt.Sprintf("upstream connections, %d active sessions, {store}", targetScaleSessions),
+	metric:  "Caddy's connections to the upstream: those that went to TIME_WAIT, of calls; ESTABLISHED at the peak",
+	how:     fmt.Sprintf("/proc/net/tcp every %v through the bridged run of the success target: Caddy's ESTABLISHED sockets to the upstream's port (by inode, from /proc/<pid>/fd; its GET streams' too), and the TIME_WAIT sockets to that port new since the run began (Caddy closed them)", sampleInterval),
+	goal:    map[string]float64{"memory": 2},
+	goalFmt: fmt.Sprintf("≤ %%.0f %%%% in TIME_WAIT; ESTABLISHED ≤ %d (max_upstream_conns)", maxUpstreamConns),
+	measure: func(res *storeResult) (float64, string) {
+		r := res.scaleRun(targetScaleSessions, targetScaleCalls)
+		if r == nil || r.timeWait < 0 || len(r.caddies) != 1 {
+			return 0, ""
+		}
+		br, established, share := r.bridged.stats, r.caddies[0].upstreamConns, r.timeWaitShare()
+		shown := fmt.Sprintf("%.2f %% (%d in %d calls); %d ESTABLISHED", share, r.timeWait, br.calls+br.errors, established)
+		if established > maxUpstreamConns {
+			return math.NaN(), shown
+		}
+		return share, shown
+	},
+}, {
+	name:    fmt.Sprintf("2 replicas + Redis, %d sessions at moderate load, latency", targetReplicasSessions),
+	metric:  "bridged p50 − direct p50, and bridged p99 / direct p99",
+	how:     "-replicas-sessions sessions through a round-robin Caddy load balancer in front of 2 replicas on one Redis, each making -scale-calls calls a jittered -replicas-think apart (3 s: ~330 calls/s for 1,000 sessions); the same straight at the upstream first; a failed call misses",
+	goal:    map[string]float64{"redis": 1.5},
+	goalFmt: fmt.Sprintf("≤ %%.1f ms added p50; p99 ≤ %d× direct", replicasP99Factor),
+	measure: func(res *storeResult) (float64, string) {
+		r := res.scaleRun(targetReplicasSessions, 0)
+		if r == nil || len(r.caddies) != 2 {
+			return 0, ""
+		}
+		d, br := r.direct.stats, r.bridged.stats
+		added, ratio := msf(br.p50-d.p50), float64(br.p99)/float64(max(d.p99, 1))
+		shown := fmt.Sprintf("%+.2f ms p50 (%s vs %s); p99 %.1f× (%s vs %s); %.0f calls/s", added, ms(br.p50), ms(d.p50), ratio, ms(br.p99), ms(d.p99), br.rate())
+		if br.errors > 0 || d.errors > 0 {
+			return math.NaN(), shown + fmt.Sprintf("; %d/%d calls failed", d.errors, br.errors)
+		}
+		if ratio > replicasP99Factor {
+			return math.NaN(), shown
+		}
+		return added, shown
+	},
 }}
+
+// scaleRun returns the scale run of n sessions (and of calls calls each,
+// unless 0) if both kinds made calls.
+func (res *storeResult) scaleRun(n, calls int) *scaleRun {
+	for _, r := range res.scale {
+		if r.sessions == n && (calls == 0 || r.callsEach == calls) && r.direct.stats.calls+r.direct.stats.errors > 0 && r.bridged.stats.calls+r.bridged.stats.errors > 0 {
+			return r
+		}
+	}
+	return nil
+}
 
 // row returns the throughput row of n sessions if both kinds made calls.
 func (res *storeResult) row(n int) *throughputRow {
