@@ -125,7 +125,10 @@ func (st *Store) Create(_ context.Context, s *sessionstore.Session) error {
 		return sessionstore.ErrTooManySessions
 	}
 	if s.Caller != "" {
-		if st.liveSessionsLocked(s.Caller, s.CreatedAt) >= st.opts.MaxSessionsPerCaller {
+		// Only a caller at its limit has its sessions counted one by one
+		// (some may have expired): a busy caller's Create stays O(1).
+		limit := st.opts.MaxSessionsPerCaller
+		if len(st.callers[s.Caller]) >= limit && st.liveSessionsLocked(s.Caller, s.CreatedAt) >= limit {
 			return sessionstore.ErrTooManyForCaller
 		}
 		if st.callers[s.Caller] == nil {
