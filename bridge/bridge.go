@@ -63,6 +63,10 @@ type Bridge struct {
 	closeOnce   sync.Once
 	wg          sync.WaitGroup
 
+	// sessionCache keeps settled sessions' records briefly for POSTs
+	// (sessioncache.go).
+	sessionCache *sessionCache
+
 	mu sync.Mutex
 	// inflight counts upstream requests per session on this replica.
 	inflight map[string]int
@@ -135,6 +139,7 @@ func New(cfg Config, store sessionstore.Store) (*Bridge, error) {
 		inflight:      make(map[string]int),
 		cancelled:     make(map[string]map[string]struct{}),
 		credentials:   make(map[string]*credential),
+		sessionCache:  newSessionCache(),
 		reinit:        make(map[string]*sync.Mutex),
 		seen:          make(map[string]*seenEvents),
 		rate:          newSessionRate(cfg.NewSessionRate, cfg.NewSessionBurst),

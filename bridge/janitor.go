@@ -31,6 +31,7 @@ func (b *Bridge) runJanitor() {
 		case <-t.C:
 			b.reapExpired()
 			b.pruneCredentials()
+			b.sessionCache.prune(b.now())
 		case <-b.stopJanitor:
 			return
 		case <-b.background.Done():

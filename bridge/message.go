@@ -8,7 +8,6 @@ import (
 	"io"
 	"mime"
 	"net/http"
-	"slices"
 	"time"
 	"unicode/utf8"
 )
@@ -56,7 +55,7 @@ func (b *Bridge) serveMessage(w http.ResponseWriter, r *http.Request) {
 		b.refuse(w, http.StatusBadRequest, "bad_request", "invalid message: "+errMsg)
 		return
 	}
-	sess, err := b.postTarget(r.Context(), r, id, slices.ContainsFunc(envs, isInitialize))
+	sess, tracked, err := b.messageTarget(r.Context(), r, id, envs)
 	if err != nil {
 		b.storeError(w, err)
 		return
@@ -85,6 +84,9 @@ func (b *Bridge) serveMessage(w http.ResponseWriter, r *http.Request) {
 			clientVersion: r.Header.Get("MCP-Protocol-Version"),
 			metadataURL:   metadataURL,
 			status:        make(chan *upstreamStatus, 1),
+		}
+		if tracked {
+			calls[i].key, calls[i].tracked = string(envs[i].ID), true
 		}
 		b.startWork()
 		go b.forward(calls[i])

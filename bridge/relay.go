@@ -103,6 +103,7 @@ func (b *Bridge) recordInitialize(ctx context.Context, c *call, upstreamSessionI
 	if err := json.Unmarshal(resp, &result); err != nil {
 		return fmt.Errorf("decoding initialize result: %w", err)
 	}
+	b.sessionCache.drop(c.sessionID)
 	sess, err := b.store.Update(ctx, c.sessionID, func(s *sessionstore.Session) error {
 		s.UpstreamSessionID = upstreamSessionID
 		s.ProtocolVersion = result.Result.ProtocolVersion
