@@ -25,11 +25,14 @@ const targetSessions, targetLatencySessions = 8, 1
 
 // The scale targets apply to the run of targetScaleSessions making
 // targetScaleCalls calls each (memory) and to the replicas run of
-// targetReplicasSessions. maxUpstreamConns is the bridge's default
-// max_upstream_conns, the bench's Caddy having none set.
+// targetReplicasSessions. The bound on Caddy's upstream connections is
+// the bridge's default max_upstream_conns (the bench's Caddy sets none),
+// which bounds the calls, plus the idle connections its pool for GET
+// streams keeps (each session tries a GET stream once, which a stateless
+// upstream refuses at once).
 const (
 	targetScaleSessions, targetScaleCalls, targetReplicasSessions = 5000, 10, 1000
-	maxUpstreamConns, replicasP99Factor                           = 512, 3
+	maxUpstreamConns, idleStreamConns, replicasP99Factor          = 512, 64, 3
 )
 
 var targets = []target{{
@@ -133,7 +136,7 @@ var targets = []target{{
 	metric:  "Caddy's connections to the upstream: those that went to TIME_WAIT, of calls; ESTABLISHED at the peak",
 	how:     fmt.Sprintf("/proc/net/tcp every %v through the bridged run of the success target: Caddy's ESTABLISHED sockets to the upstream's port (by inode, from /proc/<pid>/fd; its GET streams' too), and the TIME_WAIT sockets to that port new since the run began (Caddy closed them)", sampleInterval),
 	goal:    map[string]float64{"memory": 2},
-	goalFmt: fmt.Sprintf("≤ %%.0f %%%% in TIME_WAIT; ESTABLISHED ≤ %d (max_upstream_conns)", maxUpstreamConns),
+	goalFmt: fmt.Sprintf("≤ %%.0f %%%% in TIME_WAIT; ESTABLISHED ≤ %d (max_upstream_conns + %d idle for GET streams)", maxUpstreamConns+idleStreamConns, idleStreamConns),
 	measure: func(res *storeResult) (float64, string) {
 		r := res.scaleRun(targetScaleSessions, targetScaleCalls)
 		if r == nil || r.timeWait < 0 || len(r.caddies) != 1 {
@@ -141,7 +144,7 @@ var targets = []target{{
 		}
 		br, established, share := r.bridged.stats, r.caddies[0].upstreamConns, r.timeWaitShare()
 		shown := fmt.Sprintf("%.2f %% (%d in %d calls); %d ESTABLISHED", share, r.timeWait, br.calls+br.errors, established)
-		if established > maxUpstreamConns {
+		if established > maxUpstreamConns+idleStreamConns {
 			return math.NaN(), shown
 		}
 		return share, shown
