@@ -79,7 +79,7 @@ func TestTargets(t *testing.T) {
 		"idle session RSS, memory | 20.5 KiB (1000 sessions), 2 failed | ≤ 30 KiB each | MISS",
 		"peak RSS growth, one 1 MiB message, memory | not measured | ≤ 4.0 MiB | -",
 		"5000 active sessions × 10 calls, success, memory | not measured | ≥ 100 % | -",
-		"upstream connections, 5000 active sessions, memory | not measured | ≤ 2 % in TIME_WAIT; ESTABLISHED ≤ 512 (max_upstream_conns) | -",
+		"upstream connections, 5000 active sessions, memory | not measured | ≤ 2 % in TIME_WAIT; ESTABLISHED ≤ 576 (max_upstream_conns + 64 idle for GET streams) | -",
 		"throughput, 8 sessions, redis | redis: not available | ≥ 0.60× direct | -",
 		"added p50 latency, 1 session, redis | redis: not available | ≤ 1.0 ms | -",
 		"idle session RSS, redis | redis: not available | ≤ 30 KiB each | -",
@@ -123,12 +123,12 @@ func TestScaleTargets(t *testing.T) {
 	}, {
 		memory: []*scaleRun{
 			{sessions: 5000, callsEach: 5, direct: stats(25000, 0, milli, milli), bridged: stats(25000, 0, milli, milli), caddies: []caddyUsage{{}}},
-			{sessions: 5000, callsEach: 10, direct: stats(50000, 0, milli, milli), bridged: stats(49990, 10, milli, milli), caddies: []caddyUsage{{upstreamConns: 513}}, timeWait: 0},
+			{sessions: 5000, callsEach: 10, direct: stats(50000, 0, milli, milli), bridged: stats(49990, 10, milli, milli), caddies: []caddyUsage{{upstreamConns: 577}}, timeWait: 0},
 		},
 		redis: []*scaleRun{{sessions: 1000, callsEach: 10, direct: stats(10000, 0, milli, 4*milli), bridged: stats(9999, 1, 2*milli, 12*milli), caddies: make([]caddyUsage, 2)}},
 		want: []string{
 			"5000 active sessions × 10 calls, success, memory | 99.98 % (49990 of 50000 calls; direct 100.00 %) | MISS",
-			"upstream connections, 5000 active sessions, memory | 0.00 % (0 in 50000 calls); 513 ESTABLISHED | MISS",
+			"upstream connections, 5000 active sessions, memory | 0.00 % (0 in 50000 calls); 577 ESTABLISHED | MISS",
 			"2 replicas + Redis, 1000 sessions at moderate load, latency | +1.00 ms p50 (2.000 vs 1.000); p99 3.0× (12.000 vs 4.000); 1000 calls/s; 0/1 calls failed | MISS",
 		},
 	}, {
