@@ -66,6 +66,8 @@ type Bridge struct {
 	// sessionCache keeps settled sessions' records briefly for POSTs
 	// (sessioncache.go).
 	sessionCache *sessionCache
+	// discovered is what the upstream's server/discover said (modern.go).
+	discovered discoveryCache
 
 	mu sync.Mutex
 	// inflight counts upstream requests per session on this replica.

@@ -49,6 +49,16 @@ const (
 	AdoptOff AdoptMode = "off"
 )
 
+// Upstream eras (Config.UpstreamEra).
+const (
+	// EraAuto: ask the upstream (server/discover) which revisions it speaks.
+	EraAuto = "auto"
+	// EraLegacy: the upstream speaks initialize-based revisions; relay.
+	EraLegacy = "legacy"
+	// EraModern: the upstream speaks only 2026-07-28; translate.
+	EraModern = "modern"
+)
+
 // Config is the bridge's configuration. The Caddy module fills it from the
 // Caddyfile or JSON config.
 type Config struct {
@@ -127,6 +137,11 @@ type Config struct {
 	// UpstreamH2C speaks HTTP/2 without TLS (prior knowledge) to an http://
 	// upstream.
 	UpstreamH2C bool
+	// UpstreamEra says which MCP revisions the upstream speaks: EraAuto
+	// (default) asks it with server/discover at a client's initialize;
+	// EraLegacy relays initialize as it comes; EraModern translates for an
+	// upstream that speaks only 2026-07-28 (modern.go).
+	UpstreamEra string
 	// Transport carries upstream requests; nil means the bridge's own
 	// (newUpstreamTransports).
 	Transport http.RoundTripper
@@ -159,6 +174,13 @@ func (c *Config) setDefaults() error {
 	case AdoptAny, AdoptAuthenticated, AdoptOff:
 	default:
 		return fmt.Errorf("adopt must be any, authenticated or off, not %q", c.Adopt)
+	}
+	switch c.UpstreamEra {
+	case "":
+		c.UpstreamEra = EraAuto
+	case EraAuto, EraLegacy, EraModern:
+	default:
+		return fmt.Errorf("upstream_era must be auto, legacy or modern, not %q", c.UpstreamEra)
 	}
 	c.Keepalive = positiveOr(c.Keepalive, DefaultKeepalive)
 	c.StreamWriteTimeout = positiveOr(c.StreamWriteTimeout, DefaultStreamWriteTimeout)

@@ -312,6 +312,9 @@ func (b *Bridge) revive(ctx context.Context, sess *sessionstore.Session, client 
 	}
 	b.metrics.adopted("revive")
 	b.log.Info("reviving a session for a returning client", zap.String("session", shortID(cur.ID)), zap.Bool("remembered", err == nil))
+	if _, ok := b.translates(ctx, client); ok {
+		return b.reviveTranslated(ctx, cur, init)
+	}
 	return b.openUpstreamSession(ctx, cur, init, client)
 }
 

@@ -52,8 +52,8 @@ func (b *Bridge) runPump(ctx context.Context, id string) {
 	)
 	for ctx.Err() == nil {
 		sess, err := b.store.Get(ctx, id)
-		if err != nil || !sess.Initialized {
-			return
+		if err != nil || !sess.Initialized || sess.Translated {
+			return // a translated upstream has no GET stream
 		}
 		if lastID == "" {
 			// After a takeover: resume where the previous owner stopped.

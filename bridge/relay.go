@@ -36,6 +36,11 @@ func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, 
 					b.log.Warn("recording initialize", zap.String("session", shortID(c.sessionID)), zap.Error(err))
 				}
 			}
+			if sess.Translated && inputRequired(msg) {
+				b.upstreamFailed(c, "input_required")
+				b.fail(c, "input_required", "the upstream asked the client for input (sampling, elicitation or roots) the MCP "+modernVersion+" way, which the bridge does not translate yet")
+				return true
+			}
 			// The response on a request's own stream answers that request;
 			// give it the client's id byte for byte.
 			b.noteMessage(c.sessionID, toClient, env)

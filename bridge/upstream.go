@@ -17,7 +17,9 @@ import (
 
 // JSON-RPC error codes the bridge uses for answers it has to make up.
 const (
-	codeInternalError = -32603
+	codeMethodNotFound = -32601
+	codeInvalidParams  = -32602
+	codeInternalError  = -32603
 )
 
 // maxErrorBody bounds how much of an upstream error body is read.
@@ -44,8 +46,12 @@ func (b *Bridge) forward(c *call) {
 			// must not reach it under ids it may use again.
 			b.retireRequests(ctx, c.sessionID)
 		}
+		if d, ok := b.translates(ctx, c.client); ok {
+			b.initializeLocally(ctx, c, d)
+			return
+		}
 		// A new upstream session: none of the old one's headers.
-		sess.UpstreamSessionID, sess.ProtocolVersion = "", ""
+		sess.UpstreamSessionID, sess.ProtocolVersion, sess.Translated = "", "", false
 	case c.env.Kind == KindRequest && neverInitialized(sess):
 		// A returning client with nothing to adopt, or whose session was
 		// lost: give it an upstream session as it was initialised.
@@ -57,6 +63,13 @@ func (b *Bridge) forward(c *call) {
 			b.log.Warn("opening an upstream session for a returning client",
 				zap.String("session", shortID(c.sessionID)), zap.Error(err))
 		}
+	}
+	if sess.Translated && !isInit {
+		// A revived session of such an upstream is translated at once.
+		if !b.translatedLocally(ctx, c) {
+			b.forwardTranslated(ctx, c, sess)
+		}
+		return
 	}
 	for attempt := 0; ; attempt++ {
 		if c.env.Kind == KindRequest {
@@ -148,7 +161,10 @@ func (b *Bridge) do(ctx context.Context, label, method string, sess *sessionstor
 	if sess.UpstreamSessionID != "" {
 		req.Header.Set("Mcp-Session-Id", sess.UpstreamSessionID)
 	}
-	if sess.ProtocolVersion != "" {
+	switch {
+	case sess.Translated:
+		req.Header.Set("MCP-Protocol-Version", modernVersion)
+	case sess.ProtocolVersion != "":
 		req.Header.Set("MCP-Protocol-Version", sess.ProtocolVersion)
 	}
 	if lastEventID != "" {

@@ -177,6 +177,14 @@ func TestUpstreamHeaders(t *testing.T) {
 			t.Errorf("%s: Authorization %q", what, v)
 		}
 		isInit := strings.Contains(r.Body, `"method":"initialize"`)
+		if strings.Contains(r.Body, `"method":"server/discover"`) {
+			// Which era the upstream is of (modern.go), asked in the new
+			// era's envelope.
+			if v := r.Header.Get("Mcp-Protocol-Version"); v != modernVersion || r.Header.Get("Mcp-Session-Id") != "" {
+				t.Errorf("server/discover carried MCP-Protocol-Version %q, Mcp-Session-Id %q", v, r.Header.Get("Mcp-Session-Id"))
+			}
+			continue
+		}
 		if isInit {
 			if v := r.Header.Get("Mcp-Session-Id"); v != "" {
 				t.Errorf("initialize carried Mcp-Session-Id %q", v)

@@ -49,6 +49,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_inflight <n>
 //		max_upstream_conns <n>
 //		upstream_h2c
+//		upstream_era auto|legacy|modern
 //		allowed_origins <origin...>
 //		identity <placeholder>
 //		identity_secret <secret>
@@ -168,6 +169,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			h.UpstreamH2C = true
+		case "upstream_era":
+			if !d.AllArgs(&h.UpstreamEra) {
+				return d.ArgErr()
+			}
+			switch h.UpstreamEra {
+			case bridge.EraAuto, bridge.EraLegacy, bridge.EraModern:
+			default:
+				return d.Errf("upstream_era must be auto, legacy or modern, not %q", h.UpstreamEra)
+			}
 		case "allowed_origins":
 			origins := d.RemainingArgs()
 			if len(origins) == 0 {

@@ -127,6 +127,14 @@ type Handler struct {
 	// negotiate HTTP/2 by ALPN regardless).
 	UpstreamH2C bool `json:"upstream_h2c,omitempty"`
 
+	// UpstreamEra says which MCP revisions the upstream speaks: "auto" asks
+	// it (server/discover, once a minute at most) when a client sends
+	// initialize; "legacy" relays initialize as it comes (revisions up to
+	// 2025-11-25); "modern" translates for an upstream that speaks only
+	// 2026-07-28: the bridge answers initialize itself and stamps every
+	// request. Default: auto.
+	UpstreamEra string `json:"upstream_era,omitempty"`
+
 	// MaxInflight bounds the messages in flight upstream for one session on
 	// one replica; beyond it a POST gets 503. Default: 256.
 	MaxInflight int `json:"max_inflight,omitempty"`
@@ -244,6 +252,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		StreamWriteTimeout:    time.Duration(h.StreamWriteTimeout),
 		MaxUpstreamConns:      h.MaxUpstreamConns,
 		UpstreamH2C:           h.UpstreamH2C,
+		UpstreamEra:           h.UpstreamEra,
 		IdentitySecret:        identitySecret,
 		Identity:              h.identity(),
 		PublicURL:             publicURL,
@@ -326,6 +335,11 @@ func (h *Handler) Validate() error {
 	}
 	if h.SSEPath != "" && h.SSEPath == h.MessagePath {
 		return fmt.Errorf("sse_path and message_path must differ, both are %q", h.SSEPath)
+	}
+	switch h.UpstreamEra {
+	case "", bridge.EraAuto, bridge.EraLegacy, bridge.EraModern:
+	default:
+		return fmt.Errorf("upstream_era must be auto, legacy or modern, not %q", h.UpstreamEra)
 	}
 	switch bridge.AdoptMode(h.Adopt) {
 	case "", bridge.AdoptAny, bridge.AdoptAuthenticated, bridge.AdoptOff:

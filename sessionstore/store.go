@@ -76,6 +76,14 @@ type Session struct {
 	// upstream GET stream of UpstreamSessionID, so that a new owner resumes
 	// that stream where the old one stopped.
 	StreamLastEventID string `json:"stream_last_event_id,omitempty"`
+	// Translated is set when the upstream speaks only a revision without
+	// initialize (2026-07-28): the bridge answered the client's initialize
+	// itself and stamps every request; ProtocolVersion is then the version
+	// the bridge negotiated with the client.
+	Translated bool `json:"translated,omitempty"`
+	// LogLevel is the level the client of a translated session set with
+	// logging/setLevel, sent with each of its requests.
+	LogLevel string `json:"log_level,omitempty"`
 	// Owner names the stream holding the client's event stream as
 	// "<replica>/<stream>", empty while the client is away; OwnerLeaseUntil
 	// is when that claim lapses unless renewed. A claim also lapses when the

@@ -202,7 +202,8 @@ func (e *hostileEnv) runCase(t *testing.T, c hostileCase, m string) {
 // isOurs reports whether an upstream POST belongs to a legitimate session or
 // to the probe's own setup and fences.
 func isOurs(p *recPost) bool {
-	return bytes.Contains(p.body, []byte("legit-")) || bytes.Contains(p.body, []byte("probe-"))
+	return bytes.Contains(p.body, []byte("legit-")) || bytes.Contains(p.body, []byte("probe-")) ||
+		bytes.Contains(p.body, []byte(`"id":"mcp-sse-bridge-discover"`)) // the bridge's own, at a legitimate initialize
 }
 
 func (e *hostileEnv) postCount() int {

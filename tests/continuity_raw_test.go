@@ -501,6 +501,13 @@ func (u *rawUpstream) servePOST(w http.ResponseWriter, r *http.Request) {
 	if acc := r.Header.Get("Accept"); !strings.Contains(acc, "application/json") || !strings.Contains(acc, "text/event-stream") {
 		u.violation("POST with Accept %q, want both application/json and text/event-stream", acc)
 	}
+	if msg.Method == "server/discover" && r.Header.Get("Mcp-Session-Id") == "" {
+		// The bridge asking which MCP era this is: a server of the
+		// initialize era refuses a request without a session, as the
+		// TypeScript SDK's does.
+		http.Error(w, "Bad Request: No valid session ID provided", http.StatusBadRequest)
+		return
+	}
 	if msg.Method == "initialize" {
 		u.mu.Lock()
 		sid := fmt.Sprintf("raw-session-%d", len(u.sessions)+1)

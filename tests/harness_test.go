@@ -185,6 +185,9 @@ type upstreamSpec struct {
 	stateful bool
 	// progress: progress notifications of a call reach the client.
 	progress bool
+	// modernOnly: the upstream speaks only MCP 2026-07-28 (the bridge
+	// translates).
+	modernOnly bool
 }
 
 // features is the --features value for legacy-client.mjs.
@@ -197,6 +200,9 @@ func (s upstreamSpec) features() string {
 
 // scriptUpstream is the --upstream value for legacy-client.mjs.
 func (s upstreamSpec) scriptUpstream() string {
+	if s.modernOnly {
+		return "go-modern"
+	}
 	if s.kind == kindGo && !s.stateful {
 		return "go-stateless"
 	}
@@ -208,10 +214,12 @@ var (
 	specGoStatefulSSE   = upstreamSpec{name: "go-stateful-sse", kind: kindGo, args: []string{"-mode", "stateful"}, stateful: true, progress: true}
 	specGoStatelessJSON = upstreamSpec{name: "go-stateless-json", kind: kindGo, args: []string{"-mode", "stateless", "-json"}}
 	specGoStatefulJSON  = upstreamSpec{name: "go-stateful-json", kind: kindGo, args: []string{"-mode", "stateful", "-json"}, stateful: true, progress: true}
+	// go-sdk v1.8 restricted to 2026-07-28 (which it serves stateless only).
+	specGoModernOnly = upstreamSpec{name: "go-modern-only", kind: kindGo, args: []string{"-mode", "stateless", "-modern-only"}, progress: true, modernOnly: true}
 )
 
 // allUpstreams is the matrix the client suites run against.
-var allUpstreams = []upstreamSpec{specEverything, specGoStatefulSSE, specGoStatelessJSON, specGoStatefulJSON}
+var allUpstreams = []upstreamSpec{specEverything, specGoStatefulSSE, specGoStatelessJSON, specGoStatefulJSON, specGoModernOnly}
 
 // upstream is a running upstream MCP server. Its methods report failures to
 // (and tie its processes to) the test that started it: call them from that

@@ -6,7 +6,7 @@
 // behaves like a real legacy MCP client talking to the bridge.
 //
 // Usage:
-//   node legacy-client.mjs --url http://127.0.0.1:PORT/sse --upstream everything|go|go-stateless
+//   node legacy-client.mjs --url http://127.0.0.1:PORT/sse --upstream everything|go|go-stateless|go-modern
 //       [--features sampling,elicitation,roots] [--scenarios a,b,c]
 //       [--header 'Name: value']... [--timeout MS] [--verbose]
 //
@@ -70,6 +70,9 @@ const UPSTREAMS = {
 // session there is no stream for a call's progress notifications (the server drops them and
 // still answers "done"), and no server->client requests (run without --features).
 UPSTREAMS['go-stateless'] = { ...UPSTREAMS.go, progressSteps: 0 };
+// The demo upstream restricted to MCP 2026-07-28 (`-mode stateless -modern-only`, event
+// streams): the bridge translates; a call's progress travels on its own response stream.
+UPSTREAMS['go-modern'] = { ...UPSTREAMS.go };
 
 const CLIENT_SAMPLING_REPLY = 'sampled-reply';
 const CLIENT_ELICITATION_CONTENT = { name: 'Ada' };
@@ -90,7 +93,7 @@ const SCENARIOS = [
 // ---------------------------------------------------------------------------
 function usage(msg) {
   if (msg) console.error(`error: ${msg}`);
-  console.error('usage: node legacy-client.mjs --url http://127.0.0.1:PORT/sse --upstream everything|go|go-stateless\n' +
+  console.error('usage: node legacy-client.mjs --url http://127.0.0.1:PORT/sse --upstream everything|go|go-stateless|go-modern\n' +
     '         [--features sampling,elicitation,roots] [--scenarios a,b,c]\n' +
     "         [--header 'Name: value']... [--timeout MS] [--verbose]\n" +
     `scenarios: ${SCENARIOS.map((s) => s[0]).join(', ')}`);

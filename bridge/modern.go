@@ -1,0 +1,479 @@
+package bridge
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore"
+)
+
+// Translation for upstreams that speak only MCP 2026-07-28, which has no
+// initialize, no sessions and no server→client requests: every request
+// carries the client's protocol version, capabilities and info in its
+// _meta and names its method in headers. The bridge learns what the
+// upstream speaks from server/discover at a client's initialize, answers
+// that initialize itself from the discovery (capabilities, server info,
+// instructions) in the legacy version the client asked for, keeps the
+// client's initialize in the session, and from then on stamps each of the
+// client's requests; what the new revision dropped (ping,
+// logging/setLevel, client notifications) it answers or absorbs itself.
+// Not translated yet: multi-round-trip results (input requests), which are
+// answered with an error, and subscriptions/listen (list-changed and
+// resource notifications), whose capabilities are not offered.
+
+// modernVersion is the initialize-less revision the bridge speaks upstream.
+const modernVersion = "2026-07-28"
+
+// legacyVersions are the initialize-based revisions, oldest first; the
+// bridge answers a translated initialize with the client's own if listed,
+// else the newest.
+var legacyVersions = []string{"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"}
+
+// discoveryTTL is how long what server/discover said is trusted; an
+// upstream changing era (a rollout) is noticed within it.
+const discoveryTTL = time.Minute
+
+// _meta keys of the 2026-07-28 request envelope.
+const (
+	metaProtocolVersion    = "io.modelcontextprotocol/protocolVersion"
+	metaClientCapabilities = "io.modelcontextprotocol/clientCapabilities"
+	metaClientInfo         = "io.modelcontextprotocol/clientInfo"
+	metaLogLevel           = "io.modelcontextprotocol/logLevel"
+	metaServerInfo         = "io.modelcontextprotocol/serverInfo"
+)
+
+// discovery is what an upstream's server/discover said of it.
+type discovery struct {
+	modernOnly   bool // it lists modernVersion and no initialize-based version
+	capabilities json.RawMessage
+	serverInfo   json.RawMessage
+	instructions string
+	at           time.Time
+}
+
+// discoveryCache holds the upstream's last discovery.
+type discoveryCache struct {
+	mu   sync.Mutex
+	last *discovery
+}
+
+// translates reports whether a client's initialize is to be answered by
+// the bridge (the upstream speaks only 2026-07-28), with the discovery to
+// answer it from. Whatever cannot be discovered is relayed as it comes:
+// the upstream's own answer to initialize tells the client best.
+func (b *Bridge) translates(ctx context.Context, client http.Header) (*discovery, bool) {
+	if b.cfg.UpstreamEra == EraLegacy {
+		return nil, false
+	}
+	d, err := b.discover(ctx, client)
+	switch {
+	case err != nil:
+		if b.cfg.UpstreamEra == EraModern {
+			b.log.Warn("discovering the upstream", zap.Error(err))
+		} else {
+			b.log.Debug("discovering the upstream: relaying initialize", zap.Error(err))
+		}
+		return nil, false
+	case b.cfg.UpstreamEra == EraModern || d.modernOnly:
+		return d, true
+	}
+	return nil, false
+}
+
+// discover asks the upstream which revisions it speaks, or returns the
+// answer of the last minute.
+func (b *Bridge) discover(ctx context.Context, client http.Header) (*discovery, error) {
+	b.discovered.mu.Lock()
+	last := b.discovered.last
+	b.discovered.mu.Unlock()
+	if last != nil && time.Since(last.at) < discoveryTTL {
+		return last, nil
+	}
+	d, err := b.askDiscover(ctx, client)
+	if err != nil {
+		return nil, err
+	}
+	b.discovered.mu.Lock()
+	defer b.discovered.mu.Unlock()
+	if prev := b.discovered.last; prev == nil || prev.modernOnly != d.modernOnly {
+		if d.modernOnly {
+			b.log.Info("the upstream speaks only MCP " + modernVersion + ": translating for legacy clients")
+		} else {
+			b.log.Info("the upstream speaks initialize-based MCP revisions: relaying")
+		}
+	}
+	b.discovered.last = d
+	return d, nil
+}
+
+// askDiscover sends server/discover in the 2026-07-28 envelope.
+func (b *Bridge) askDiscover(ctx context.Context, client http.Header) (*discovery, error) {
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.UpstreamHeaderTimeout)
+	defer cancel()
+	body := fmt.Appendf(nil, `{"jsonrpc":"2.0","id":"mcp-sse-bridge-discover","method":"server/discover","params":{"_meta":{%q:%q,%q:{},%q:{"name":"caddy-mcp-sse-bridge","version":"1"}}}}`,
+		metaProtocolVersion, modernVersion, metaClientCapabilities, metaClientInfo)
+	header := client.Clone()
+	if header == nil {
+		header = http.Header{}
+	}
+	header.Set("Mcp-Method", "server/discover")
+	resp, err := b.do(ctx, "server/discover", http.MethodPost, &sessionstore.Session{Translated: true}, header, body, "")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
+		// About the caller, not the upstream: relay, and ask again.
+		return nil, fmt.Errorf("server/discover: upstream answered HTTP %d", resp.StatusCode)
+	}
+	// Whatever else an upstream answers, it said which era it is of: a
+	// result lists its versions; an error (a version error, an unknown
+	// method, a status without JSON-RPC) is a legacy upstream's.
+	d := &discovery{at: time.Now()}
+	msg, err := b.firstResponse(resp)
+	if err != nil {
+		return d, nil
+	}
+	var answer struct {
+		Result *struct {
+			Meta              map[string]json.RawMessage `json:"_meta"`
+			SupportedVersions []string                   `json:"supportedVersions"`
+			Capabilities      json.RawMessage            `json:"capabilities"`
+			Instructions      string                     `json:"instructions"`
+		} `json:"result"`
+	}
+	if json.Unmarshal(msg, &answer) == nil && answer.Result != nil {
+		d.modernOnly = modernOnly(answer.Result.SupportedVersions)
+		d.capabilities, d.instructions = answer.Result.Capabilities, answer.Result.Instructions
+		d.serverInfo = answer.Result.Meta[metaServerInfo]
+	}
+	return d, nil
+}
+
+// modernOnly reports whether versions hold modernVersion and no
+// initialize-based revision: a dual-era upstream still takes initialize,
+// which relaying keeps exact.
+func modernOnly(versions []string) bool {
+	if !slices.Contains(versions, modernVersion) {
+		return false
+	}
+	for _, v := range versions {
+		if slices.Contains(legacyVersions, v) {
+			return false
+		}
+	}
+	return true
+}
+
+// firstResponse reads the first JSON-RPC response of an upstream answer,
+// JSON or an event stream, whatever its status.
+func (b *Bridge) firstResponse(resp *http.Response) ([]byte, error) {
+	var found []byte
+	onMessage := func(msg []byte) bool {
+		if env, err := PeekEnvelope(msg); err == nil && env.Kind == KindResponse && found == nil {
+			found = append([]byte(nil), msg...)
+			return false
+		}
+		return true
+	}
+	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	switch mt {
+	case "text/event-stream":
+		if _, _, _, err := b.relayEvents(resp.Body, "", onMessage, nil); err != nil && found == nil {
+			return nil, err
+		}
+	case "application/json":
+		body, err := io.ReadAll(io.LimitReader(resp.Body, b.cfg.MaxMessageSize))
+		if err != nil {
+			return nil, err
+		}
+		if json.Valid(body) {
+			onMessage(body)
+		}
+	}
+	if found == nil {
+		return nil, fmt.Errorf("upstream answered HTTP %d without a JSON-RPC response", resp.StatusCode)
+	}
+	return found, nil
+}
+
+// initializeLocally answers a client's initialize for a translated session
+// from the upstream's discovery, and records the session as translated.
+func (b *Bridge) initializeLocally(ctx context.Context, c *call, d *discovery) {
+	version := legacyVersionOf(c.msg)
+	result := map[string]any{
+		"protocolVersion": version,
+		"capabilities":    legacyCapabilities(d.capabilities),
+		"serverInfo":      json.RawMessage(cmpRaw(d.serverInfo, `{"name":"caddy-mcp-sse-bridge","version":"1"}`)),
+	}
+	if d.instructions != "" {
+		result["instructions"] = d.instructions
+	}
+	sess, err := b.store.Update(ctx, c.sessionID, func(s *sessionstore.Session) error {
+		s.Translated, s.LogLevel = true, ""
+		s.UpstreamSessionID, s.ProtocolVersion = "", version
+		s.Initialize, s.Initialized = c.msg, false
+		// No upstream GET stream in this revision: nothing to wait for.
+		s.StreamReadyFor, s.StreamLastEventID = streamReadyMark(""), ""
+		return nil
+	})
+	if err != nil {
+		b.failUpstream(c, "recording the session", err)
+		return
+	}
+	b.sessionCache.drop(c.sessionID)
+	if err := b.store.RememberInitialize(ctx, sess.Fingerprint, sess.Upstream, c.msg, b.cfg.InitializeTTL); err != nil {
+		b.log.Debug("remembering the caller's initialize", zap.String("session", shortID(c.sessionID)), zap.Error(err))
+	}
+	b.answerLocally(c, result)
+}
+
+// legacyVersionOf is the version to answer an initialize with: the one it
+// asks for if the bridge knows it, else the newest.
+func legacyVersionOf(initialize []byte) string {
+	var req struct {
+		Params struct {
+			ProtocolVersion string `json:"protocolVersion"`
+		} `json:"params"`
+	}
+	_ = json.Unmarshal(initialize, &req) // checked as JSON-RPC already; bad params get the newest
+	if slices.Contains(legacyVersions, req.Params.ProtocolVersion) {
+		return req.Params.ProtocolVersion
+	}
+	return legacyVersions[len(legacyVersions)-1]
+}
+
+// reviveTranslated makes a returning client's new session a translated
+// one initialised with its remembered initialize: an upstream of
+// 2026-07-28 has no session to open.
+func (b *Bridge) reviveTranslated(ctx context.Context, cur *sessionstore.Session, init []byte) (*sessionstore.Session, error) {
+	version := legacyVersionOf(init)
+	return b.store.Update(ctx, cur.ID, func(s *sessionstore.Session) error {
+		s.Translated, s.LogLevel = true, ""
+		s.UpstreamSessionID, s.ProtocolVersion = "", version
+		s.Initialize, s.Initialized = init, true
+		s.StreamReadyFor, s.StreamLastEventID = streamReadyMark(""), ""
+		return nil
+	})
+}
+
+// legacyCapabilities is what a legacy client is told the upstream can do:
+// its discovered capabilities without what the bridge does not translate
+// (yet): list-changed and resource subscriptions (2026-07-28 delivers them
+// on subscriptions/listen) and extensions.
+func legacyCapabilities(discovered json.RawMessage) map[string]json.RawMessage {
+	caps := map[string]json.RawMessage{}
+	_ = json.Unmarshal(discovered, &caps) // none discovered: none offered
+	delete(caps, "extensions")
+	for _, feature := range []string{"tools", "prompts", "resources"} {
+		var f map[string]json.RawMessage
+		if json.Unmarshal(caps[feature], &f) != nil || f == nil {
+			continue
+		}
+		delete(f, "listChanged")
+		delete(f, "subscribe")
+		caps[feature], _ = json.Marshal(f)
+	}
+	return caps
+}
+
+func cmpRaw(raw json.RawMessage, fallback string) []byte {
+	if len(bytes.TrimSpace(raw)) == 0 || bytes.Equal(raw, []byte("null")) {
+		return []byte(fallback)
+	}
+	return raw
+}
+
+// answerLocally answers a request with a result the bridge made.
+func (b *Bridge) answerLocally(c *call, result any) {
+	c.report(&upstreamStatus{code: http.StatusAccepted})
+	data, err := json.Marshal(result)
+	if err != nil {
+		b.fail(c, "internal", "encoding the bridge's answer")
+		return
+	}
+	out := append(append(append([]byte(`{"jsonrpc":"2.0","id":`), c.env.ID...), `,"result":`...), data...)
+	b.answer(c, append(out, '}'))
+}
+
+// translatedLocally serves what a translated session's client sends that
+// the 2026-07-28 revision dropped; it reports false for what goes upstream.
+func (b *Bridge) translatedLocally(ctx context.Context, c *call) bool {
+	switch {
+	case c.env.Kind == KindResponse:
+		// An answer to a server→client request: the bridge sent none.
+		c.report(&upstreamStatus{code: http.StatusAccepted})
+		return true
+	case c.env.Kind == KindNotification:
+		// Cancellation is closing the request's stream in 2026-07-28 and
+		// roots are asked for again when needed: nothing to tell.
+		if c.env.Method == "notifications/initialized" {
+			if _, err := b.store.Update(ctx, c.sessionID, func(s *sessionstore.Session) error {
+				s.Initialized = true
+				return nil
+			}); err != nil {
+				b.log.Warn("recording initialization", zap.String("session", shortID(c.sessionID)), zap.Error(err))
+			}
+		}
+		c.report(&upstreamStatus{code: http.StatusAccepted})
+		return true
+	case c.env.Method == "ping":
+		b.answerLocally(c, struct{}{})
+		return true
+	case c.env.Method == "logging/setLevel":
+		var req struct {
+			Params struct {
+				Level string `json:"level"`
+			} `json:"params"`
+		}
+		if json.Unmarshal(c.msg, &req) != nil || req.Params.Level == "" {
+			c.report(&upstreamStatus{code: http.StatusAccepted})
+			b.answer(c, errorMessage(c.env.ID, codeInvalidParams, "logging/setLevel needs params.level"))
+			return true
+		}
+		if _, err := b.store.Update(ctx, c.sessionID, func(s *sessionstore.Session) error {
+			s.LogLevel = req.Params.Level
+			return nil
+		}); err != nil {
+			b.failUpstream(c, "recording the log level", err)
+			return true
+		}
+		b.sessionCache.drop(c.sessionID)
+		b.answerLocally(c, struct{}{})
+		return true
+	case c.env.Method == "resources/subscribe" || c.env.Method == "resources/unsubscribe":
+		c.report(&upstreamStatus{code: http.StatusAccepted})
+		b.answer(c, errorMessage(c.env.ID, codeMethodNotFound, c.env.Method+" is not translated for this upstream (MCP "+modernVersion+")"))
+		return true
+	}
+	return false
+}
+
+// modernRequest stamps a client's request with the 2026-07-28 envelope:
+// the _meta of the client's initialize, and the method headers.
+func modernRequest(msg []byte, env Envelope, sess *sessionstore.Session) ([]byte, http.Header, error) {
+	var in struct {
+		Params json.RawMessage `json:"params"`
+	}
+	if err := json.Unmarshal(msg, &in); err != nil {
+		return nil, nil, err
+	}
+	params := map[string]json.RawMessage{}
+	if len(in.Params) > 0 && !bytes.Equal(in.Params, []byte("null")) {
+		if err := json.Unmarshal(in.Params, &params); err != nil {
+			return nil, nil, errors.New("params must be an object")
+		}
+	}
+	meta := map[string]json.RawMessage{}
+	if raw := params["_meta"]; len(raw) > 0 {
+		if err := json.Unmarshal(raw, &meta); err != nil {
+			return nil, nil, errors.New("params._meta must be an object")
+		}
+	}
+	var client struct {
+		Params struct {
+			Capabilities json.RawMessage `json:"capabilities"`
+			ClientInfo   json.RawMessage `json:"clientInfo"`
+		} `json:"params"`
+	}
+	_ = json.Unmarshal(sess.Initialize, &client) // recorded when it was answered
+	meta[metaProtocolVersion], _ = json.Marshal(modernVersion)
+	meta[metaClientCapabilities] = cmpRaw(client.Params.Capabilities, "{}")
+	if len(client.Params.ClientInfo) > 0 {
+		meta[metaClientInfo] = client.Params.ClientInfo
+	}
+	if sess.LogLevel != "" {
+		meta[metaLogLevel], _ = json.Marshal(sess.LogLevel)
+	}
+	params["_meta"], _ = json.Marshal(meta)
+	out := struct {
+		JSONRPC string                     `json:"jsonrpc"`
+		ID      json.RawMessage            `json:"id"`
+		Method  string                     `json:"method"`
+		Params  map[string]json.RawMessage `json:"params"`
+	}{"2.0", env.ID, env.Method, params}
+	body, err := json.Marshal(out)
+	if err != nil {
+		return nil, nil, err
+	}
+	header := http.Header{"Mcp-Method": {env.Method}}
+	// The name the request acts on, so that gateways route without parsing.
+	var named struct {
+		Name string `json:"name"`
+		URI  string `json:"uri"`
+	}
+	switch env.Method {
+	case "tools/call", "prompts/get":
+		if json.Unmarshal(in.Params, &named) == nil && named.Name != "" {
+			header.Set("Mcp-Name", named.Name)
+		}
+	case "resources/read":
+		if json.Unmarshal(in.Params, &named) == nil && named.URI != "" {
+			header.Set("Mcp-Name", named.URI)
+		}
+	}
+	return body, header, nil
+}
+
+// inputRequired reports whether a translated answer asks the client for
+// input (a multi-round-trip result), which is not translated yet.
+func inputRequired(msg []byte) bool {
+	if !bytes.Contains(msg, []byte(`"input_required"`)) {
+		return false
+	}
+	var r struct {
+		Result struct {
+			ResultType string `json:"resultType"`
+		} `json:"result"`
+	}
+	return json.Unmarshal(msg, &r) == nil && r.Result.ResultType == "input_required"
+}
+
+// forwardTranslated sends a translated session's request upstream in the
+// 2026-07-28 envelope and relays the answer under the client's id.
+func (b *Bridge) forwardTranslated(ctx context.Context, c *call, sess *sessionstore.Session) {
+	body, header, err := modernRequest(c.msg, c.env, sess)
+	if err != nil {
+		c.report(&upstreamStatus{code: http.StatusAccepted})
+		b.answer(c, errorMessage(c.env.ID, codeInvalidParams, "invalid request: "+err.Error()))
+		return
+	}
+	for k, v := range c.client {
+		header[k] = v
+	}
+	if !b.track(ctx, c, sess) {
+		return
+	}
+	sent := time.Now()
+	resp, err := b.do(ctx, methodLabel(c.env), http.MethodPost, sess, header, body, "")
+	if err != nil {
+		b.failUpstream(c, "forwarding", err)
+		return
+	}
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		c.report(&upstreamStatus{code: resp.StatusCode})
+		b.relayResponse(ctx, sess, c, resp, false)
+		b.metrics.upstreamTook(methodLabel(c.env), time.Since(sent))
+		return
+	}
+	errBody, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	resp.Body.Close()
+	if challenge := b.challengeFrom(resp, errBody, c.metadataURL); challenge != nil && c.refuse() {
+		b.untrack(c)
+		c.report(&upstreamStatus{code: resp.StatusCode, challenge: challenge})
+		return
+	}
+	c.report(&upstreamStatus{code: resp.StatusCode})
+	b.failFromHTTP(c, resp.StatusCode, errBody)
+}
