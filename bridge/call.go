@@ -48,6 +48,9 @@ type call struct {
 	// set once it is recorded there.
 	key     string
 	tracked bool
+	// inputRequired is a translated upstream's answer that asks the client
+	// for input (inputs.go), set instead of answering.
+	inputRequired []byte
 }
 
 // acquire reserves n in-flight message slots for the session.

@@ -682,7 +682,16 @@ func connectClient(t *testing.T, e *testEnv, opts *mcp.ClientOptions, hdr http.H
 // version ("" for the SDK's default).
 func connectClientVersion(t *testing.T, e *testEnv, opts *mcp.ClientOptions, hdr http.Header, version string) *mcp.ClientSession {
 	t.Helper()
-	client := mcp.NewClient(&mcp.Implementation{Name: "legacy-test-client", Version: "1.0.0"}, opts)
+	return connectWith(t, e, newLegacyClient(opts), hdr, version)
+}
+
+func newLegacyClient(opts *mcp.ClientOptions) *mcp.Client {
+	return mcp.NewClient(&mcp.Implementation{Name: "legacy-test-client", Version: "1.0.0"}, opts)
+}
+
+// connectWith connects client with the go-sdk legacy SSE transport.
+func connectWith(t *testing.T, e *testEnv, client *mcp.Client, hdr http.Header, version string) *mcp.ClientSession {
+	t.Helper()
 	httpClient := e.srv.Client()
 	if hdr != nil {
 		httpClient = &http.Client{Transport: headerTransport{base: httpClient.Transport, header: hdr}}

@@ -28,9 +28,11 @@ import (
 // client's initialize in the session, and from then on stamps each of the
 // client's requests; what the new revision dropped (ping,
 // logging/setLevel, client notifications) it answers or absorbs itself.
-// Not translated yet: multi-round-trip results (input requests), which are
-// answered with an error, and subscriptions/listen (list-changed and
-// resource notifications), whose capabilities are not offered.
+// Multi-round-trip results (input requests) become server→client requests
+// (inputs.go). Not translated yet: subscriptions/listen (list-changed and
+// resource notifications), whose capabilities are not offered. A client
+// asking server/discover is told, as by an initialize-era server, that
+// there is no such method.
 
 // modernVersion is the initialize-less revision the bridge speaks upstream.
 const modernVersion = "2026-07-28"
@@ -312,7 +314,9 @@ func (b *Bridge) answerLocally(c *call, result any) {
 func (b *Bridge) translatedLocally(ctx context.Context, c *call) bool {
 	switch {
 	case c.env.Kind == KindResponse:
-		// An answer to a server→client request: the bridge sent none.
+		// An answer to an input request the bridge sent on the upstream's
+		// behalf (inputs.go), or to nothing asked.
+		b.recordInput(ctx, c)
 		c.report(&upstreamStatus{code: http.StatusAccepted})
 		return true
 	case c.env.Kind == KindNotification:
@@ -407,23 +411,29 @@ func modernRequest(msg []byte, env Envelope, sess *sessionstore.Session) ([]byte
 	if err != nil {
 		return nil, nil, err
 	}
-	header := http.Header{"Mcp-Method": {env.Method}}
-	// The name the request acts on, so that gateways route without parsing.
+	return body, methodHeaders(env.Method, in.Params), nil
+}
+
+// methodHeaders are the headers a 2026-07-28 request names its method in,
+// and the tool, prompt or resource it acts on, so that gateways route
+// without parsing.
+func methodHeaders(method string, params json.RawMessage) http.Header {
+	header := http.Header{"Mcp-Method": {method}}
 	var named struct {
 		Name string `json:"name"`
 		URI  string `json:"uri"`
 	}
-	switch env.Method {
+	switch method {
 	case "tools/call", "prompts/get":
-		if json.Unmarshal(in.Params, &named) == nil && named.Name != "" {
+		if json.Unmarshal(params, &named) == nil && named.Name != "" {
 			header.Set("Mcp-Name", named.Name)
 		}
 	case "resources/read":
-		if json.Unmarshal(in.Params, &named) == nil && named.URI != "" {
+		if json.Unmarshal(params, &named) == nil && named.URI != "" {
 			header.Set("Mcp-Name", named.URI)
 		}
 	}
-	return body, header, nil
+	return header
 }
 
 // inputRequired reports whether a translated answer asks the client for
@@ -441,39 +451,79 @@ func inputRequired(msg []byte) bool {
 }
 
 // forwardTranslated sends a translated session's request upstream in the
-// 2026-07-28 envelope and relays the answer under the client's id.
+// 2026-07-28 envelope and relays the answer under the client's id; an
+// answer asking the client for input is followed by the rounds that get it
+// (inputs.go).
 func (b *Bridge) forwardTranslated(ctx context.Context, c *call, sess *sessionstore.Session) {
-	body, header, err := modernRequest(c.msg, c.env, sess)
-	if err != nil {
-		c.report(&upstreamStatus{code: http.StatusAccepted})
-		b.answer(c, errorMessage(c.env.ID, codeInvalidParams, "invalid request: "+err.Error()))
-		return
-	}
-	for k, v := range c.client {
-		header[k] = v
-	}
 	if !b.track(ctx, c, sess) {
 		return
+	}
+	msg, env := c.msg, c.env
+	for round := 0; ; round++ {
+		body, header, err := modernRequest(msg, env, sess)
+		if err != nil {
+			c.report(&upstreamStatus{code: http.StatusAccepted})
+			b.answer(c, errorMessage(c.env.ID, codeInvalidParams, "invalid request: "+err.Error()))
+			return
+		}
+		if !b.sendModern(ctx, c, sess, body, header) || c.inputRequired == nil {
+			return
+		}
+		if round == maxInputRounds {
+			b.fail(c, "input_required", fmt.Sprintf("the upstream still asked for input after %d rounds", maxInputRounds))
+			return
+		}
+		asked := c.inputRequired
+		c.inputRequired = nil
+		var ok bool
+		if msg, env, ok = b.retryWithInputs(ctx, c, asked); !ok {
+			return
+		}
+	}
+}
+
+// hidesModernEra answers a client's server/discover as a server of the
+// initialize era does (method not found) when the bridge translates for
+// the upstream: a client that tries 2026-07-28 first (go-sdk 1.8 does, on
+// any transport) then initializes, and is translated for like any legacy
+// client, rather than speaking a revision over a transport that never had
+// it. It reports whether it answered.
+func (b *Bridge) hidesModernEra(ctx context.Context, c *call) bool {
+	if _, ok := b.translates(ctx, c.client); !ok {
+		return false
+	}
+	c.report(&upstreamStatus{code: http.StatusAccepted})
+	b.answer(c, errorMessage(c.env.ID, codeMethodNotFound, "Method not found: server/discover"))
+	return true
+}
+
+// sendModern sends one request of the 2026-07-28 revision and relays its
+// answer; it reports whether the answer asks for input (c.inputRequired)
+// rather than answering the call.
+func (b *Bridge) sendModern(ctx context.Context, c *call, sess *sessionstore.Session, body []byte, header http.Header) bool {
+	for k, v := range c.client {
+		header[k] = v
 	}
 	sent := time.Now()
 	resp, err := b.do(ctx, methodLabel(c.env), http.MethodPost, sess, header, body, "")
 	if err != nil {
 		b.failUpstream(c, "forwarding", err)
-		return
+		return false
 	}
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		c.report(&upstreamStatus{code: resp.StatusCode})
 		b.relayResponse(ctx, sess, c, resp, false)
 		b.metrics.upstreamTook(methodLabel(c.env), time.Since(sent))
-		return
+		return c.inputRequired != nil
 	}
 	errBody, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	resp.Body.Close()
 	if challenge := b.challengeFrom(resp, errBody, c.metadataURL); challenge != nil && c.refuse() {
 		b.untrack(c)
 		c.report(&upstreamStatus{code: resp.StatusCode, challenge: challenge})
-		return
+		return false
 	}
 	c.report(&upstreamStatus{code: resp.StatusCode})
 	b.failFromHTTP(c, resp.StatusCode, errBody)
+	return false
 }

@@ -2,11 +2,13 @@ package bridge
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
 
 	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore/memory"
+	"github.com/google/jsonschema-go/jsonschema"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -25,9 +27,22 @@ func newModernUpstream(t *testing.T, versions ...string) *testUpstream {
 		})
 	mcp.AddTool(server, &mcp.Tool{Name: "ask", Description: "asks the client's name"},
 		func(_ context.Context, req *mcp.CallToolRequest, _ noArgs) (*mcp.CallToolResult, any, error) {
-			return &mcp.CallToolResult{InputRequests: mcp.InputRequestMap{
-				"name": &mcp.ElicitParams{Message: "Name?"},
-			}}, nil, nil
+			switch el, _ := req.Params.InputResponses["name"].(*mcp.ElicitResult); {
+			case el == nil:
+				return &mcp.CallToolResult{InputRequests: mcp.InputRequestMap{
+					"name": &mcp.ElicitParams{Message: "Name?", RequestedSchema: &jsonschema.Schema{Type: "object",
+						Properties: map[string]*jsonschema.Schema{"name": {Type: "string"}}}},
+					"roots": &mcp.ListRootsParams{},
+				}, RequestState: "round-1"}, nil, nil
+			case req.Params.RequestState != "round-1":
+				return nil, nil, fmt.Errorf("request state %q", req.Params.RequestState)
+			default:
+				roots, _ := req.Params.InputResponses["roots"].(*mcp.ListRootsResult)
+				if roots == nil || len(roots.Roots) != 1 {
+					return nil, nil, fmt.Errorf("roots answer %+v", req.Params.InputResponses["roots"])
+				}
+				return textResult(fmt.Sprintf("%s: %v, root %s", el.Action, el.Content["name"], roots.Roots[0].URI)), nil, nil
+			}
 		})
 	server.AddPrompt(&mcp.Prompt{Name: "greet"}, func(context.Context, *mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
 		return &mcp.GetPromptResult{Messages: []*mcp.PromptMessage{{Role: "user", Content: &mcp.TextContent{Text: "hello"}}}}, nil
@@ -79,8 +94,10 @@ func TestModernOnlyUpstream(t *testing.T) {
 	if err != nil || len(res.Contents) != 1 || res.Contents[0].Text != "the doc" {
 		t.Errorf("resources/read: %+v, %v", res, err)
 	}
-	if _, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "ask"}); err == nil || !strings.Contains(err.Error(), "does not translate yet") {
-		t.Errorf("a tool asking for input: %v, want the bridge's error", err)
+	// Without an elicitation handler the client refuses the input request:
+	// the call fails with the client's error.
+	if _, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "ask"}); err == nil {
+		t.Error("a tool asking for input a client cannot give succeeded")
 	}
 
 	// What went upstream: no initialize, no session, the envelope on each.
@@ -140,5 +157,44 @@ func TestModernOnlyRevive(t *testing.T) {
 		if strings.Contains(r.Body, `"method":"initialize"`) {
 			t.Errorf("initialize went upstream: %s", r.Body)
 		}
+	}
+}
+
+// TestModernOnlyInputRequests: an upstream's input requests (a
+// 2026-07-28 multi-round-trip result asking for an elicitation and the
+// roots) reach the legacy client as server→client requests; its answers
+// go back in the call's retry with the upstream's request state.
+func TestModernOnlyInputRequests(t *testing.T) {
+	up := newModernUpstream(t, modernVersion)
+	e := newEnv(t, up.URL, nil, nil)
+	client := newLegacyClient(&mcp.ClientOptions{
+		ElicitationHandler: func(context.Context, *mcp.ElicitRequest) (*mcp.ElicitResult, error) {
+			return &mcp.ElicitResult{Action: "accept", Content: map[string]any{"name": "Ada"}}, nil
+		},
+	})
+	client.AddRoots(&mcp.Root{URI: "file:///tmp/root-a", Name: "a"})
+	cs := connectWith(t, e, client, nil, "2025-06-18")
+	res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "ask"})
+	if err != nil {
+		t.Fatalf("ask: %v", err)
+	}
+	if got := toolText(t, res); got != "accept: Ada, root file:///tmp/root-a" {
+		t.Errorf("ask answered %q", got)
+	}
+	var retries int
+	for _, r := range up.requests() {
+		if strings.Contains(r.Body, `"inputResponses"`) {
+			retries++
+			if !strings.Contains(r.Body, `"requestState":"round-1"`) {
+				t.Errorf("the retry lacks the request state: %s", r.Body)
+			}
+		}
+	}
+	if retries != 1 {
+		t.Errorf("%d retries with input responses, want 1", retries)
+	}
+	sess, err := e.store.Get(context.Background(), sessionOf(t, e))
+	if err != nil || len(sess.Inputs) != 0 {
+		t.Errorf("input requests left in the session: %+v, %v", sess, err)
 	}
 }

@@ -37,8 +37,9 @@ func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, 
 				}
 			}
 			if sess.Translated && inputRequired(msg) {
-				b.upstreamFailed(c, "input_required")
-				b.fail(c, "input_required", "the upstream asked the client for input (sampling, elicitation or roots) the MCP "+modernVersion+" way, which the bridge does not translate yet")
+				// Not the answer yet: the client is asked, and the call
+				// sent again with what it answers (inputs.go).
+				c.inputRequired = append([]byte(nil), msg...)
 				return true
 			}
 			// The response on a request's own stream answers that request;
@@ -88,7 +89,7 @@ func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, 
 			onMessage(body, false)
 		}
 	}
-	if c.env.Kind == KindRequest && !c.answered.Load() {
+	if c.env.Kind == KindRequest && !c.answered.Load() && c.inputRequired == nil {
 		b.upstreamFailed(c, "ended_without_answer")
 		b.fail(c, "no_answer", "upstream ended the request without a response")
 	}

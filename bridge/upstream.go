@@ -39,6 +39,9 @@ func (b *Bridge) forward(c *call) {
 		b.noteCancelled(c.sessionID, c.msg)
 	}
 	isInit := isInitialize(c.env)
+	if c.env.Kind == KindRequest && c.env.Method == "server/discover" && b.hidesModernEra(ctx, c) {
+		return
+	}
 	switch {
 	case isInit:
 		if !neverInitialized(sess) {

@@ -40,6 +40,39 @@ var (
 	ErrUnavailable = errors.New("session store unavailable")
 )
 
+// PendingInputs are the input requests of one round of a translated call
+// that the client was sent, and its answers so far.
+type PendingInputs struct {
+	// Keys are the upstream's names of the inputs, in the order of the
+	// bridge's request ids.
+	Keys []string `json:"keys"`
+	// Answers holds the client's result for each key answered.
+	Answers map[string]json.RawMessage `json:"answers,omitempty"`
+	// Failed is the client's JSON-RPC error object for one of them: the
+	// call fails with it.
+	Failed json.RawMessage `json:"failed,omitempty"`
+}
+
+// CloneInputs returns a deep copy of inputs, for stores that hand out
+// copies of the records they keep.
+func CloneInputs(inputs map[string]*PendingInputs) map[string]*PendingInputs {
+	if inputs == nil {
+		return nil
+	}
+	out := make(map[string]*PendingInputs, len(inputs))
+	for token, p := range inputs {
+		c := &PendingInputs{Keys: append([]string(nil), p.Keys...), Failed: append(json.RawMessage(nil), p.Failed...)}
+		if p.Answers != nil {
+			c.Answers = make(map[string]json.RawMessage, len(p.Answers))
+			for k, v := range p.Answers {
+				c.Answers[k] = append(json.RawMessage(nil), v...)
+			}
+		}
+		out[token] = c
+	}
+	return out
+}
+
 // Session is the shared record of one bridge session: one legacy event stream
 // and the upstream session behind it.
 type Session struct {
@@ -84,6 +117,12 @@ type Session struct {
 	// LogLevel is the level the client of a translated session set with
 	// logging/setLevel, sent with each of its requests.
 	LogLevel string `json:"log_level,omitempty"`
+	// Inputs are what the client of a translated session is being asked on
+	// behalf of its calls that the upstream answered with input requests
+	// (2026-07-28 multi-round-trip results), by a token the bridge minted:
+	// any replica records the client's answers here, and the replica
+	// forwarding the call retries it with them.
+	Inputs map[string]*PendingInputs `json:"inputs,omitempty"`
 	// Owner names the stream holding the client's event stream as
 	// "<replica>/<stream>", empty while the client is away; OwnerLeaseUntil
 	// is when that claim lapses unless renewed. A claim also lapses when the

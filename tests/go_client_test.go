@@ -475,7 +475,7 @@ func runGoScenarios(t *testing.T, spec upstreamSpec, cd *caddy) {
 		}
 	})
 
-	if spec.stateful {
+	if spec.clientInput() {
 		t.Run("sampling", func(t *testing.T) {
 			prompt := "bridge-sampling-probe-" + spec.name
 			gc.mu.Lock()

@@ -190,9 +190,14 @@ type upstreamSpec struct {
 	modernOnly bool
 }
 
+// clientInput reports whether the upstream can ask the client for input
+// (sampling, elicitation, roots): over its session's streams, or, for a
+// 2026-07-28 upstream, with input requests the bridge translates.
+func (s upstreamSpec) clientInput() bool { return s.stateful || s.modernOnly }
+
 // features is the --features value for legacy-client.mjs.
 func (s upstreamSpec) features() string {
-	if s.stateful {
+	if s.clientInput() {
 		return "sampling,elicitation,roots"
 	}
 	return ""

@@ -49,7 +49,7 @@ func TestMultiReplicaScenarios(t *testing.T) {
 	redis := startRedis(t) // shared; every cluster has its own key prefix
 	for _, n := range []int{2, 3} {
 		t.Run(fmt.Sprintf("%d-replicas", n), func(t *testing.T) {
-			for _, spec := range []upstreamSpec{specEverything, specGoStatefulSSE, specGoStatelessJSON} {
+			for _, spec := range []upstreamSpec{specEverything, specGoStatefulSSE, specGoStatelessJSON, specGoModernOnly} {
 				t.Run(spec.name, func(t *testing.T) {
 					up := startUpstream(t, spec)
 					cl := startCluster(t, n, up.url, redis)

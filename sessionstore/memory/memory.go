@@ -111,6 +111,7 @@ func copySession(s *sessionstore.Session) *sessionstore.Session {
 	if s.Initialize != nil {
 		c.Initialize = append([]byte(nil), s.Initialize...)
 	}
+	c.Inputs = sessionstore.CloneInputs(s.Inputs)
 	return &c
 }
 

@@ -1,0 +1,238 @@
+package bridge
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore"
+)
+
+// Multi-round-trip results, translated. An upstream of 2026-07-28 that
+// needs the client's input (a sampling, an elicitation, its roots) answers
+// a call with a result of type input_required naming the requests; the
+// client is to send the call again with its answers. A legacy client
+// knows these as server→client requests: the bridge sends each on the
+// client's stream under an id it mints ("mcp-sse-bridge-input-<token>-<n>"),
+// records the client's answers in the session (any replica may get them),
+// and the replica forwarding the call, once all are in, sends the call
+// again with them and the upstream's request state, under a new id. The
+// answer of the last round is the call's. Bounded: maxInputRounds rounds,
+// inputTimeout for the client's answers of each.
+
+// maxInputRounds bounds how often one call may ask for input.
+const maxInputRounds = 10
+
+// inputTimeout bounds how long the client may take to answer a round (an
+// elicitation waits for a person).
+const inputTimeout = 5 * time.Minute
+
+// inputPoll is how often the forwarding replica looks for the client's
+// answers, which may reach any replica.
+const inputPoll = 50 * time.Millisecond
+
+// inputIDPrefix starts the ids of the requests the bridge sends the client
+// on an upstream's behalf.
+const inputIDPrefix = "mcp-sse-bridge-input-"
+
+// retryWithInputs asks the client what the upstream's answer asked for
+// and returns the call to send again with the answers; false when the call
+// was answered (failed) instead.
+func (b *Bridge) retryWithInputs(ctx context.Context, c *call, asked []byte) ([]byte, Envelope, bool) {
+	var result struct {
+		Result struct {
+			InputRequests map[string]json.RawMessage `json:"inputRequests"`
+			RequestState  json.RawMessage            `json:"requestState"`
+		} `json:"result"`
+	}
+	if err := json.Unmarshal(asked, &result); err != nil {
+		b.fail(c, "input_required", "the upstream's input request is not valid")
+		return nil, Envelope{}, false
+	}
+	answers := map[string]json.RawMessage{}
+	if len(result.Result.InputRequests) > 0 {
+		var errObj json.RawMessage
+		var err error
+		answers, errObj, err = b.askClient(ctx, c, result.Result.InputRequests)
+		switch {
+		case err != nil:
+			b.fail(c, "input_required", err.Error())
+			return nil, Envelope{}, false
+		case errObj != nil:
+			b.metrics.errorAnswered("input_refused")
+			b.answer(c, errorResponse(c.env.ID, errObj))
+			return nil, Envelope{}, false
+		}
+	}
+	msg, env, err := withInputs(c.msg, c.env, answers, result.Result.RequestState)
+	if err != nil {
+		b.fail(c, "input_required", "sending the call again: "+err.Error())
+		return nil, Envelope{}, false
+	}
+	return msg, env, true
+}
+
+// askClient sends the client the input requests and waits for its
+// answers: a result per key, or the error of the first it refused.
+func (b *Bridge) askClient(ctx context.Context, c *call, requests map[string]json.RawMessage) (map[string]json.RawMessage, json.RawMessage, error) {
+	keys := slices.Sorted(func(yield func(string) bool) {
+		for k := range requests {
+			if !yield(k) {
+				return
+			}
+		}
+	})
+	token := randomID()[:16]
+	if _, err := b.store.Update(ctx, c.sessionID, func(s *sessionstore.Session) error {
+		if len(s.Inputs) >= b.cfg.MaxInflight {
+			return errors.New("too many calls waiting for input")
+		}
+		if s.Inputs == nil {
+			s.Inputs = map[string]*sessionstore.PendingInputs{}
+		}
+		s.Inputs[token] = &sessionstore.PendingInputs{Keys: keys}
+		return nil
+	}); err != nil {
+		return nil, nil, fmt.Errorf("recording the input requests: %w", err)
+	}
+	defer b.forgetInputs(c.sessionID, token)
+	for i, k := range keys {
+		var req struct {
+			Method string          `json:"method"`
+			Params json.RawMessage `json:"params"`
+		}
+		if json.Unmarshal(requests[k], &req) != nil || req.Method == "" {
+			return nil, nil, errors.New("the upstream's input request " + strconv.Quote(k) + " names no method")
+		}
+		id, _ := json.Marshal(inputIDPrefix + token + "-" + strconv.Itoa(i))
+		out := fmt.Appendf(nil, `{"jsonrpc":"2.0","id":%s,"method":%q`, id, req.Method)
+		if len(req.Params) > 0 {
+			out = append(append(out, `,"params":`...), req.Params...)
+		}
+		b.deliver(c.sessionID, append(out, '}'))
+	}
+	return b.awaitInputs(ctx, c.sessionID, token)
+}
+
+// awaitInputs polls the session until the client answered every input of
+// the round, refused one, or inputTimeout passed.
+func (b *Bridge) awaitInputs(ctx context.Context, sessionID, token string) (map[string]json.RawMessage, json.RawMessage, error) {
+	deadline := time.Now().Add(inputTimeout)
+	for {
+		sess, err := b.store.Get(ctx, sessionID)
+		if err != nil && !errors.Is(err, sessionstore.ErrUnavailable) {
+			return nil, nil, fmt.Errorf("waiting for the client's input: %w", err)
+		}
+		if err == nil {
+			p := sess.Inputs[token]
+			switch {
+			case p == nil:
+				return nil, nil, errors.New("the client's input requests were withdrawn")
+			case p.Failed != nil:
+				return nil, p.Failed, nil
+			case len(p.Answers) == len(p.Keys):
+				return p.Answers, nil, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return nil, nil, fmt.Errorf("the client did not answer the upstream's input requests within %v", inputTimeout)
+		}
+		if !sleepCtx(ctx, inputPoll) {
+			return nil, nil, ctx.Err()
+		}
+	}
+}
+
+// forgetInputs drops a round's record once it is over.
+func (b *Bridge) forgetInputs(sessionID, token string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := b.store.Update(ctx, sessionID, func(s *sessionstore.Session) error {
+		if s.Inputs[token] == nil {
+			return errStale
+		}
+		delete(s.Inputs, token)
+		return nil
+	})
+	if err != nil && !errors.Is(err, errStale) && !errors.Is(err, sessionstore.ErrNotFound) {
+		b.log.Warn("dropping answered input requests", zap.String("session", shortID(sessionID)), zap.Error(err))
+	}
+}
+
+// recordInput records the client's answer to an input request the bridge
+// sent it; it reports false for a response to anything else.
+func (b *Bridge) recordInput(ctx context.Context, c *call) bool {
+	var id string
+	if json.Unmarshal(c.env.ID, &id) != nil || !strings.HasPrefix(id, inputIDPrefix) {
+		return false
+	}
+	token, index, ok := strings.Cut(strings.TrimPrefix(id, inputIDPrefix), "-")
+	i, err := strconv.Atoi(index)
+	if !ok || err != nil {
+		return false
+	}
+	var resp struct {
+		Result json.RawMessage `json:"result"`
+		Error  json.RawMessage `json:"error"`
+	}
+	if json.Unmarshal(c.msg, &resp) != nil {
+		return false
+	}
+	_, err = b.store.Update(ctx, c.sessionID, func(s *sessionstore.Session) error {
+		p := s.Inputs[token]
+		if p == nil || i < 0 || i >= len(p.Keys) {
+			return errStale // a round that ended: nobody waits
+		}
+		if resp.Error != nil {
+			p.Failed = resp.Error
+			return nil
+		}
+		if p.Answers == nil {
+			p.Answers = map[string]json.RawMessage{}
+		}
+		p.Answers[p.Keys[i]] = resp.Result
+		return nil
+	})
+	if err != nil && !errors.Is(err, errStale) {
+		b.log.Warn("recording the client's input", zap.String("session", shortID(c.sessionID)), zap.Error(err))
+	}
+	return true
+}
+
+// withInputs is the call to send again: its params with the client's
+// answers as inputResponses and the upstream's requestState as it came,
+// under a new id (a retry is a new request).
+func withInputs(msg []byte, env Envelope, answers map[string]json.RawMessage, requestState json.RawMessage) ([]byte, Envelope, error) {
+	var in struct {
+		Params map[string]json.RawMessage `json:"params"`
+	}
+	if err := json.Unmarshal(msg, &in); err != nil {
+		return nil, Envelope{}, err
+	}
+	if in.Params == nil {
+		in.Params = map[string]json.RawMessage{}
+	}
+	delete(in.Params, "inputResponses")
+	delete(in.Params, "requestState")
+	if len(answers) > 0 {
+		in.Params["inputResponses"], _ = json.Marshal(answers)
+	}
+	if len(requestState) > 0 && string(requestState) != "null" {
+		in.Params["requestState"] = requestState
+	}
+	env.ID, _ = json.Marshal("mcp-sse-bridge-retry-" + randomID()[:16])
+	out, err := json.Marshal(struct {
+		JSONRPC string                     `json:"jsonrpc"`
+		ID      json.RawMessage            `json:"id"`
+		Method  string                     `json:"method"`
+		Params  map[string]json.RawMessage `json:"params"`
+	}{"2.0", env.ID, env.Method, in.Params})
+	return out, env, err
+}
