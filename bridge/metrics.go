@@ -207,9 +207,11 @@ func isMCPMethod(method string) bool {
 
 // Method labels of upstream requests that carry no client message.
 const (
-	labelStream = "stream" // the session's GET stream, or a resumed response stream
-	labelDelete = "delete" // the end of an upstream session
-	labelProbe  = "probe"  // the authorization probe
+	labelStream   = "stream"               // the session's GET stream, or a resumed response stream
+	labelDelete   = "delete"               // the end of an upstream session
+	labelProbe    = "probe"                // the authorization probe
+	labelListen   = "subscriptions/listen" // a translated session's notification stream
+	labelDiscover = "server/discover"      // which MCP era the upstream is of
 )
 
 // methodLabel is the method label of an upstream POST carrying msg.

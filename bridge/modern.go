@@ -29,8 +29,8 @@ import (
 // client's requests; what the new revision dropped (ping,
 // logging/setLevel, client notifications) it answers or absorbs itself.
 // Multi-round-trip results (input requests) become server→client requests
-// (inputs.go). Not translated yet: subscriptions/listen (list-changed and
-// resource notifications), whose capabilities are not offered. A client
+// (inputs.go); list-changed and resource notifications come from one
+// subscriptions/listen stream per session (listen.go). A client
 // asking server/discover is told, as by an initialize-era server, that
 // there is no such method.
 
@@ -130,7 +130,7 @@ func (b *Bridge) askDiscover(ctx context.Context, client http.Header) (*discover
 		header = http.Header{}
 	}
 	header.Set("Mcp-Method", "server/discover")
-	resp, err := b.do(ctx, "server/discover", http.MethodPost, &sessionstore.Session{Translated: true}, header, body, "")
+	resp, err := b.do(ctx, labelDiscover, http.MethodPost, &sessionstore.Session{Translated: true}, header, body, "")
 	if err != nil {
 		return nil, err
 	}
@@ -271,22 +271,12 @@ func (b *Bridge) reviveTranslated(ctx context.Context, cur *sessionstore.Session
 }
 
 // legacyCapabilities is what a legacy client is told the upstream can do:
-// its discovered capabilities without what the bridge does not translate
-// (yet): list-changed and resource subscriptions (2026-07-28 delivers them
-// on subscriptions/listen) and extensions.
+// its discovered capabilities, list-changed and resource subscriptions
+// included (listen.go), without the new revision's extensions.
 func legacyCapabilities(discovered json.RawMessage) map[string]json.RawMessage {
 	caps := map[string]json.RawMessage{}
 	_ = json.Unmarshal(discovered, &caps) // none discovered: none offered
 	delete(caps, "extensions")
-	for _, feature := range []string{"tools", "prompts", "resources"} {
-		var f map[string]json.RawMessage
-		if json.Unmarshal(caps[feature], &f) != nil || f == nil {
-			continue
-		}
-		delete(f, "listChanged")
-		delete(f, "subscribe")
-		caps[feature], _ = json.Marshal(f)
-	}
 	return caps
 }
 
@@ -323,12 +313,8 @@ func (b *Bridge) translatedLocally(ctx context.Context, c *call) bool {
 		// Cancellation is closing the request's stream in 2026-07-28 and
 		// roots are asked for again when needed: nothing to tell.
 		if c.env.Method == "notifications/initialized" {
-			if _, err := b.store.Update(ctx, c.sessionID, func(s *sessionstore.Session) error {
-				s.Initialized = true
-				return nil
-			}); err != nil {
-				b.log.Warn("recording initialization", zap.String("session", shortID(c.sessionID)), zap.Error(err))
-			}
+			// The stream owner opens the session's notification stream.
+			b.markInitialized(ctx, c.sessionID)
 		}
 		c.report(&upstreamStatus{code: http.StatusAccepted})
 		return true
@@ -357,8 +343,7 @@ func (b *Bridge) translatedLocally(ctx context.Context, c *call) bool {
 		b.answerLocally(c, struct{}{})
 		return true
 	case c.env.Method == "resources/subscribe" || c.env.Method == "resources/unsubscribe":
-		c.report(&upstreamStatus{code: http.StatusAccepted})
-		b.answer(c, errorMessage(c.env.ID, codeMethodNotFound, c.env.Method+" is not translated for this upstream (MCP "+modernVersion+")"))
+		b.changeSubscription(ctx, c)
 		return true
 	}
 	return false

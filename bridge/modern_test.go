@@ -6,10 +6,13 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore/memory"
 	"github.com/google/jsonschema-go/jsonschema"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // newModernUpstream is a go-sdk server that speaks only MCP 2026-07-28
@@ -17,9 +20,18 @@ import (
 // tool, a tool that asks the client for input the 2026 way, a prompt and a
 // resource, with instructions.
 func newModernUpstream(t *testing.T, versions ...string) *testUpstream {
+	u, _ := newModernServer(t, versions...)
+	return u
+}
+
+// newModernServer is newModernUpstream with its server, whose resources
+// may be subscribed to.
+func newModernServer(t *testing.T, versions ...string) (*testUpstream, *mcp.Server) {
 	server := mcp.NewServer(&mcp.Implementation{Name: "modern-upstream", Version: "2.0.0"}, &mcp.ServerOptions{
 		SupportedProtocolVersions: versions,
 		Instructions:              "use echo",
+		SubscribeHandler:          func(context.Context, *mcp.SubscribeRequest) error { return nil },
+		UnsubscribeHandler:        func(context.Context, *mcp.UnsubscribeRequest) error { return nil },
 	})
 	mcp.AddTool(server, &mcp.Tool{Name: "echo", Description: "echoes text"},
 		func(_ context.Context, req *mcp.CallToolRequest, in echoArgs) (*mcp.CallToolResult, any, error) {
@@ -44,6 +56,13 @@ func newModernUpstream(t *testing.T, versions ...string) *testUpstream {
 				return textResult(fmt.Sprintf("%s: %v, root %s", el.Action, el.Content["name"], roots.Roots[0].URI)), nil, nil
 			}
 		})
+	mcp.AddTool(server, &mcp.Tool{Name: "log", Description: "logs a line at info level"},
+		func(ctx context.Context, req *mcp.CallToolRequest, _ noArgs) (*mcp.CallToolResult, any, error) {
+			if err := req.Session.Log(ctx, &mcp.LoggingMessageParams{Level: "info", Data: "hello-log"}); err != nil {
+				return nil, nil, err
+			}
+			return textResult("logged"), nil, nil
+		})
 	server.AddPrompt(&mcp.Prompt{Name: "greet"}, func(context.Context, *mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
 		return &mcp.GetPromptResult{Messages: []*mcp.PromptMessage{{Role: "user", Content: &mcp.TextContent{Text: "hello"}}}}, nil
 	})
@@ -52,8 +71,11 @@ func newModernUpstream(t *testing.T, versions ...string) *testUpstream {
 	})
 	u := newRecorder(t, mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server },
 		&mcp.StreamableHTTPOptions{Stateless: true}))
-	t.Cleanup(u.srv.Close)
-	return u
+	t.Cleanup(func() {
+		u.srv.CloseClientConnections() // the notification streams
+		u.srv.Close()
+	})
+	return u, server
 }
 
 // TestModernOnlyUpstream runs the go-sdk legacy client through the bridge
@@ -63,21 +85,26 @@ func newModernUpstream(t *testing.T, versions ...string) *testUpstream {
 func TestModernOnlyUpstream(t *testing.T) {
 	up := newModernUpstream(t, modernVersion)
 	e := newEnv(t, up.URL, nil, nil)
-	cs := connectClientVersion(t, e, nil, nil, "2025-06-18")
+	logged := make(chan string, 8)
+	cs := connectClientVersion(t, e, &mcp.ClientOptions{
+		LoggingMessageHandler: func(_ context.Context, req *mcp.LoggingMessageRequest) {
+			logged <- fmt.Sprint(req.Params.Data)
+		},
+	}, nil, "2025-06-18")
 	ctx := context.Background()
 
 	init := cs.InitializeResult()
 	if init.ProtocolVersion != "2025-06-18" || init.ServerInfo == nil || init.ServerInfo.Name != "modern-upstream" || init.Instructions != "use echo" {
 		t.Errorf("initialize result: version %q, server %+v, instructions %q", init.ProtocolVersion, init.ServerInfo, init.Instructions)
 	}
-	if init.Capabilities.Tools == nil || init.Capabilities.Tools.ListChanged {
-		t.Errorf("tools capability %+v: want tools without listChanged (not translated yet)", init.Capabilities.Tools)
+	if init.Capabilities.Tools == nil || !init.Capabilities.Tools.ListChanged || init.Capabilities.Resources == nil || !init.Capabilities.Resources.Subscribe {
+		t.Errorf("capabilities %+v: want the upstream's, list changes and subscriptions included", init.Capabilities)
 	}
 	if got := callEcho(t, cs, "hi"); got != "echo: hi from "+modernVersion {
 		t.Errorf("echo answered %q", got)
 	}
 	tools, err := cs.ListTools(ctx, nil)
-	if err != nil || len(tools.Tools) != 2 {
+	if err != nil || len(tools.Tools) != 3 {
 		t.Fatalf("tools/list: %+v, %v", tools, err)
 	}
 	if err := cs.Ping(ctx, nil); err != nil {
@@ -85,6 +112,19 @@ func TestModernOnlyUpstream(t *testing.T) {
 	}
 	if err := cs.SetLoggingLevel(ctx, &mcp.SetLoggingLevelParams{Level: "debug"}); err != nil {
 		t.Errorf("logging/setLevel: %v", err)
+	}
+	// The level goes with each later request, and the upstream's log
+	// lines on a call's stream reach the client.
+	if _, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "log"}); err != nil {
+		t.Errorf("log: %v", err)
+	}
+	select {
+	case line := <-logged:
+		if line != "hello-log" {
+			t.Errorf("log message %q", line)
+		}
+	case <-time.After(waitLimit):
+		t.Error("the upstream's log message never reached the client")
 	}
 	prompt, err := cs.GetPrompt(ctx, &mcp.GetPromptParams{Name: "greet"})
 	if err != nil || len(prompt.Messages) != 1 {
@@ -114,7 +154,7 @@ func TestModernOnlyUpstream(t *testing.T) {
 			t.Errorf("tools/call without Mcp-Name: %s", r.Body)
 		}
 		afterSetLevel := !strings.Contains(r.Body, `"method":"tools/list"`) && !strings.Contains(r.Body, `"name":"echo"`) &&
-			!strings.Contains(r.Body, `"method":"server/discover"`)
+			!strings.Contains(r.Body, `"method":"server/discover"`) && !strings.Contains(r.Body, `"method":"subscriptions/listen"`)
 		if hasLevel := strings.Contains(r.Body, `"io.modelcontextprotocol/logLevel":"debug"`); hasLevel != afterSetLevel {
 			t.Errorf("log level in the _meta %v, want %v (after logging/setLevel): %s", hasLevel, afterSetLevel, r.Body)
 		}
@@ -125,12 +165,16 @@ func TestModernOnlyUpstream(t *testing.T) {
 // initialize-based revisions gets the client's initialize as it came.
 func TestDualEraUpstreamRelayed(t *testing.T) {
 	up := newModernUpstream(t) // the SDK's default versions: both eras
-	e := newEnv(t, up.URL, nil, nil)
+	core, logs := observer.New(zap.InfoLevel)
+	e := newEnv(t, up.URL, nil, &Config{Logger: zap.New(core)})
 	cs := connectClientVersion(t, e, nil, nil, "2025-06-18")
 	if got := callEcho(t, cs, "hi"); got != "echo: hi from 2025-06-18" {
 		t.Errorf("echo answered %q", got)
 	}
 	up.await(t, "the relayed initialize", func(r recorded) bool { return strings.Contains(r.Body, `"method":"initialize"`) })
+	if n := logs.FilterMessageSnippet("initialize-based MCP revisions: relaying").Len(); n != 1 {
+		t.Errorf("%d log lines say the upstream is relayed, want 1", n)
+	}
 }
 
 // TestModernOnlyRevive: a translated session the store lost is revived at
@@ -196,5 +240,75 @@ func TestModernOnlyInputRequests(t *testing.T) {
 	sess, err := e.store.Get(context.Background(), sessionOf(t, e))
 	if err != nil || len(sess.Inputs) != 0 {
 		t.Errorf("input requests left in the session: %+v, %v", sess, err)
+	}
+}
+
+// TestModernOnlyNotifications: list-changed notifications and resource
+// updates of an upstream of 2026-07-28 reach the legacy client through the
+// session's subscriptions/listen stream, which follows the client's
+// resources/subscribe.
+func TestModernOnlyNotifications(t *testing.T) {
+	up, server := newModernServer(t, modernVersion)
+	e := newEnv(t, up.URL, nil, nil)
+	toolsChanged, updated := make(chan struct{}, 1), make(chan string, 1)
+	cs := connectClientVersion(t, e, &mcp.ClientOptions{
+		ToolListChangedHandler: func(context.Context, *mcp.ToolListChangedRequest) {
+			select {
+			case toolsChanged <- struct{}{}:
+			default:
+			}
+		},
+		ResourceUpdatedHandler: func(_ context.Context, req *mcp.ResourceUpdatedNotificationRequest) {
+			select {
+			case updated <- req.Params.URI:
+			default:
+			}
+		},
+	}, nil, "2025-06-18")
+	up.await(t, "the notification stream", func(r recorded) bool { return strings.Contains(r.Body, `"subscriptions/listen"`) })
+	// The upstream may take the stream on only after the request arrived:
+	// change the tools until the client hears of it.
+	for i := 0; ; i++ {
+		mcp.AddTool(server, &mcp.Tool{Name: fmt.Sprintf("added-%d", i)}, func(context.Context, *mcp.CallToolRequest, noArgs) (*mcp.CallToolResult, any, error) {
+			return textResult("added"), nil, nil
+		})
+		if awaitSignal(toolsChanged, 100*time.Millisecond) {
+			break
+		}
+		if i == 50 {
+			t.Fatal("the client never heard that the tools changed")
+		}
+	}
+
+	if err := cs.Subscribe(context.Background(), &mcp.SubscribeParams{URI: "demo://doc"}); err != nil {
+		t.Fatalf("resources/subscribe: %v", err)
+	}
+	up.await(t, "a notification stream for the subscription", func(r recorded) bool {
+		return strings.Contains(r.Body, `"resourceSubscriptions":["demo://doc"]`)
+	})
+	for i := 0; ; i++ {
+		if err := server.ResourceUpdated(context.Background(), &mcp.ResourceUpdatedNotificationParams{URI: "demo://doc"}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case uri := <-updated:
+			if uri != "demo://doc" {
+				t.Fatalf("update for %q", uri)
+			}
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+		if i == 50 {
+			t.Fatal("the client never heard that the resource changed")
+		}
+	}
+}
+
+func awaitSignal(ch <-chan struct{}, d time.Duration) bool {
+	select {
+	case <-ch:
+		return true
+	case <-time.After(d):
+		return false
 	}
 }

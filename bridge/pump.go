@@ -52,8 +52,12 @@ func (b *Bridge) runPump(ctx context.Context, id string) {
 	)
 	for ctx.Err() == nil {
 		sess, err := b.store.Get(ctx, id)
-		if err != nil || !sess.Initialized || sess.Translated {
-			return // a translated upstream has no GET stream
+		if err != nil || !sess.Initialized {
+			return
+		}
+		if sess.Translated {
+			b.runListen(ctx, sess) // no GET stream in that revision
+			return
 		}
 		if lastID == "" {
 			// After a takeover: resume where the previous owner stopped.

@@ -177,8 +177,8 @@ func (b *Bridge) do(ctx context.Context, label, method string, sess *sessionstor
 		req.Header.Set("User-Agent", "caddy-mcp-sse-bridge")
 	}
 	via := b.client
-	if method == http.MethodGet {
-		via = b.streamClient
+	if method == http.MethodGet || label == labelListen {
+		via = b.streamClient // long-lived: not the calls' connections
 	}
 	resp, err := via.Do(req)
 	status := 0

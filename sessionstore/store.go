@@ -123,6 +123,9 @@ type Session struct {
 	// any replica records the client's answers here, and the replica
 	// forwarding the call retries it with them.
 	Inputs map[string]*PendingInputs `json:"inputs,omitempty"`
+	// Subscriptions are the resource URIs the client of a translated
+	// session subscribed to, which its notification stream asks for.
+	Subscriptions []string `json:"subscriptions,omitempty"`
 	// Owner names the stream holding the client's event stream as
 	// "<replica>/<stream>", empty while the client is away; OwnerLeaseUntil
 	// is when that claim lapses unless renewed. A claim also lapses when the

@@ -203,6 +203,9 @@ type goClient struct {
 type goClientOptions struct {
 	// header is added to every HTTP request (GET and POSTs).
 	header http.Header
+	// version is the protocol version the client asks for (default: the
+	// SDK's newest of the initialize era).
+	version string
 }
 
 // connectGo opens a legacy SSE session through Caddy with the Go SDK: the
@@ -237,7 +240,11 @@ func connectGo(t testing.TB, c *caddy, label string, opts goClientOptions) *goCl
 	gc.client.AddRoots(&mcp.Root{URI: clientRootURI, Name: "a"})
 
 	ctx := ctxTimeout(t, callTimeout)
-	sess, err := gc.client.Connect(ctx, &mcp.SSEClientTransport{Endpoint: c.sseURL(), HTTPClient: hc}, nil)
+	var sessOpts *mcp.ClientSessionOptions
+	if opts.version != "" {
+		sessOpts = &mcp.ClientSessionOptions{ProtocolVersion: opts.version}
+	}
+	sess, err := gc.client.Connect(ctx, &mcp.SSEClientTransport{Endpoint: c.sseURL(), HTTPClient: hc}, sessOpts)
 	if err != nil {
 		t.Fatalf("%s: connecting through the bridge: %v", label, err)
 	}
@@ -350,6 +357,30 @@ func firstDiff(got, want string) string {
 // ---------------------------------------------------------------------------
 // The scenarios
 // ---------------------------------------------------------------------------
+
+// TestProtocolVersions has the Go SDK's legacy client ask for each version
+// of the initialize era through the bridge, against each kind of upstream:
+// relayed, the upstream negotiates it; translated (an upstream of
+// 2026-07-28 only), the bridge does; either way the client gets the
+// version it asked for, and calls work.
+func TestProtocolVersions(t *testing.T) {
+	for _, spec := range []upstreamSpec{specEverything, specGoStatefulSSE, specGoStatelessJSON, specGoModernOnly} {
+		t.Run(spec.name, func(t *testing.T) {
+			tb := tables[spec.kind]
+			up := startUpstream(t, spec)
+			cd := startCaddy(t, up.url)
+			for _, version := range []string{"2025-03-26", "2025-06-18", "2025-11-25"} {
+				t.Run(version, func(t *testing.T) {
+					gc := connectGo(t, cd, version, goClientOptions{version: version})
+					if got := gc.session.InitializeResult().ProtocolVersion; got != version {
+						t.Errorf("negotiated %q, asked for %q", got, version)
+					}
+					gc.echoOK(t, tb, "at "+version)
+				})
+			}
+		})
+	}
+}
 
 // TestGoSDKLegacyClient runs the official Go SDK's legacy HTTP+SSE client
 // (mcp.SSEClientTransport) through Caddy against each upstream.

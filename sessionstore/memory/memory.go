@@ -112,6 +112,7 @@ func copySession(s *sessionstore.Session) *sessionstore.Session {
 		c.Initialize = append([]byte(nil), s.Initialize...)
 	}
 	c.Inputs = sessionstore.CloneInputs(s.Inputs)
+	c.Subscriptions = append([]string(nil), s.Subscriptions...)
 	return &c
 }
 
