@@ -75,6 +75,10 @@ type Bridge struct {
 	// cancelled remembers request ids the client cancelled, per session, so
 	// that their missing responses are not turned into errors.
 	cancelled map[string]map[string]struct{}
+	// translating holds, per session and request (cancelKey), how to stop
+	// a translated call forwarded here: 2026-07-28 cancels a call by
+	// closing its stream.
+	translating map[string]map[string]context.CancelFunc
 	// credentials remembers, per session streamed here, the headers needed
 	// for background upstream requests (GET stream, DELETE). Never stored.
 	credentials map[string]*credential
@@ -140,6 +144,7 @@ func New(cfg Config, store sessionstore.Store) (*Bridge, error) {
 		stopJanitor:   make(chan struct{}),
 		inflight:      make(map[string]int),
 		cancelled:     make(map[string]map[string]struct{}),
+		translating:   make(map[string]map[string]context.CancelFunc),
 		credentials:   make(map[string]*credential),
 		sessionCache:  newSessionCache(),
 		reinit:        make(map[string]*sync.Mutex),

@@ -310,8 +310,12 @@ func (b *Bridge) translatedLocally(ctx context.Context, c *call) bool {
 		c.report(&upstreamStatus{code: http.StatusAccepted})
 		return true
 	case c.env.Kind == KindNotification:
-		// Cancellation is closing the request's stream in 2026-07-28 and
+		// Cancellation is closing the request's stream in 2026-07-28, and
 		// roots are asked for again when needed: nothing to tell.
+		if c.env.Method == "notifications/cancelled" {
+			b.noteCancelled(c.sessionID, c.msg)
+			b.cancelTranslated(c.sessionID, c.msg)
+		}
 		if c.env.Method == "notifications/initialized" {
 			// The stream owner opens the session's notification stream.
 			b.markInitialized(ctx, c.sessionID)
@@ -443,6 +447,8 @@ func (b *Bridge) forwardTranslated(ctx context.Context, c *call, sess *sessionst
 	if !b.track(ctx, c, sess) {
 		return
 	}
+	ctx, stop := b.cancellable(ctx, c)
+	defer stop()
 	msg, env := c.msg, c.env
 	for round := 0; ; round++ {
 		body, header, err := modernRequest(msg, env, sess)
@@ -511,4 +517,50 @@ func (b *Bridge) sendModern(ctx context.Context, c *call, sess *sessionstore.Ses
 	c.report(&upstreamStatus{code: resp.StatusCode})
 	b.failFromHTTP(c, resp.StatusCode, errBody)
 	return false
+}
+
+// cancellable registers a translated call forwarded here so that the
+// client's notifications/cancelled, when it reaches this replica, closes
+// the call's upstream stream; stop unregisters it.
+func (b *Bridge) cancellable(ctx context.Context, c *call) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	key := cancelKey(c.env.ID)
+	b.mu.Lock()
+	calls := b.translating[c.sessionID]
+	if calls == nil {
+		calls = map[string]context.CancelFunc{}
+		b.translating[c.sessionID] = calls
+	}
+	calls[key] = cancel
+	b.mu.Unlock()
+	return ctx, func() {
+		cancel()
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if calls := b.translating[c.sessionID]; calls != nil {
+			delete(calls, key)
+			if len(calls) == 0 {
+				delete(b.translating, c.sessionID)
+			}
+		}
+	}
+}
+
+// cancelTranslated closes the upstream stream of the translated call a
+// notifications/cancelled names, if it is forwarded here.
+func (b *Bridge) cancelTranslated(sessionID string, msg []byte) {
+	var n struct {
+		Params struct {
+			RequestID json.RawMessage `json:"requestId"`
+		} `json:"params"`
+	}
+	if json.Unmarshal(msg, &n) != nil || len(n.Params.RequestID) == 0 {
+		return
+	}
+	b.mu.Lock()
+	cancel := b.translating[sessionID][cancelKey(n.Params.RequestID)]
+	b.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
 }

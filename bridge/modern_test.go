@@ -20,13 +20,15 @@ import (
 // tool, a tool that asks the client for input the 2026 way, a prompt and a
 // resource, with instructions.
 func newModernUpstream(t *testing.T, versions ...string) *testUpstream {
-	u, _ := newModernServer(t, versions...)
+	u, _, _ := newModernServer(t, versions...)
 	return u
 }
 
 // newModernServer is newModernUpstream with its server, whose resources
-// may be subscribed to.
-func newModernServer(t *testing.T, versions ...string) (*testUpstream, *mcp.Server) {
+// may be subscribed to, and a channel that hears of each call of its
+// "wait" tool ended by cancellation.
+func newModernServer(t *testing.T, versions ...string) (*testUpstream, *mcp.Server, <-chan struct{}) {
+	cancelled := make(chan struct{}, 1)
 	server := mcp.NewServer(&mcp.Implementation{Name: "modern-upstream", Version: "2.0.0"}, &mcp.ServerOptions{
 		SupportedProtocolVersions: versions,
 		Instructions:              "use echo",
@@ -56,6 +58,12 @@ func newModernServer(t *testing.T, versions ...string) (*testUpstream, *mcp.Serv
 				return textResult(fmt.Sprintf("%s: %v, root %s", el.Action, el.Content["name"], roots.Roots[0].URI)), nil, nil
 			}
 		})
+	mcp.AddTool(server, &mcp.Tool{Name: "wait", Description: "waits until cancelled"},
+		func(ctx context.Context, _ *mcp.CallToolRequest, _ noArgs) (*mcp.CallToolResult, any, error) {
+			<-ctx.Done()
+			cancelled <- struct{}{}
+			return nil, nil, ctx.Err()
+		})
 	mcp.AddTool(server, &mcp.Tool{Name: "log", Description: "logs a line at info level"},
 		func(ctx context.Context, req *mcp.CallToolRequest, _ noArgs) (*mcp.CallToolResult, any, error) {
 			if err := req.Session.Log(ctx, &mcp.LoggingMessageParams{Level: "info", Data: "hello-log"}); err != nil {
@@ -70,12 +78,12 @@ func newModernServer(t *testing.T, versions ...string) (*testUpstream, *mcp.Serv
 		return &mcp.ReadResourceResult{Contents: []*mcp.ResourceContents{{URI: "demo://doc", Text: "the doc"}}}, nil
 	})
 	u := newRecorder(t, mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server },
-		&mcp.StreamableHTTPOptions{Stateless: true}))
+		&mcp.StreamableHTTPOptions{Stateless: true, PropagateRequestCancellation: true}))
 	t.Cleanup(func() {
 		u.srv.CloseClientConnections() // the notification streams
 		u.srv.Close()
 	})
-	return u, server
+	return u, server, cancelled
 }
 
 // TestModernOnlyUpstream runs the go-sdk legacy client through the bridge
@@ -104,7 +112,7 @@ func TestModernOnlyUpstream(t *testing.T) {
 		t.Errorf("echo answered %q", got)
 	}
 	tools, err := cs.ListTools(ctx, nil)
-	if err != nil || len(tools.Tools) != 3 {
+	if err != nil || len(tools.Tools) != 4 {
 		t.Fatalf("tools/list: %+v, %v", tools, err)
 	}
 	if err := cs.Ping(ctx, nil); err != nil {
@@ -248,7 +256,7 @@ func TestModernOnlyInputRequests(t *testing.T) {
 // session's subscriptions/listen stream, which follows the client's
 // resources/subscribe.
 func TestModernOnlyNotifications(t *testing.T) {
-	up, server := newModernServer(t, modernVersion)
+	up, server, _ := newModernServer(t, modernVersion)
 	e := newEnv(t, up.URL, nil, nil)
 	toolsChanged, updated := make(chan struct{}, 1), make(chan string, 1)
 	cs := connectClientVersion(t, e, &mcp.ClientOptions{
@@ -311,4 +319,29 @@ func awaitSignal(ch <-chan struct{}, d time.Duration) bool {
 	case <-time.After(d):
 		return false
 	}
+}
+
+// TestModernOnlyCancel: the client's notifications/cancelled closes the
+// translated call's upstream stream, which is how 2026-07-28 cancels.
+func TestModernOnlyCancel(t *testing.T) {
+	up, _, cancelled := newModernServer(t, modernVersion)
+	e := newEnv(t, up.URL, nil, nil)
+	cs := connectClientVersion(t, e, nil, nil, "2025-06-18")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "wait"})
+		done <- err
+	}()
+	up.await(t, "the call upstream", func(r recorded) bool { return strings.Contains(r.Body, `"name":"wait"`) })
+	cancel() // the SDK sends notifications/cancelled
+	if err := <-done; err == nil {
+		t.Fatal("a cancelled call succeeded")
+	}
+	select {
+	case <-cancelled:
+	case <-time.After(waitLimit):
+		t.Fatal("the upstream's handler was never cancelled")
+	}
+	awaitIdle(t, e.bridge, sessionOf(t, e))
 }
