@@ -68,6 +68,8 @@ type Bridge struct {
 	sessionCache *sessionCache
 	// discovered is what the upstream's server/discover said (modern.go).
 	discovered discoveryCache
+	// params are the argument headers its tools want (paramheaders.go).
+	params *paramHeaders
 
 	mu sync.Mutex
 	// inflight counts upstream requests per session on this replica.
@@ -147,6 +149,7 @@ func New(cfg Config, store sessionstore.Store) (*Bridge, error) {
 		translating:   make(map[string]map[string]context.CancelFunc),
 		credentials:   make(map[string]*credential),
 		sessionCache:  newSessionCache(),
+		params:        newParamHeaders(),
 		reinit:        make(map[string]*sync.Mutex),
 		seen:          make(map[string]*seenEvents),
 		rate:          newSessionRate(cfg.NewSessionRate, cfg.NewSessionBurst),

@@ -457,6 +457,9 @@ func (b *Bridge) forwardTranslated(ctx context.Context, c *call, sess *sessionst
 			b.answer(c, errorMessage(c.env.ID, codeInvalidParams, "invalid request: "+err.Error()))
 			return
 		}
+		if env.Method == "tools/call" {
+			b.addParamHeaders(ctx, c, sess, header)
+		}
 		if !b.sendModern(ctx, c, sess, body, header) || c.inputRequired == nil {
 			return
 		}

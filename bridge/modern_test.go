@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"net/http"
 	"strings"
@@ -59,10 +60,24 @@ func newModernServer(t *testing.T, versions ...string) (*testUpstream, *mcp.Serv
 			}
 		})
 	mcp.AddTool(server, &mcp.Tool{Name: "wait", Description: "waits until cancelled"},
-		func(ctx context.Context, _ *mcp.CallToolRequest, _ noArgs) (*mcp.CallToolResult, any, error) {
+		func(ctx context.Context, req *mcp.CallToolRequest, _ noArgs) (*mcp.CallToolResult, any, error) {
+			// A progress notification first: the call is under way.
+			_ = req.Session.NotifyProgress(ctx, &mcp.ProgressNotificationParams{ProgressToken: req.Params.GetProgressToken(), Progress: 1})
 			<-ctx.Done()
 			cancelled <- struct{}{}
 			return nil, nil, ctx.Err()
+		})
+	// A tool that wants its region argument in a header too (x-mcp-header).
+	regionSchema := &jsonschema.Schema{Type: "object", Properties: map[string]*jsonschema.Schema{
+		"region": {Type: "string", Extra: map[string]any{"x-mcp-header": "Region"}},
+		"text":   {Type: "string"},
+	}}
+	mcp.AddTool(server, &mcp.Tool{Name: "routed", InputSchema: regionSchema},
+		func(_ context.Context, req *mcp.CallToolRequest, in struct {
+			Region string `json:"region"`
+			Text   string `json:"text"`
+		}) (*mcp.CallToolResult, any, error) {
+			return textResult(in.Region + " " + req.Extra.Header.Get("Mcp-Param-Region")), nil, nil
 		})
 	mcp.AddTool(server, &mcp.Tool{Name: "log", Description: "logs a line at info level"},
 		func(ctx context.Context, req *mcp.CallToolRequest, _ noArgs) (*mcp.CallToolResult, any, error) {
@@ -112,7 +127,7 @@ func TestModernOnlyUpstream(t *testing.T) {
 		t.Errorf("echo answered %q", got)
 	}
 	tools, err := cs.ListTools(ctx, nil)
-	if err != nil || len(tools.Tools) != 4 {
+	if err != nil || len(tools.Tools) != 5 {
 		t.Fatalf("tools/list: %+v, %v", tools, err)
 	}
 	if err := cs.Ping(ctx, nil); err != nil {
@@ -326,14 +341,28 @@ func awaitSignal(ch <-chan struct{}, d time.Duration) bool {
 func TestModernOnlyCancel(t *testing.T) {
 	up, _, cancelled := newModernServer(t, modernVersion)
 	e := newEnv(t, up.URL, nil, nil)
-	cs := connectClientVersion(t, e, nil, nil, "2025-06-18")
+	underWay := make(chan struct{}, 1)
+	cs := connectClientVersion(t, e, &mcp.ClientOptions{
+		ProgressNotificationHandler: func(context.Context, *mcp.ProgressNotificationClientRequest) {
+			select {
+			case underWay <- struct{}{}:
+			default:
+			}
+		},
+	}, nil, "2025-06-18")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		_, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "wait"})
+		params := &mcp.CallToolParams{Name: "wait"}
+		params.SetProgressToken("wait")
+		_, err := cs.CallTool(ctx, params)
 		done <- err
 	}()
-	up.await(t, "the call upstream", func(r recorded) bool { return strings.Contains(r.Body, `"name":"wait"`) })
+	select {
+	case <-underWay:
+	case <-time.After(waitLimit):
+		t.Fatal("the call never got under way")
+	}
 	cancel() // the SDK sends notifications/cancelled
 	if err := <-done; err == nil {
 		t.Fatal("a cancelled call succeeded")
@@ -344,4 +373,27 @@ func TestModernOnlyCancel(t *testing.T) {
 		t.Fatal("the upstream's handler was never cancelled")
 	}
 	awaitIdle(t, e.bridge, sessionOf(t, e))
+}
+
+// TestModernOnlyParamHeaders: a tool argument the upstream wants in an
+// Mcp-Param header (x-mcp-header) gets one, whether the client listed the
+// tools first or not (then the bridge asks tools/list itself), base64 for
+// text that is not plain ASCII.
+func TestModernOnlyParamHeaders(t *testing.T) {
+	up := newModernUpstream(t, modernVersion)
+	e := newEnv(t, up.URL, nil, nil)
+	cs := connectClientVersion(t, e, nil, nil, "2025-06-18")
+	for _, region := range []string{"eu-west", "zürich"} {
+		res, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "routed", Arguments: map[string]any{"region": region, "text": "x"}})
+		if err != nil {
+			t.Fatalf("routed(%s): %v", region, err)
+		}
+		want := region + " " + region
+		if region == "zürich" {
+			want = region + " =?base64?" + base64.StdEncoding.EncodeToString([]byte(region)) + "?="
+		}
+		if got := toolText(t, res); got != want {
+			t.Errorf("routed(%s) answered %q, want %q", region, got, want)
+		}
+	}
 }

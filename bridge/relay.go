@@ -36,6 +36,9 @@ func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, 
 					b.log.Warn("recording initialize", zap.String("session", shortID(c.sessionID)), zap.Error(err))
 				}
 			}
+			if sess.Translated && c.env.Method == "tools/list" {
+				b.params.learn(msg) // the tools' argument headers (paramheaders.go)
+			}
 			if sess.Translated && inputRequired(msg) {
 				// Not the answer yet: the client is asked, and the call
 				// sent again with what it answers (inputs.go).
