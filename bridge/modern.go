@@ -241,6 +241,39 @@ func (b *Bridge) initializeLocally(ctx context.Context, c *call, d *discovery) {
 	b.answerLocally(c, result)
 }
 
+// eraChanged recognises an upstream that no longer takes the session's
+// initialize-era version: 2026-07-28's version error, or the plain 400
+// go-sdk sends for a version it does not serve.
+func eraChanged(status int, body []byte) bool {
+	return status == http.StatusBadRequest &&
+		(bytes.Contains(body, []byte("Unsupported protocol version")) || bytes.Contains(body, []byte(`"code":-32022`)))
+}
+
+// translateFromNow handles an upstream that changed era under a relayed
+// session (a rollout to a server of 2026-07-28 only): discovery is asked
+// again, and if the upstream now speaks only that revision the session is
+// translated from now on, with its client's initialize.
+func (b *Bridge) translateFromNow(ctx context.Context, c *call, sess *sessionstore.Session) (*sessionstore.Session, bool) {
+	b.discovered.mu.Lock()
+	b.discovered.last = nil
+	b.discovered.mu.Unlock()
+	if _, ok := b.translates(ctx, c.client); !ok || sess.Translated {
+		return nil, false
+	}
+	init := sess.Initialize
+	if len(init) == 0 {
+		init = minimalInitialize(sess.ProtocolVersion)
+	}
+	fresh, err := b.reviveTranslated(ctx, sess, init)
+	if err != nil {
+		b.log.Warn("translating a session whose upstream changed era", zap.String("session", shortID(sess.ID)), zap.Error(err))
+		return nil, false
+	}
+	b.sessionCache.drop(sess.ID)
+	b.log.Info("the upstream no longer takes the session's version: translated from now on", zap.String("session", shortID(sess.ID)))
+	return fresh, true
+}
+
 // legacyVersionOf is the version to answer an initialize with: the one it
 // asks for if the bridge knows it, else the newest.
 func legacyVersionOf(initialize []byte) string {

@@ -397,3 +397,22 @@ func TestModernOnlyParamHeaders(t *testing.T) {
 		}
 	}
 }
+
+// TestUpstreamTurnsModernOnly: a relayed session whose upstream is replaced
+// by one of 2026-07-28 only (a rollout) is translated from its next call
+// on, and the client notices nothing.
+func TestUpstreamTurnsModernOnly(t *testing.T) {
+	up := newModernUpstream(t) // both eras: relayed
+	e := newEnv(t, up.URL, nil, nil)
+	cs := connectClientVersion(t, e, nil, nil, "2025-06-18")
+	if got := callEcho(t, cs, "before"); got != "echo: before from 2025-06-18" {
+		t.Fatalf("echo answered %q", got)
+	}
+	modern := newModernUpstream(t, modernVersion)
+	up.mu.Lock()
+	up.handler = modern.handler
+	up.mu.Unlock()
+	if got := callEcho(t, cs, "after"); got != "echo: after from "+modernVersion {
+		t.Errorf("echo after the rollout answered %q", got)
+	}
+}

@@ -111,6 +111,14 @@ func (b *Bridge) forward(c *call) {
 			sess = fresh
 			continue
 		}
+		if attempt == 0 && !isInit && eraChanged(resp.StatusCode, body) {
+			if fresh, ok := b.translateFromNow(ctx, c, sess); ok {
+				if !b.translatedLocally(ctx, c) {
+					b.forwardTranslated(ctx, c, fresh)
+				}
+				return
+			}
+		}
 		if challenge := b.challengeFrom(resp, body, c.metadataURL); challenge != nil && c.refuse() {
 			// Not accepted: the client sends the message again with new
 			// credentials, under the same id.
