@@ -124,12 +124,8 @@ func (b *Bridge) failFromHTTP(c *call, status int, body []byte) {
 
 // noteCancelled remembers a request id the client cancelled.
 func (b *Bridge) noteCancelled(sessionID string, msg []byte) {
-	var n struct {
-		Params struct {
-			RequestID json.RawMessage `json:"requestId"`
-		} `json:"params"`
-	}
-	if json.Unmarshal(msg, &n) != nil || len(n.Params.RequestID) == 0 {
+	requestID := cancelledRequest(msg)
+	if requestID == nil {
 		return
 	}
 	b.mu.Lock()
@@ -140,12 +136,25 @@ func (b *Bridge) noteCancelled(sessionID string, msg []byte) {
 		b.cancelled[sessionID] = set
 	}
 	if len(set) < b.cfg.MaxInflight {
-		set[cancelKey(n.Params.RequestID)] = struct{}{}
+		set[cancelKey(requestID)] = struct{}{}
 	}
 }
 
 // cancelKey is a fixed-size stand-in for a request id, so that what is
 // remembered per cancellation stays small whatever the id's length.
+// cancelledRequest is the id a notifications/cancelled names, nil if none.
+func cancelledRequest(msg []byte) json.RawMessage {
+	var n struct {
+		Params struct {
+			RequestID json.RawMessage `json:"requestId"`
+		} `json:"params"`
+	}
+	if json.Unmarshal(msg, &n) != nil || len(n.Params.RequestID) == 0 {
+		return nil
+	}
+	return n.Params.RequestID
+}
+
 func cancelKey(id []byte) string {
 	sum := sha256.Sum256(id)
 	return string(sum[:16])

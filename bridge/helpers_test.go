@@ -25,6 +25,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"go.uber.org/goleak"
 
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore"
 	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore/memory"
 )
 
@@ -316,7 +317,14 @@ func newEnv(t *testing.T, upstream string, store *memory.Store, cfg *Config) *te
 	if store == nil {
 		store = memory.New(memory.Options{})
 	}
-	b, err := New(c, store)
+	return startEnv(t, c, store, store)
+}
+
+// startEnv serves a bridge with cfg on given (which may wrap store) and
+// ends it with the test.
+func startEnv(t *testing.T, cfg Config, store *memory.Store, given sessionstore.Store) *testEnv {
+	t.Helper()
+	b, err := New(cfg, given)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

@@ -585,16 +585,12 @@ func (b *Bridge) cancellable(ctx context.Context, c *call) (context.Context, fun
 // cancelTranslated closes the upstream stream of the translated call a
 // notifications/cancelled names, if it is forwarded here.
 func (b *Bridge) cancelTranslated(sessionID string, msg []byte) {
-	var n struct {
-		Params struct {
-			RequestID json.RawMessage `json:"requestId"`
-		} `json:"params"`
-	}
-	if json.Unmarshal(msg, &n) != nil || len(n.Params.RequestID) == 0 {
+	requestID := cancelledRequest(msg)
+	if requestID == nil {
 		return
 	}
 	b.mu.Lock()
-	cancel := b.translating[sessionID][cancelKey(n.Params.RequestID)]
+	cancel := b.translating[sessionID][cancelKey(requestID)]
 	b.mu.Unlock()
 	if cancel != nil {
 		cancel()

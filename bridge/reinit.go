@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"mime"
 	"net/http"
 	"sync"
 
@@ -104,30 +102,9 @@ func (b *Bridge) initializeResult(resp *http.Response) (*initializeResult, error
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return nil, fmt.Errorf("upstream answered HTTP %d", resp.StatusCode)
 	}
-	var found []byte
-	onMessage := func(msg []byte) bool {
-		if env, err := PeekEnvelope(msg); err == nil && env.Kind == KindResponse && found == nil {
-			found = append([]byte(nil), msg...)
-		}
-		return true
-	}
-	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
-	switch mt {
-	case "text/event-stream":
-		if _, _, _, err := b.relayEvents(resp.Body, "", onMessage, nil); err != nil {
-			return nil, err
-		}
-	case "application/json":
-		body, err := io.ReadAll(io.LimitReader(resp.Body, b.cfg.MaxMessageSize))
-		if err != nil {
-			return nil, err
-		}
-		if json.Valid(body) {
-			onMessage(body)
-		}
-	}
-	if found == nil {
-		return nil, errors.New("no initialize result")
+	found, err := b.firstResponse(resp)
+	if err != nil {
+		return nil, fmt.Errorf("no initialize result: %w", err)
 	}
 	var r struct {
 		Result *initializeResult `json:"result"`

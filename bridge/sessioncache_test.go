@@ -3,7 +3,6 @@ package bridge
 import (
 	"context"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"sync/atomic"
 	"testing"
@@ -97,15 +96,5 @@ func newObservedEnv(t *testing.T, upstream string, observe sessionstore.Observer
 		t.Fatal(err)
 	}
 	store := memory.New(memory.Options{})
-	b, err := New(Config{Upstream: u}, sessionstore.Observe(store, observe))
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	e := &testEnv{bridge: b, store: store, srv: httptest.NewServer(b)}
-	t.Cleanup(func() {
-		b.Shutdown()
-		e.srv.Close()
-		b.Close()
-	})
-	return e
+	return startEnv(t, Config{Upstream: u}, store, sessionstore.Observe(store, observe))
 }
