@@ -217,7 +217,7 @@ func (b *Bridge) initializeLocally(ctx context.Context, c *call, d *discovery) {
 	result := map[string]any{
 		"protocolVersion": version,
 		"capabilities":    legacyCapabilities(d.capabilities),
-		"serverInfo":      json.RawMessage(cmpRaw(d.serverInfo, `{"name":"caddy-mcp-sse-bridge","version":"1"}`)),
+		"serverInfo":      json.RawMessage(rawOr(d.serverInfo, `{"name":"caddy-mcp-sse-bridge","version":"1"}`)),
 	}
 	if d.instructions != "" {
 		result["instructions"] = d.instructions
@@ -270,6 +270,7 @@ func (b *Bridge) translateFromNow(ctx context.Context, c *call, sess *sessionsto
 		return nil, false
 	}
 	b.sessionCache.drop(sess.ID)
+	b.signalUpstreamSession(ctx, sess.ID) // the owner's notification stream replaces the GET stream
 	b.log.Info("the upstream no longer takes the session's version: translated from now on", zap.String("session", shortID(sess.ID)))
 	return fresh, true
 }
@@ -313,7 +314,8 @@ func legacyCapabilities(discovered json.RawMessage) map[string]json.RawMessage {
 	return caps
 }
 
-func cmpRaw(raw json.RawMessage, fallback string) []byte {
+// rawOr is raw, or fallback when raw is empty or null.
+func rawOr(raw json.RawMessage, fallback string) []byte {
 	if len(bytes.TrimSpace(raw)) == 0 || bytes.Equal(raw, []byte("null")) {
 		return []byte(fallback)
 	}
@@ -415,7 +417,7 @@ func modernRequest(msg []byte, env Envelope, sess *sessionstore.Session) ([]byte
 	}
 	_ = json.Unmarshal(sess.Initialize, &client) // recorded when it was answered
 	meta[metaProtocolVersion], _ = json.Marshal(modernVersion)
-	meta[metaClientCapabilities] = cmpRaw(client.Params.Capabilities, "{}")
+	meta[metaClientCapabilities] = rawOr(client.Params.Capabilities, "{}")
 	if len(client.Params.ClientInfo) > 0 {
 		meta[metaClientInfo] = client.Params.ClientInfo
 	}
