@@ -358,11 +358,12 @@ func firstDiff(got, want string) string {
 // The scenarios
 // ---------------------------------------------------------------------------
 
-// TestProtocolVersions has the Go SDK's legacy client ask for each version
-// of the initialize era through the bridge, against each kind of upstream:
-// relayed, the upstream negotiates it; translated (an upstream of
-// 2026-07-28 only), the bridge does; either way the client gets the
-// version it asked for, and calls work.
+// TestProtocolVersions has the Go SDK's and the TypeScript SDK's legacy
+// clients ask for each version of the initialize era through the bridge,
+// against each kind of upstream: relayed, the upstream negotiates it;
+// translated (an upstream of 2026-07-28 only), the bridge does; either way
+// the client gets the version it asked for, and calls work. (Every
+// scenario runs at each SDK's default, 2025-11-25, in the client suites.)
 func TestProtocolVersions(t *testing.T) {
 	for _, spec := range []upstreamSpec{specEverything, specGoStatefulSSE, specGoStatelessJSON, specGoModernOnly} {
 		t.Run(spec.name, func(t *testing.T) {
@@ -376,6 +377,8 @@ func TestProtocolVersions(t *testing.T) {
 						t.Errorf("negotiated %q, asked for %q", got, version)
 					}
 					gc.echoOK(t, tb, "at "+version)
+					runLegacyClientScript(t, spec, cd.sseURL(), "--protocol-version", version,
+						"--scenarios", "initialize,ping,tools-list,echo,add,resources,prompts")
 				})
 			}
 		})

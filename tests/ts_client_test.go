@@ -27,17 +27,17 @@ func TestTypeScriptLegacyClient(t *testing.T) {
 }
 
 // runLegacyClientScript runs legacy-client.mjs, every scenario that applies
-// to spec, against sseURL, and expects all to pass and no answer to arrive
-// for an unknown (already answered) request.
-func runLegacyClientScript(t *testing.T, spec upstreamSpec, sseURL string) {
+// to spec (or as extra flags say), against sseURL, and expects all to pass
+// and no answer to arrive for an unknown (already answered) request.
+func runLegacyClientScript(t *testing.T, spec upstreamSpec, sseURL string, extra ...string) {
 	t.Helper()
 	requireNode(t)
-	args := []string{"legacy-client.mjs",
+	args := append([]string{"legacy-client.mjs",
 		"--url", sseURL,
 		"--upstream", spec.scriptUpstream(),
 		"--timeout", "15000",
 		"--verbose", // logs every client error, duplicates included
-	}
+	}, extra...)
 	if f := spec.features(); f != "" {
 		args = append(args, "--features", f)
 	}

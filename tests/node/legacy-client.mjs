@@ -95,7 +95,7 @@ function usage(msg) {
   if (msg) console.error(`error: ${msg}`);
   console.error('usage: node legacy-client.mjs --url http://127.0.0.1:PORT/sse --upstream everything|go|go-stateless|go-modern\n' +
     '         [--features sampling,elicitation,roots] [--scenarios a,b,c]\n' +
-    "         [--header 'Name: value']... [--timeout MS] [--verbose]\n" +
+    "         [--header 'Name: value']... [--timeout MS] [--verbose] [--protocol-version V]\n" +
     `scenarios: ${SCENARIOS.map((s) => s[0]).join(', ')}`);
   process.exit(2);
 }
@@ -107,6 +107,7 @@ try {
       url: { type: 'string' }, upstream: { type: 'string' }, features: { type: 'string', default: '' },
       scenarios: { type: 'string' }, header: { type: 'string', multiple: true, default: [] },
       timeout: { type: 'string', default: '20000' }, verbose: { type: 'boolean', default: false },
+      'protocol-version': { type: 'string' },
       help: { type: 'boolean', default: false },
     },
     strict: true,
@@ -183,6 +184,13 @@ async function connect(label) {
   });
   const origSetPV = transport.setProtocolVersion.bind(transport);
   transport.setProtocolVersion = (v) => { state.protocolVersion = v; origSetPV(v); };
+  if (opts['protocol-version']) {
+    // The SDK always asks for its newest version: ask for an older one, as an
+    // older client would (the SDK accepts any version it supports back).
+    const origSend = transport.send.bind(transport);
+    transport.send = (msg, o) => origSend(msg.method === 'initialize'
+      ? { ...msg, params: { ...msg.params, protocolVersion: opts['protocol-version'] } } : msg, o);
+  }
 
   const capabilities = {};
   if (FEATURES.has('sampling')) capabilities.sampling = {};
@@ -256,6 +264,9 @@ const RUN = {
     assert.ok(info && typeof info.name === 'string' && info.name.length > 0, `serverInfo.name missing: ${short(info)}`);
     assert.ok(typeof info.version === 'string' && info.version.length > 0, `serverInfo.version missing: ${short(info)}`);
     assert.match(String(main.state.protocolVersion), /^\d{4}-\d{2}-\d{2}$/, 'negotiated protocolVersion missing');
+    if (opts['protocol-version']) {
+      assert.equal(main.state.protocolVersion, opts['protocol-version'], 'negotiated another version than the one asked for');
+    }
     assert.ok(main.client.getServerCapabilities()?.tools, 'server did not announce the tools capability');
     assert.ok(main.state.endpoint, 'no POST endpoint was used');
   },
