@@ -199,7 +199,7 @@ func isMCPMethod(method string) bool {
 		"resources/read", "resources/subscribe", "resources/unsubscribe", "prompts/list", "prompts/get",
 		"completion/complete", "logging/setLevel", "tasks/get", "tasks/list", "tasks/result", "tasks/cancel",
 		"notifications/initialized", "notifications/cancelled", "notifications/progress",
-		"notifications/roots/list_changed", "notifications/message":
+		"notifications/roots/list_changed", "notifications/message", "server/discover", "subscriptions/listen":
 		return true
 	}
 	return false
