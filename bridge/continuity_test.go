@@ -215,15 +215,14 @@ func TestAdoptOff(t *testing.T) {
 	expectNoMessage(t, f, "adopt off", quietFor)
 }
 
-// TestReviveLostSession: when the store has lost a client's session (a
-// restart of the embedded store, an expiry), the client's next call still
-// succeeds: a POST to the old id recreates the session with a new upstream
-// session, initialised with the caller's remembered initialize, and the
-// client's reconnecting stream adopts it.
-func TestReviveLostSession(t *testing.T) {
-	up := newMCPUpstream(t, statefulSSE)
+// callAfterLoss initialises a session whose record the store then loses
+// (a restart of the embedded store), posts a call with id 2 to its old
+// endpoint before the client reconnects, and returns the reconnected stream
+// and the call's answer text.
+func callAfterLoss(t *testing.T, upstream string) (*rawStream, string) {
+	t.Helper()
 	store := memory.New(memory.Options{})
-	e := newEnv(t, up.URL, store, &continuityConfig)
+	e := newEnv(t, upstream, store, &continuityConfig)
 	a := openStream(t, e, nil)
 	a.initialize(t)
 	if _, err := store.Delete(context.Background(), a.sessionID); err != nil {
@@ -235,7 +234,18 @@ func TestReviveLostSession(t *testing.T) {
 	a.mustPost(t, echoCall(`2`, "after the loss"))
 	awaitIdle(t, e.bridge, a.sessionID)
 	b := openStream(t, e, http.Header{"Mcp-Protocol-Version": {"2025-03-26"}})
-	if text := resultText(t, b.awaitResponse(t, `2`).data); text != "echo: after the loss" {
+	return b, resultText(t, b.awaitResponse(t, `2`).data)
+}
+
+// TestReviveLostSession: when the store has lost a client's session (a
+// restart of the embedded store, an expiry), the client's next call still
+// succeeds: a POST to the old id recreates the session with a new upstream
+// session, initialised with the caller's remembered initialize, and the
+// client's reconnecting stream adopts it.
+func TestReviveLostSession(t *testing.T) {
+	up := newMCPUpstream(t, statefulSSE)
+	b, text := callAfterLoss(t, up.URL)
+	if text != "echo: after the loss" {
 		t.Errorf("answer 2: %q", text)
 	}
 	b.mustPost(t, echoCall(`3`, "and on"))

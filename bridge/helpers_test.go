@@ -366,16 +366,7 @@ type rawStream struct {
 func openStream(t *testing.T, e *testEnv, hdr http.Header) *rawStream {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.srv.URL+"/sse", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for k, v := range hdr {
-		req.Header[k] = v
-	}
-	if h := hdr.Get("Host"); h != "" {
-		req.Host = h
-	}
+	req := rawRequest(ctx, t, http.MethodGet, e.srv.URL+"/sse", nil, hdr)
 	resp, err := e.srv.Client().Do(req)
 	if err != nil {
 		cancel()
@@ -596,15 +587,11 @@ func postRaw(t *testing.T, u, body string, hdr http.Header, contentType string) 
 	return doRaw(t, http.MethodPost, u, body, hdr, contentType)
 }
 
-func doRaw(t *testing.T, method, u, body string, hdr http.Header, contentType string) (int, http.Header, string) {
+// rawRequest is a request with hdr, whose "Host" entry sets the request's
+// host.
+func rawRequest(ctx context.Context, t *testing.T, method, u string, body io.Reader, hdr http.Header) *http.Request {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
-	defer cancel()
-	var rd io.Reader
-	if body != "" {
-		rd = strings.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+	req, err := http.NewRequestWithContext(ctx, method, u, body)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -614,6 +601,18 @@ func doRaw(t *testing.T, method, u, body string, hdr http.Header, contentType st
 	if h := hdr.Get("Host"); h != "" {
 		req.Host = h
 	}
+	return req
+}
+
+func doRaw(t *testing.T, method, u, body string, hdr http.Header, contentType string) (int, http.Header, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req := rawRequest(ctx, t, method, u, rd, hdr)
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}

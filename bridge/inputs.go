@@ -228,11 +228,6 @@ func withInputs(msg []byte, env Envelope, answers map[string]json.RawMessage, re
 		in.Params["requestState"] = requestState
 	}
 	env.ID, _ = json.Marshal("mcp-sse-bridge-retry-" + randomID()[:16])
-	out, err := json.Marshal(struct {
-		JSONRPC string                     `json:"jsonrpc"`
-		ID      json.RawMessage            `json:"id"`
-		Method  string                     `json:"method"`
-		Params  map[string]json.RawMessage `json:"params"`
-	}{"2.0", env.ID, env.Method, in.Params})
+	out, err := encodeRequest(env.ID, env.Method, in.Params)
 	return out, env, err
 }

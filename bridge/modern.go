@@ -223,11 +223,7 @@ func (b *Bridge) initializeLocally(ctx context.Context, c *call, d *discovery) {
 		result["instructions"] = d.instructions
 	}
 	sess, err := b.store.Update(ctx, c.sessionID, func(s *sessionstore.Session) error {
-		s.Translated, s.LogLevel = true, ""
-		s.UpstreamSessionID, s.ProtocolVersion = "", version
-		s.Initialize, s.Initialized = c.msg, false
-		// No upstream GET stream in this revision: nothing to wait for.
-		s.StreamReadyFor, s.StreamLastEventID = streamReadyMark(""), ""
+		markTranslated(s, c.msg, false)
 		return nil
 	})
 	if err != nil {
@@ -294,14 +290,21 @@ func legacyVersionOf(initialize []byte) string {
 // one initialised with its remembered initialize: an upstream of
 // 2026-07-28 has no session to open.
 func (b *Bridge) reviveTranslated(ctx context.Context, cur *sessionstore.Session, init []byte) (*sessionstore.Session, error) {
-	version := legacyVersionOf(init)
 	return b.store.Update(ctx, cur.ID, func(s *sessionstore.Session) error {
-		s.Translated, s.LogLevel = true, ""
-		s.UpstreamSessionID, s.ProtocolVersion = "", version
-		s.Initialize, s.Initialized = init, true
-		s.StreamReadyFor, s.StreamLastEventID = streamReadyMark(""), ""
+		markTranslated(s, init, true)
 		return nil
 	})
+}
+
+// markTranslated makes s a translated session of the client that sent
+// init (its version is the one the bridge answered), initialised already
+// or not.
+func markTranslated(s *sessionstore.Session, init []byte, initialized bool) {
+	s.Translated, s.LogLevel = true, ""
+	s.UpstreamSessionID, s.ProtocolVersion = "", legacyVersionOf(init)
+	s.Initialize, s.Initialized = init, initialized
+	// No upstream GET stream in this revision: nothing to wait for.
+	s.StreamReadyFor, s.StreamLastEventID = streamReadyMark(""), ""
 }
 
 // legacyCapabilities is what a legacy client is told the upstream can do:
@@ -348,8 +351,7 @@ func (b *Bridge) translatedLocally(ctx context.Context, c *call) bool {
 		// Cancellation is closing the request's stream in 2026-07-28, and
 		// roots are asked for again when needed: nothing to tell.
 		if c.env.Method == "notifications/cancelled" {
-			b.noteCancelled(c.sessionID, c.msg)
-			b.cancelTranslated(c.sessionID, c.msg)
+			b.cancelTranslated(c.sessionID, c.msg) // forward noted it already
 		}
 		if c.env.Method == "notifications/initialized" {
 			// The stream owner opens the session's notification stream.
@@ -425,17 +427,21 @@ func modernRequest(msg []byte, env Envelope, sess *sessionstore.Session) ([]byte
 		meta[metaLogLevel], _ = json.Marshal(sess.LogLevel)
 	}
 	params["_meta"], _ = json.Marshal(meta)
-	out := struct {
-		JSONRPC string                     `json:"jsonrpc"`
-		ID      json.RawMessage            `json:"id"`
-		Method  string                     `json:"method"`
-		Params  map[string]json.RawMessage `json:"params"`
-	}{"2.0", env.ID, env.Method, params}
-	body, err := json.Marshal(out)
+	body, err := encodeRequest(env.ID, env.Method, params)
 	if err != nil {
 		return nil, nil, err
 	}
 	return body, methodHeaders(env.Method, in.Params), nil
+}
+
+// encodeRequest is a JSON-RPC request with its params as given.
+func encodeRequest(id json.RawMessage, method string, params map[string]json.RawMessage) ([]byte, error) {
+	return json.Marshal(struct {
+		JSONRPC string                     `json:"jsonrpc"`
+		ID      json.RawMessage            `json:"id"`
+		Method  string                     `json:"method"`
+		Params  map[string]json.RawMessage `json:"params"`
+	}{"2.0", id, method, params})
 }
 
 // methodHeaders are the headers a 2026-07-28 request names its method in,
@@ -547,13 +553,7 @@ func (b *Bridge) sendModern(ctx context.Context, c *call, sess *sessionstore.Ses
 	}
 	errBody, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	resp.Body.Close()
-	if challenge := b.challengeFrom(resp, errBody, c.metadataURL); challenge != nil && c.refuse() {
-		b.untrack(c)
-		c.report(&upstreamStatus{code: resp.StatusCode, challenge: challenge})
-		return false
-	}
-	c.report(&upstreamStatus{code: resp.StatusCode})
-	b.failFromHTTP(c, resp.StatusCode, errBody)
+	b.settleRefusal(c, resp, errBody)
 	return false
 }
 

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore/memory"
 	"github.com/google/jsonschema-go/jsonschema"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"go.uber.org/zap"
@@ -79,6 +78,10 @@ func newModernServer(t *testing.T, versions ...string) (*testUpstream, *mcp.Serv
 		}) (*mcp.CallToolResult, any, error) {
 			return textResult(in.Region + " " + req.Extra.Header.Get("Mcp-Param-Region")), nil, nil
 		})
+	mcp.AddTool(server, &mcp.Tool{Name: "nag", Description: "asks for the roots, whatever the answer"},
+		func(context.Context, *mcp.CallToolRequest, noArgs) (*mcp.CallToolResult, any, error) {
+			return &mcp.CallToolResult{InputRequests: mcp.InputRequestMap{"roots": &mcp.ListRootsParams{}}}, nil, nil
+		})
 	mcp.AddTool(server, &mcp.Tool{Name: "log", Description: "logs a line at info level"},
 		func(ctx context.Context, req *mcp.CallToolRequest, _ noArgs) (*mcp.CallToolResult, any, error) {
 			if err := req.Session.Log(ctx, &mcp.LoggingMessageParams{Level: "info", Data: "hello-log"}); err != nil {
@@ -127,7 +130,7 @@ func TestModernOnlyUpstream(t *testing.T) {
 		t.Errorf("echo answered %q", got)
 	}
 	tools, err := cs.ListTools(ctx, nil)
-	if err != nil || len(tools.Tools) != 5 {
+	if err != nil || len(tools.Tools) != 6 {
 		t.Fatalf("tools/list: %+v, %v", tools, err)
 	}
 	if err := cs.Ping(ctx, nil); err != nil {
@@ -205,19 +208,7 @@ func TestDualEraUpstreamRelayed(t *testing.T) {
 // initialize, without anything of initialize going upstream.
 func TestModernOnlyRevive(t *testing.T) {
 	up := newModernUpstream(t, modernVersion)
-	store := memory.New(memory.Options{})
-	e := newEnv(t, up.URL, store, &continuityConfig)
-	a := openStream(t, e, nil)
-	a.initialize(t)
-	if _, err := store.Delete(context.Background(), a.sessionID); err != nil {
-		t.Fatal(err)
-	}
-	a.close()
-
-	a.mustPost(t, echoCall(`2`, "after the loss"))
-	awaitIdle(t, e.bridge, a.sessionID)
-	b := openStream(t, e, http.Header{"Mcp-Protocol-Version": {"2025-03-26"}})
-	if text := resultText(t, b.awaitResponse(t, `2`).data); text != "echo: after the loss from "+modernVersion {
+	if _, text := callAfterLoss(t, up.URL); text != "echo: after the loss from "+modernVersion {
 		t.Errorf("answer 2: %q", text)
 	}
 	for _, r := range up.requests() {
@@ -259,6 +250,20 @@ func TestModernOnlyInputRequests(t *testing.T) {
 	}
 	if retries != 1 {
 		t.Errorf("%d retries with input responses, want 1", retries)
+	}
+	// An upstream that never stops asking gets maxInputRounds rounds.
+	if _, err := cs.CallTool(context.Background(), &mcp.CallToolParams{Name: "nag"}); err == nil ||
+		!strings.Contains(err.Error(), fmt.Sprintf("after %d rounds", maxInputRounds)) {
+		t.Errorf("a call asking for input forever: %v, want the rounds' bound", err)
+	}
+	var sent int
+	for _, r := range up.requests() {
+		if strings.Contains(r.Body, `"name":"nag"`) {
+			sent++
+		}
+	}
+	if sent != maxInputRounds+1 {
+		t.Errorf("the call went upstream %d times, want %d", sent, maxInputRounds+1)
 	}
 	sess, err := e.store.Get(context.Background(), sessionOf(t, e))
 	if err != nil || len(sess.Inputs) != 0 {

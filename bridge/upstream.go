@@ -119,17 +119,24 @@ func (b *Bridge) forward(c *call) {
 				return
 			}
 		}
-		if challenge := b.challengeFrom(resp, body, c.metadataURL); challenge != nil && c.refuse() {
-			// Not accepted: the client sends the message again with new
-			// credentials, under the same id.
-			b.untrack(c)
-			c.report(&upstreamStatus{code: resp.StatusCode, challenge: challenge})
-			return
-		}
-		c.report(&upstreamStatus{code: resp.StatusCode})
-		b.failFromHTTP(c, resp.StatusCode, body)
+		b.settleRefusal(c, resp, body)
 		return
 	}
+}
+
+// settleRefusal answers a call the upstream answered with an error status
+// (body is what it said): a refusal of the client's credentials goes back
+// on the waiting POST, anything else is the call's error answer.
+func (b *Bridge) settleRefusal(c *call, resp *http.Response, body []byte) {
+	if challenge := b.challengeFrom(resp, body, c.metadataURL); challenge != nil && c.refuse() {
+		// Not accepted: the client sends the message again with new
+		// credentials, under the same id.
+		b.untrack(c)
+		c.report(&upstreamStatus{code: resp.StatusCode, challenge: challenge})
+		return
+	}
+	c.report(&upstreamStatus{code: resp.StatusCode})
+	b.failFromHTTP(c, resp.StatusCode, body)
 }
 
 // upstreamSessionLost recognises an upstream that no longer knows the
