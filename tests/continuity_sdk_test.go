@@ -814,7 +814,13 @@ func newUpstreamTap(t testing.TB, upstreamURL string) *upstreamTap {
 			}
 		},
 	}
-	tap.srv = httptest.NewServer(proxy)
+	tap.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := bufferBody(r); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
 	t.Cleanup(func() {
 		tap.srv.CloseClientConnections()
 		tap.srv.Close()

@@ -18,9 +18,11 @@ package tests
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -358,6 +360,29 @@ func doRequest(t testing.TB, hc *http.Client, method, url, contentType, body str
 		t.Fatalf("%s %s: %v", method, url, err)
 	}
 	return code, h, b
+}
+
+// maxProxiedBody bounds the request bodies the test's proxies buffer.
+const maxProxiedBody = 8 << 20
+
+// bufferBody reads a request's body into memory and gives the request that
+// copy, so that a proxy in the test forwards it as a load balancer with
+// request buffering does. Streamed through httputil.ReverseProxy, the body
+// races the response: Go's HTTP/1 server drains and closes an unread request
+// body once the response begins, the transport's last read of it then fails,
+// and the transport closes the upstream connection in the middle of the
+// response (golang/go#40747), cutting a long call's event stream.
+func bufferBody(r *http.Request) ([]byte, error) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil, nil
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxProxiedBody))
+	if err != nil {
+		return nil, err
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.ContentLength = int64(len(body))
+	return body, nil
 }
 
 // lastLine returns the last non-empty line of s.

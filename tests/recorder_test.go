@@ -103,12 +103,11 @@ func newRecorder(t testing.TB, target string) *recorder {
 func (rec *recorder) serve(w http.ResponseWriter, r *http.Request) {
 	switch r.Method {
 	case http.MethodPost:
-		body, err := io.ReadAll(r.Body)
+		body, err := bufferBody(r)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		r.Body = io.NopCloser(bytes.NewReader(body))
 		p := &recPost{session: r.URL.Query().Get("sessionId"), header: r.Header.Clone(), body: body}
 		rec.note(func() { rec.posts = append(rec.posts, p) })
 		r = r.WithContext(context.WithValue(r.Context(), recKey{}, p))
