@@ -140,6 +140,30 @@ func (b *Bridge) noteCancelled(sessionID string, msg []byte) {
 	}
 }
 
+// claimCancelled removes the record of the request a notifications/cancelled
+// names, whichever replica forwards it: an answer that comes anyway is then
+// dropped by whichever replica relays it (it finds no record to finish),
+// and a translated call forwarded by another replica sees its record gone
+// and closes its upstream stream (cancellable), which is how 2026-07-28
+// cancels.
+func (b *Bridge) claimCancelled(ctx context.Context, sessionID string, msg []byte) {
+	requestID := cancelledRequest(msg)
+	if requestID == nil {
+		return
+	}
+	reqs, err := b.store.ListRequests(ctx, sessionID)
+	if err != nil {
+		return
+	}
+	for key, r := range reqs {
+		if sameID(r.ID, requestID) {
+			if _, err := b.store.ClaimRequest(ctx, sessionID, key); err != nil {
+				b.log.Debug("claiming a cancelled request", zap.String("session", shortID(sessionID)), zap.Error(err))
+			}
+		}
+	}
+}
+
 // cancelKey is a fixed-size stand-in for a request id, so that what is
 // remembered per cancellation stays small whatever the id's length.
 // cancelledRequest is the id a notifications/cancelled names, nil if none.

@@ -558,9 +558,12 @@ func (b *Bridge) sendModern(ctx context.Context, c *call, sess *sessionstore.Ses
 }
 
 // cancellable registers a translated call forwarded here so that the
-// client's notifications/cancelled, when it reaches this replica, closes
-// the call's upstream stream; stop unregisters it.
+// client's notifications/cancelled closes the call's upstream stream: at
+// once when it reaches this replica, within answeredPoll when another
+// replica took it and claimed the call's record (claimCancelled). stop
+// unregisters the call.
 func (b *Bridge) cancellable(ctx context.Context, c *call) (context.Context, func()) {
+	ctx, unwatch := untilSettled(ctx, b.answeredCheck(c))
 	ctx, cancel := context.WithCancel(ctx)
 	key := cancelKey(c.env.ID)
 	b.mu.Lock()
@@ -573,6 +576,7 @@ func (b *Bridge) cancellable(ctx context.Context, c *call) (context.Context, fun
 	b.mu.Unlock()
 	return ctx, func() {
 		cancel()
+		unwatch()
 		b.mu.Lock()
 		defer b.mu.Unlock()
 		if calls := b.translating[c.sessionID]; calls != nil {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore/memory"
 	"github.com/google/jsonschema-go/jsonschema"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"go.uber.org/zap"
@@ -378,6 +379,41 @@ func TestModernOnlyCancel(t *testing.T) {
 		t.Fatal("the upstream's handler was never cancelled")
 	}
 	awaitIdle(t, e.bridge, sessionOf(t, e))
+}
+
+// TestModernOnlyCancelElsewhere: a notifications/cancelled taken by one
+// replica ends a translated call another replica forwards (it finds the
+// call's record claimed and closes the upstream stream), and the call gets
+// no answer.
+func TestModernOnlyCancelElsewhere(t *testing.T) {
+	up, _, cancelled := newModernServer(t, modernVersion)
+	store := memory.New(memory.Options{})
+	replicaA, replicaB := newEnv(t, up.URL, store, nil), newEnv(t, up.URL, store, nil)
+	s := openStream(t, replicaA, nil)
+	s.initialize(t)
+	waitCall := `{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"wait","arguments":{},"_meta":{"progressToken":"w"}}}`
+	if code, _, body := postRaw(t, replicaB.srv.URL+s.endpoint, waitCall, nil, "application/json"); code != http.StatusAccepted {
+		t.Fatalf("the call to replica B: %d %s", code, body)
+	}
+	if ev := s.nextEvent(t); !strings.Contains(ev.data, `"notifications/progress"`) {
+		t.Fatalf("first message after the call: %s, want its progress", ev.data)
+	}
+	s.mustPost(t, `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":2}}`) // to replica A
+	select {
+	case <-cancelled:
+	case <-time.After(waitLimit):
+		t.Fatal("the upstream's handler was never cancelled")
+	}
+	awaitIdle(t, replicaB.bridge, s.sessionID)
+	// The next answer on the stream is the next call's: none for the
+	// cancelled one.
+	s.mustPost(t, echoCall("3", "after"))
+	_, others := s.awaitResponses(t, "3")
+	for _, ev := range others {
+		if env := mustPeek(t, []byte(ev.data)); env.Kind == KindResponse {
+			t.Errorf("the cancelled call was answered: %s", ev.data)
+		}
+	}
 }
 
 // TestModernOnlyParamHeaders: a tool argument the upstream wants in an

@@ -24,7 +24,8 @@ const (
 	maxIdleResumes   = 5
 	// answeredPoll is how often a resumed stream checks whether its request
 	// was answered elsewhere (servers that replay every stream on resume,
-	// and keep the resumed stream open).
+	// and keep the resumed stream open), and a translated call whether
+	// another replica took its cancellation.
 	answeredPoll = time.Second
 	// seenEventsPerSession bounds the upstream event ids remembered per
 	// session to recognise replays.
@@ -88,26 +89,8 @@ func (b *Bridge) relayStream(ctx context.Context, sess *sessionstore.Session, cl
 // ok is false when the upstream refuses to resume.
 func (b *Bridge) resumeOnce(ctx context.Context, sess *sessionstore.Session, client http.Header, lastID string, answered func() bool,
 	onMessage func(msg []byte, resumed bool) bool, onEventID func(string)) (id string, retry time.Duration, got, ok bool, err error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	watching := make(chan struct{})
-	go func() {
-		defer close(watching)
-		tick := time.NewTicker(answeredPoll)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				if answered() {
-					cancel()
-					return
-				}
-			}
-		}
-	}()
-	defer func() { cancel(); <-watching }()
+	ctx, stop := untilSettled(ctx, answered)
+	defer stop()
 	b.metrics.resumed("request")
 	r, err := b.do(ctx, labelStream, http.MethodGet, sess, client, nil, lastID)
 	if err != nil {
@@ -120,6 +103,31 @@ func (b *Bridge) resumeOnce(ctx context.Context, sess *sessionstore.Session, cli
 	}
 	id, retry, got, err = b.relayEvents(r.Body, sess.ID, func(m []byte) bool { return onMessage(m, true) }, onEventID)
 	return id, retry, got, true, err
+}
+
+// untilSettled returns a context that ends, besides with ctx, once
+// settled() turns true (checked every answeredPoll), and the stop that ends
+// it and its watcher.
+func untilSettled(ctx context.Context, settled func() bool) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	watching := make(chan struct{})
+	go func() {
+		defer close(watching)
+		tick := time.NewTicker(answeredPoll)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				if settled() {
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	return ctx, func() { cancel(); <-watching }
 }
 
 // relayEvents reads an upstream event stream of the session sessionID (""
