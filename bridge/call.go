@@ -51,6 +51,10 @@ type call struct {
 	// inputRequired is a translated upstream's answer that asks the client
 	// for input (inputs.go), set instead of answering.
 	inputRequired []byte
+	// relayAs is set, instead of answering, when a translated call found
+	// its upstream back on initialize-based revisions: the session as it is
+	// relayed from now on (relayFromNow).
+	relayAs *sessionstore.Session
 }
 
 // acquire reserves n in-flight message slots for the session.

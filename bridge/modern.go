@@ -250,9 +250,7 @@ func eraChanged(status int, body []byte) bool {
 // again, and if the upstream now speaks only that revision the session is
 // translated from now on, with its client's initialize.
 func (b *Bridge) translateFromNow(ctx context.Context, c *call, sess *sessionstore.Session) (*sessionstore.Session, bool) {
-	b.discovered.mu.Lock()
-	b.discovered.last = nil
-	b.discovered.mu.Unlock()
+	b.forgetDiscovery()
 	if _, ok := b.translates(ctx, c.client); !ok || sess.Translated {
 		return nil, false
 	}
@@ -269,6 +267,59 @@ func (b *Bridge) translateFromNow(ctx context.Context, c *call, sess *sessionsto
 	b.signalUpstreamSession(ctx, sess.ID) // the owner's notification stream replaces the GET stream
 	b.log.Info("the upstream no longer takes the session's version: translated from now on", zap.String("session", shortID(sess.ID)))
 	return fresh, true
+}
+
+// leftModernEra recognises what a server of the initialize era answers a
+// request of 2026-07-28: the version refused (eraChanged), or, from a
+// stateful server, a request without a session refused.
+func leftModernEra(status int, body []byte) bool {
+	return eraChanged(status, body) ||
+		(status == http.StatusBadRequest && bytes.Contains(bytes.ToLower(body), []byte("session")))
+}
+
+// relayFromNow handles an upstream that went back to initialize-based
+// revisions under a translated session (a rollout rolled back): discovery
+// is asked again, and if the upstream takes initialize now, the session
+// gets an upstream session with its client's initialize and is relayed from
+// now on. It returns that session, or nil when the upstream is still of
+// 2026-07-28 only (the refusal is the call's answer) or cannot be
+// initialised.
+func (b *Bridge) relayFromNow(ctx context.Context, c *call, sess *sessionstore.Session) *sessionstore.Session {
+	b.forgetDiscovery()
+	if _, ok := b.translates(ctx, c.client); ok {
+		return nil
+	}
+	lock := b.reinitLock(sess.ID)
+	lock.Lock()
+	defer lock.Unlock()
+	cur, err := b.store.Get(ctx, sess.ID)
+	if err != nil {
+		return nil
+	}
+	if !cur.Translated {
+		return cur // relayed already, by a concurrent call
+	}
+	init := cur.Initialize
+	if len(init) == 0 {
+		init = minimalInitialize(cur.ProtocolVersion)
+	}
+	relayed := *cur
+	relayed.Translated = false
+	fresh, err := b.openUpstreamSession(ctx, &relayed, init, c.client)
+	if err != nil {
+		b.log.Warn("relaying a session whose upstream went back to initialize", zap.String("session", shortID(sess.ID)), zap.Error(err))
+		return nil
+	}
+	b.sessionCache.drop(sess.ID)
+	b.log.Info("the upstream takes initialize again: the session is relayed from now on", zap.String("session", shortID(sess.ID)))
+	return fresh
+}
+
+// forgetDiscovery makes the next discover ask the upstream.
+func (b *Bridge) forgetDiscovery() {
+	b.discovered.mu.Lock()
+	b.discovered.last = nil
+	b.discovered.mu.Unlock()
 }
 
 // legacyVersionOf is the version to answer an initialize with: the one it
@@ -483,10 +534,11 @@ func inputRequired(msg []byte) bool {
 // forwardTranslated sends a translated session's request upstream in the
 // 2026-07-28 envelope and relays the answer under the client's id; an
 // answer asking the client for input is followed by the rounds that get it
-// (inputs.go).
-func (b *Bridge) forwardTranslated(ctx context.Context, c *call, sess *sessionstore.Session) {
+// (inputs.go). It returns the session to relay the request in instead when
+// the upstream went back to initialize-based revisions, else nil.
+func (b *Bridge) forwardTranslated(ctx context.Context, c *call, sess *sessionstore.Session) *sessionstore.Session {
 	if !b.track(ctx, c, sess) {
-		return
+		return nil
 	}
 	ctx, stop := b.cancellable(ctx, c)
 	defer stop()
@@ -496,23 +548,23 @@ func (b *Bridge) forwardTranslated(ctx context.Context, c *call, sess *sessionst
 		if err != nil {
 			c.report(&upstreamStatus{code: http.StatusAccepted})
 			b.answer(c, errorMessage(c.env.ID, codeInvalidParams, "invalid request: "+err.Error()))
-			return
+			return nil
 		}
 		if env.Method == "tools/call" {
 			b.addParamHeaders(ctx, c, sess, header)
 		}
-		if !b.sendModern(ctx, c, sess, body, header) || c.inputRequired == nil {
-			return
+		if !b.sendModern(ctx, c, sess, body, header, round == 0) || c.inputRequired == nil {
+			return c.relayAs
 		}
 		if round == maxInputRounds {
 			b.fail(c, "input_required", fmt.Sprintf("the upstream still asked for input after %d rounds", maxInputRounds))
-			return
+			return nil
 		}
 		asked := c.inputRequired
 		c.inputRequired = nil
 		var ok bool
 		if msg, env, ok = b.retryWithInputs(ctx, c, asked); !ok {
-			return
+			return nil
 		}
 	}
 }
@@ -534,8 +586,10 @@ func (b *Bridge) hidesModernEra(ctx context.Context, c *call) bool {
 
 // sendModern sends one request of the 2026-07-28 revision and relays its
 // answer; it reports whether the answer asks for input (c.inputRequired)
-// rather than answering the call.
-func (b *Bridge) sendModern(ctx context.Context, c *call, sess *sessionstore.Session, body []byte, header http.Header) bool {
+// rather than answering the call. On a first round (mayRevert), a refusal
+// of the upstream that went back to initialize-based revisions sets
+// c.relayAs instead of answering.
+func (b *Bridge) sendModern(ctx context.Context, c *call, sess *sessionstore.Session, body []byte, header http.Header, mayRevert bool) bool {
 	for k, v := range c.client {
 		header[k] = v
 	}
@@ -553,6 +607,11 @@ func (b *Bridge) sendModern(ctx context.Context, c *call, sess *sessionstore.Ses
 	}
 	errBody, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	resp.Body.Close()
+	if mayRevert && leftModernEra(resp.StatusCode, errBody) {
+		if c.relayAs = b.relayFromNow(ctx, c, sess); c.relayAs != nil {
+			return false
+		}
+	}
 	b.settleRefusal(c, resp, errBody)
 	return false
 }

@@ -381,6 +381,48 @@ func TestModernOnlyCancel(t *testing.T) {
 	awaitIdle(t, e.bridge, sessionOf(t, e))
 }
 
+// TestUpstreamTurnsBackFromModernOnly: an upstream of 2026-07-28 only
+// rolled back to a server of the initialize era, stateless or stateful: the
+// translated session's next call gets an upstream session opened with its
+// client's initialize, once, and the session is relayed from then on.
+func TestUpstreamTurnsBackFromModernOnly(t *testing.T) {
+	for _, stateless := range []bool{true, false} {
+		t.Run(fmt.Sprintf("stateless=%v", stateless), func(t *testing.T) {
+			up := newModernUpstream(t, modernVersion)
+			e := newEnv(t, up.URL, nil, nil)
+			cs := connectClientVersion(t, e, nil, nil, "2025-06-18")
+			if got := callEcho(t, cs, "before"); got != "echo: before from "+modernVersion {
+				t.Fatalf("echo answered %q", got)
+			}
+			_, legacy, _ := newModernServer(t, "2025-06-18")
+			t.Cleanup(func() {
+				for ss := range legacy.Sessions() {
+					_ = ss.Close()
+				}
+			})
+			before := len(up.requests())
+			up.mu.Lock()
+			up.handler = mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return legacy },
+				&mcp.StreamableHTTPOptions{Stateless: stateless})
+			up.mu.Unlock()
+			for _, text := range []string{"after", "again"} {
+				if got := callEcho(t, cs, text); got != "echo: "+text+" from 2025-06-18" {
+					t.Errorf("echo after the rollback answered %q", got)
+				}
+			}
+			inits := 0
+			for _, r := range up.requests()[before:] {
+				if r.Method == http.MethodPost && mustPeek(t, []byte(r.Body)).Method == "initialize" {
+					inits++
+				}
+			}
+			if inits != 1 {
+				t.Errorf("the rolled-back upstream got %d initialize requests, want 1", inits)
+			}
+		})
+	}
+}
+
 // TestModernOnlyCancelElsewhere: a notifications/cancelled taken by one
 // replica ends a translated call another replica forwards (it finds the
 // call's record claimed and closes the upstream stream), and the call gets

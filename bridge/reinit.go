@@ -77,6 +77,7 @@ func (b *Bridge) openUpstreamSession(ctx context.Context, cur *sessionstore.Sess
 	updated, err := b.store.Update(ctx, cur.ID, func(s *sessionstore.Session) error {
 		s.UpstreamSessionID = fresh.UpstreamSessionID
 		s.ProtocolVersion = fresh.ProtocolVersion
+		s.Translated = false // relayed from now on, whatever it was
 		if len(s.Initialize) == 0 {
 			s.Initialize = init
 		}

@@ -70,10 +70,13 @@ func (b *Bridge) forward(c *call) {
 	}
 	if sess.Translated && !isInit {
 		// A revived session of such an upstream is translated at once.
-		if !b.translatedLocally(ctx, c) {
-			b.forwardTranslated(ctx, c, sess)
+		if b.translatedLocally(ctx, c) {
+			return
 		}
-		return
+		if sess = b.forwardTranslated(ctx, c, sess); sess == nil {
+			return
+		}
+		// The upstream went back to initialize-based revisions: relayed.
 	}
 	for attempt := 0; ; attempt++ {
 		if c.env.Kind == KindRequest {
@@ -114,8 +117,8 @@ func (b *Bridge) forward(c *call) {
 		}
 		if attempt == 0 && !isInit && eraChanged(resp.StatusCode, body) {
 			if fresh, ok := b.translateFromNow(ctx, c, sess); ok {
-				if !b.translatedLocally(ctx, c) {
-					b.forwardTranslated(ctx, c, fresh)
+				if !b.translatedLocally(ctx, c) && b.forwardTranslated(ctx, c, fresh) != nil {
+					b.fail(c, "upstream_error", "the upstream changed protocol revisions twice during the call")
 				}
 				return
 			}
