@@ -242,7 +242,7 @@ func (b *Bridge) initializeLocally(ctx context.Context, c *call, d *discovery) {
 // go-sdk sends for a version it does not serve.
 func eraChanged(status int, body []byte) bool {
 	return status == http.StatusBadRequest &&
-		(bytes.Contains(body, []byte("Unsupported protocol version")) || bytes.Contains(body, []byte(`"code":-32022`)))
+		(bytes.Contains(body, []byte("Unsupported protocol version")) || bytes.Contains(body, fmt.Appendf(nil, `"code":%d`, codeUnsupportedVersion)))
 }
 
 // translateFromNow handles an upstream that changed era under a relayed
@@ -269,12 +269,38 @@ func (b *Bridge) translateFromNow(ctx context.Context, c *call, sess *sessionsto
 	return fresh, true
 }
 
+// Error codes of 2026-07-28 (SEP-2575): a request without the client
+// capabilities it needs, or of a version the server does not speak.
+const (
+	codeMissingCapabilities = -32021
+	codeUnsupportedVersion  = -32022
+)
+
 // leftModernEra recognises what a server of the initialize era answers a
-// request of 2026-07-28: the version refused (eraChanged), or, from a
-// stateful server, a request without a session refused.
+// request of 2026-07-28: the version refused (eraChanged), or any other
+// 400 or 404 that is not one of the new revision's own refusals (a stateful
+// server wants a session, or to be initialised, and says so in plain text
+// or under a code of its own).
 func leftModernEra(status int, body []byte) bool {
-	return eraChanged(status, body) ||
-		(status == http.StatusBadRequest && bytes.Contains(bytes.ToLower(body), []byte("session")))
+	if status != http.StatusBadRequest && status != http.StatusNotFound {
+		return false
+	}
+	if eraChanged(status, body) {
+		return true
+	}
+	var refusal struct {
+		Error *struct {
+			Code int `json:"code"`
+		} `json:"error"`
+	}
+	if json.Unmarshal(body, &refusal) != nil || refusal.Error == nil {
+		return true
+	}
+	switch refusal.Error.Code {
+	case codeMethodNotFound, codeInvalidParams, codeMissingCapabilities:
+		return false
+	}
+	return true
 }
 
 // relayFromNow handles an upstream that went back to initialize-based

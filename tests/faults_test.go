@@ -140,6 +140,38 @@ func TestUpstreamRestart(t *testing.T) {
 	}
 }
 
+// TestUpstreamEraRolloutAndRollback replaces the upstream, on the same
+// address, under connected Go SDK and TypeScript SDK legacy clients:
+// server-everything (the initialize era), then the demo upstream of
+// 2026-07-28 only (a rollout), then server-everything again (the rollout
+// rolled back). The bridge relays, then translates, then relays again in a
+// new upstream session opened with each client's initialize; every call is
+// answered, and the clients notice nothing.
+func TestUpstreamEraRolloutAndRollback(t *testing.T) {
+	requireNode(t)
+	legacy, modern := tables[kindEverything], tables[kindGo]
+	up := startUpstream(t, specEverything)
+	cd := startCaddy(t, up.url)
+	gc := connectGo(t, cd, "go", goClientOptions{})
+	ts := startTSDriver(t, cd)
+	gc.echoOK(t, legacy, "go, initialize era")
+	ts.echoOK(t, legacy, "ts, initialize era")
+
+	up.stop()
+	rollout := testenv.MustDemoUpstream(t, testenv.DemoOptions{Bin: demoBin, Port: up.port,
+		Args: specGoModernOnly.args, Name: "upstream " + specGoModernOnly.name + " (the rollout)"})
+	gc.echoOK(t, modern, "go, after the rollout")
+	ts.echoOK(t, modern, "ts, after the rollout")
+	gc.echoOK(t, modern, "go, after the rollout, again")
+
+	rollout.Kill()
+	up.start()
+	gc.echoOK(t, legacy, "go, after the rollback")
+	ts.echoOK(t, legacy, "ts, after the rollback")
+	gc.echoOK(t, legacy, "go, after the rollback, again")
+	ts.echoOK(t, legacy, "ts, after the rollback, again")
+}
+
 // TestServerRequestFirstCall makes a server→client request (sampling) the
 // very first call of a session: right after initialize, and right after the
 // bridge re-initialised the upstream session. Upstreams in JSON response mode
