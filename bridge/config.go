@@ -21,6 +21,7 @@ const (
 	DefaultAdoptHold             = 2 * time.Second
 	DefaultUninitializedTTL      = 30 * time.Second
 	DefaultUpstreamHeaderTimeout = 2 * time.Minute
+	DefaultInputTimeout          = 5 * time.Minute
 	DefaultNewSessionRate        = 20
 	DefaultNewSessionBurst       = 100
 	DefaultInitializeTTL         = 24 * time.Hour
@@ -121,6 +122,11 @@ type Config struct {
 	// headers (a black-holed upstream); streamed answers send them at once.
 	// Used by the transport New makes.
 	UpstreamHeaderTimeout time.Duration
+	// InputTimeout bounds how long a translated call waits for the
+	// client's answers to one round of the upstream's input requests (an
+	// elicitation waits for a person); then the call is answered with an
+	// error.
+	InputTimeout time.Duration
 	// NewSessionRate and NewSessionBurst bound how fast one client address
 	// opens sessions on this replica (a token bucket: NewSessionRate per
 	// second, up to NewSessionBurst at once); beyond it, 429.
@@ -192,6 +198,7 @@ func (c *Config) setDefaults() error {
 	c.NewSessionRate = positiveOr(c.NewSessionRate, DefaultNewSessionRate)
 	c.NewSessionBurst = positiveOr(c.NewSessionBurst, DefaultNewSessionBurst)
 	c.UpstreamHeaderTimeout = positiveOr(c.UpstreamHeaderTimeout, DefaultUpstreamHeaderTimeout)
+	c.InputTimeout = positiveOr(c.InputTimeout, DefaultInputTimeout)
 	c.UninitializedTTL = positiveOr(c.UninitializedTTL, DefaultUninitializedTTL)
 	c.InitializeTTL = max(positiveOr(c.InitializeTTL, DefaultInitializeTTL), c.SessionTTL)
 	if c.ClientAddress == nil {

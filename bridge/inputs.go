@@ -25,14 +25,10 @@ import (
 // and the replica forwarding the call, once all are in, sends the call
 // again with them and the upstream's request state, under a new id. The
 // answer of the last round is the call's. Bounded: maxInputRounds rounds,
-// inputTimeout for the client's answers of each.
+// Config.InputTimeout for the client's answers of each.
 
 // maxInputRounds bounds how often one call may ask for input.
 const maxInputRounds = 10
-
-// inputTimeout bounds how long the client may take to answer a round (an
-// elicitation waits for a person).
-const inputTimeout = 5 * time.Minute
 
 // inputPoll is how often the forwarding replica looks for the client's
 // answers, which may reach any replica.
@@ -122,9 +118,9 @@ func (b *Bridge) askClient(ctx context.Context, c *call, requests map[string]jso
 }
 
 // awaitInputs polls the session until the client answered every input of
-// the round, refused one, or inputTimeout passed.
+// the round, refused one, or Config.InputTimeout passed.
 func (b *Bridge) awaitInputs(ctx context.Context, sessionID, token string) (map[string]json.RawMessage, json.RawMessage, error) {
-	deadline := time.Now().Add(inputTimeout)
+	deadline := time.Now().Add(b.cfg.InputTimeout)
 	for {
 		sess, err := b.store.Get(ctx, sessionID)
 		if err != nil && !errors.Is(err, sessionstore.ErrUnavailable) {
@@ -142,7 +138,7 @@ func (b *Bridge) awaitInputs(ctx context.Context, sessionID, token string) (map[
 			}
 		}
 		if time.Now().After(deadline) {
-			return nil, nil, fmt.Errorf("the client did not answer the upstream's input requests within %v", inputTimeout)
+			return nil, nil, fmt.Errorf("the client did not answer the upstream's input requests within %v", b.cfg.InputTimeout)
 		}
 		if !sleepCtx(ctx, inputPoll) {
 			return nil, nil, ctx.Err()

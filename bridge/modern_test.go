@@ -273,6 +273,38 @@ func TestModernOnlyInputRequests(t *testing.T) {
 	}
 }
 
+// TestModernOnlyInputTimeout: a client that never answers the upstream's
+// input requests gets, after input_timeout, a JSON-RPC error for its call,
+// and the round's record leaves the session.
+func TestModernOnlyInputTimeout(t *testing.T) {
+	up := newModernUpstream(t, modernVersion)
+	e := newEnv(t, up.URL, nil, &Config{InputTimeout: 300 * time.Millisecond})
+	s := openStream(t, e, nil)
+	s.initialize(t)
+	s.mustPost(t, `{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"ask","arguments":{}}}`)
+	got, others := s.awaitResponses(t, "2")
+	asked := 0
+	for _, ev := range others {
+		if env := mustPeek(t, []byte(ev.data)); env.Kind == KindRequest && strings.Contains(string(env.ID), inputIDPrefix) {
+			asked++
+		}
+	}
+	if asked != 2 {
+		t.Errorf("the client was asked %d input requests, want 2 (elicitation and roots)", asked)
+	}
+	if answer := got["2"].data; !strings.Contains(answer, `"error"`) || !strings.Contains(answer, "did not answer") {
+		t.Errorf("the call's answer: %s, want an error saying the client did not answer", answer)
+	}
+	awaitIdle(t, e.bridge, s.sessionID)
+	sess, err := e.store.Get(context.Background(), s.sessionID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sess.Inputs) != 0 {
+		t.Errorf("the session still holds %d rounds of input requests", len(sess.Inputs))
+	}
+}
+
 // TestModernOnlyNotifications: list-changed notifications and resource
 // updates of an upstream of 2026-07-28 reach the legacy client through the
 // session's subscriptions/listen stream, which follows the client's

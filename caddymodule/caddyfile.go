@@ -42,6 +42,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		initialize_ttl <duration>
 //		uninitialized_ttl <duration>
 //		upstream_header_timeout <duration>
+//		input_timeout <duration>
 //		new_session_rate <per_second>
 //		new_session_burst <n>
 //		drain_timeout <duration>
@@ -108,7 +109,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 		case "keepalive", "session_ttl", "adopt_hold", "initialize_ttl", "drain_timeout", "uninitialized_ttl",
-			"upstream_header_timeout", "stream_write_timeout":
+			"upstream_header_timeout", "stream_write_timeout", "input_timeout":
 			var v string
 			if !d.AllArgs(&v) {
 				return d.ArgErr()
@@ -122,6 +123,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				"adopt_hold": &h.AdoptHold, "initialize_ttl": &h.InitializeTTL,
 				"drain_timeout": &h.DrainTimeout, "uninitialized_ttl": &h.UninitializedTTL,
 				"upstream_header_timeout": &h.UpstreamHeaderTimeout, "stream_write_timeout": &h.StreamWriteTimeout,
+				"input_timeout": &h.InputTimeout,
 			}[opt] = caddy.Duration(dur)
 		case "adopt":
 			if !d.AllArgs(&h.Adopt) {

@@ -84,6 +84,12 @@ type Handler struct {
 	// call. Default: 2m.
 	UpstreamHeaderTimeout caddy.Duration `json:"upstream_header_timeout,omitempty"`
 
+	// InputTimeout bounds how long a call to an upstream of MCP 2026-07-28
+	// only waits for the client's answers when the upstream asks for input
+	// (an elicitation, sampling, the roots): it waits for a person, so it
+	// is long; then the call is answered with an error. Default: 5m.
+	InputTimeout caddy.Duration `json:"input_timeout,omitempty"`
+
 	// NewSessionRate is how many sessions per second one client address
 	// (Caddy's client IP, which honours trusted_proxies) may open on this
 	// replica, and NewSessionBurst how many at once; beyond them a new
@@ -264,6 +270,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		InitializeTTL:         time.Duration(h.InitializeTTL),
 		UninitializedTTL:      time.Duration(h.UninitializedTTL),
 		UpstreamHeaderTimeout: time.Duration(h.UpstreamHeaderTimeout),
+		InputTimeout:          time.Duration(h.InputTimeout),
 		NewSessionRate:        h.NewSessionRate,
 		NewSessionBurst:       h.NewSessionBurst,
 		ClientAddress:         clientIP,
@@ -316,6 +323,7 @@ func (h *Handler) Validate() error {
 		"keepalive": int64(h.Keepalive), "session_ttl": int64(h.SessionTTL), "adopt_hold": int64(h.AdoptHold),
 		"initialize_ttl": int64(h.InitializeTTL), "drain_timeout": int64(h.DrainTimeout),
 		"uninitialized_ttl": int64(h.UninitializedTTL), "upstream_header_timeout": int64(h.UpstreamHeaderTimeout),
+		"input_timeout":    int64(h.InputTimeout),
 		"new_session_rate": int64(math.Ceil(h.NewSessionRate)), "new_session_burst": int64(h.NewSessionBurst),
 		"stream_write_timeout": int64(h.StreamWriteTimeout), "max_upstream_conns": int64(h.MaxUpstreamConns),
 	} {

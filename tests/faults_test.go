@@ -90,6 +90,20 @@ func (gc *goClient) echoOK(t testing.TB, tb toolTable, msg string) {
 	}
 }
 
+// bothClients starts an upstream of spec behind Caddy and connects a Go SDK
+// and a TypeScript SDK legacy client, each of which calls echo once.
+func bothClients(t *testing.T, spec upstreamSpec) (*upstream, *goClient, *tsDriver) {
+	t.Helper()
+	tb := tables[spec.kind]
+	up := startUpstream(t, spec)
+	cd := startCaddy(t, up.url)
+	gc := connectGo(t, cd, "go", goClientOptions{})
+	ts := startTSDriver(t, cd)
+	gc.echoOK(t, tb, "go, first call")
+	ts.echoOK(t, tb, "ts, first call")
+	return up, gc, ts
+}
+
 // ---------------------------------------------------------------------------
 // (a) The upstream restarts mid-session
 // ---------------------------------------------------------------------------
@@ -102,13 +116,7 @@ func TestUpstreamRestart(t *testing.T) {
 	for _, spec := range []upstreamSpec{specGoStatefulSSE, specGoStatefulJSON, specEverything} {
 		t.Run(spec.name, func(t *testing.T) {
 			tb := tables[spec.kind]
-			up := startUpstream(t, spec)
-			cd := startCaddy(t, up.url)
-			gc := connectGo(t, cd, "go", goClientOptions{})
-			ts := startTSDriver(t, cd)
-
-			gc.echoOK(t, tb, "go before restart")
-			ts.echoOK(t, tb, "ts before restart")
+			up, gc, ts := bothClients(t, spec)
 
 			up.restart()
 
@@ -148,14 +156,8 @@ func TestUpstreamRestart(t *testing.T) {
 // new upstream session opened with each client's initialize; every call is
 // answered, and the clients notice nothing.
 func TestUpstreamEraRolloutAndRollback(t *testing.T) {
-	requireNode(t)
 	legacy, modern := tables[kindEverything], tables[kindGo]
-	up := startUpstream(t, specEverything)
-	cd := startCaddy(t, up.url)
-	gc := connectGo(t, cd, "go", goClientOptions{})
-	ts := startTSDriver(t, cd)
-	gc.echoOK(t, legacy, "go, initialize era")
-	ts.echoOK(t, legacy, "ts, initialize era")
+	up, gc, ts := bothClients(t, specEverything)
 
 	up.stop()
 	rollout := testenv.MustDemoUpstream(t, testenv.DemoOptions{Bin: demoBin, Port: up.port,
