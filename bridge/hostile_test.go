@@ -270,6 +270,55 @@ func TestBoundedMemories(t *testing.T) {
 	if !e.bridge.relayedBefore("s", fmt.Sprint("ev-", seenEventsPerSession)) {
 		t.Error("the newest event id is forgotten")
 	}
+
+	// The session cache holds at most maxCachedSessions records; once they
+	// are past their use, a new one takes the room.
+	cache := newSessionCache()
+	for i := range maxCachedSessions + 10 {
+		cache.put(&sessionstore.Session{ID: fmt.Sprint("s-", i)}, now)
+	}
+	if n := len(cache.entries); n > maxCachedSessions {
+		t.Errorf("%d session records cached, want at most %d", n, maxCachedSessions)
+	}
+	later := now.Add(2 * sessionCacheTTL)
+	if cache.put(&sessionstore.Session{ID: "later"}, later); cache.get("later", later) == nil {
+		t.Error("a cache full of records no longer used takes no new one")
+	}
+
+	// The tools whose argument marks are learnt: at most maxToolSchemas.
+	var tools strings.Builder
+	for i := range maxToolSchemas + 10 {
+		if i > 0 {
+			tools.WriteByte(',')
+		}
+		fmt.Fprintf(&tools, `{"name":"tool-%d","inputSchema":{"type":"object"}}`, i)
+	}
+	params := newParamHeaders()
+	params.learn([]byte(`{"jsonrpc":"2.0","id":1,"result":{"tools":[` + tools.String() + `]}}`))
+	if n := len(params.tools); n != maxToolSchemas {
+		t.Errorf("the marks of %d tools kept, want %d", n, maxToolSchemas)
+	}
+}
+
+// TestSubscriptionsBounded: a translated session subscribes to at most
+// maxSubscriptions resources; the next subscribe gets a JSON-RPC error.
+func TestSubscriptionsBounded(t *testing.T) {
+	up := newModernUpstream(t, modernVersion)
+	e := newEnv(t, up.URL, nil, nil)
+	s := openStream(t, e, nil)
+	s.initialize(t)
+	if _, err := e.store.Update(context.Background(), s.sessionID, func(sess *sessionstore.Session) error {
+		for i := range maxSubscriptions {
+			sess.Subscriptions = append(sess.Subscriptions, fmt.Sprint("demo://doc-", i))
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s.mustPost(t, `{"jsonrpc":"2.0","id":2,"method":"resources/subscribe","params":{"uri":"demo://one-too-many"}}`)
+	if got := s.awaitResponse(t, "2").data; !strings.Contains(got, `"error"`) || !strings.Contains(got, "subscriptions") {
+		t.Errorf("subscribe beyond the bound answered %s, want an error naming the bound", got)
+	}
 }
 
 // TestSessionsPerCaller: one caller (a credential, or an anonymous client
