@@ -236,13 +236,7 @@ func TestUpstreamDown(t *testing.T) {
 	for _, spec := range []upstreamSpec{specGoStatefulSSE, specGoStatelessJSON, specEverything} {
 		t.Run(spec.name, func(t *testing.T) {
 			tb := tables[spec.kind]
-			up := startUpstream(t, spec)
-			cd := startCaddy(t, up.url)
-			gc := connectGo(t, cd, "go", goClientOptions{})
-			ts := startTSDriver(t, cd)
-
-			gc.echoOK(t, tb, "go before the outage")
-			ts.echoOK(t, tb, "ts before the outage")
+			up, gc, ts := bothClients(t, spec)
 
 			up.stop()
 
