@@ -41,7 +41,7 @@ const inputIDPrefix = "mcp-sse-bridge-input-"
 // retryWithInputs asks the client what the upstream's answer asked for
 // and returns the call to send again with the answers; false when the call
 // was answered (failed) instead.
-func (b *Bridge) retryWithInputs(ctx context.Context, c *call, asked []byte) ([]byte, Envelope, bool) {
+func (b *Bridge) retryWithInputs(ctx context.Context, c *call, asked []byte, round int) ([]byte, Envelope, bool) {
 	var result struct {
 		Result struct {
 			InputRequests map[string]json.RawMessage `json:"inputRequests"`
@@ -52,22 +52,46 @@ func (b *Bridge) retryWithInputs(ctx context.Context, c *call, asked []byte) ([]
 		b.fail(c, "input_required", "the upstream's input request is not valid")
 		return nil, Envelope{}, false
 	}
-	answers := map[string]json.RawMessage{}
-	if len(result.Result.InputRequests) > 0 {
-		var errObj json.RawMessage
-		var err error
-		answers, errObj, err = b.askClient(ctx, c, result.Result.InputRequests)
-		switch {
-		case err != nil:
-			b.fail(c, "input_required", err.Error())
-			return nil, Envelope{}, false
-		case errObj != nil:
-			b.metrics.errorAnswered("input_refused")
-			b.answer(c, errorResponse(c.env.ID, errObj))
-			return nil, Envelope{}, false
-		}
+	if len(result.Result.InputRequests) == 0 {
+		return b.callAgain(c, nil, result.Result.RequestState)
 	}
-	msg, env, err := withInputs(c.msg, c.env, answers, result.Result.RequestState)
+	token, err := b.askClient(ctx, c, result.Result.InputRequests, result.Result.RequestState, round)
+	if err != nil {
+		b.fail(c, "input_required", err.Error())
+		return nil, Envelope{}, false
+	}
+	return b.awaitRound(ctx, c, token, result.Result.RequestState)
+}
+
+// awaitRound waits for the client's answers to the round token and
+// returns the call to send again with them; false when the call was
+// answered (failed) instead. The round's record goes, unless this replica
+// is stopping: then the replica that takes the call over goes on with it
+// (resumeRound).
+func (b *Bridge) awaitRound(ctx context.Context, c *call, token string, requestState json.RawMessage) ([]byte, Envelope, bool) {
+	answers, errObj, err := b.awaitInputs(ctx, c.sessionID, token)
+	if b.background.Err() == nil {
+		b.forgetInputs(c.sessionID, token)
+	}
+	switch {
+	case err != nil:
+		b.fail(c, "input_required", err.Error())
+		return nil, Envelope{}, false
+	case errObj != nil:
+		b.metrics.errorAnswered("input_refused")
+		b.answer(c, errorResponse(c.env.ID, errObj))
+		return nil, Envelope{}, false
+	}
+	return b.callAgain(c, answers, requestState)
+}
+
+// callAgain is the call to send again with the client's answers, or false
+// when it cannot be made (the call is answered with an error).
+func (b *Bridge) callAgain(c *call, answers map[string]json.RawMessage, requestState json.RawMessage) ([]byte, Envelope, bool) {
+	if answers == nil {
+		answers = map[string]json.RawMessage{}
+	}
+	msg, env, err := withInputs(c.msg, c.env, answers, requestState)
 	if err != nil {
 		b.fail(c, "input_required", "sending the call again: "+err.Error())
 		return nil, Envelope{}, false
@@ -75,9 +99,47 @@ func (b *Bridge) retryWithInputs(ctx context.Context, c *call, asked []byte) ([]
 	return msg, env, true
 }
 
-// askClient sends the client the input requests and waits for its
-// answers: a result per key, or the error of the first it refused.
-func (b *Bridge) askClient(ctx context.Context, c *call, requests map[string]json.RawMessage) (map[string]json.RawMessage, json.RawMessage, error) {
+// maxKeptCall bounds the size of a call kept with its round of input
+// requests, for another replica to send again.
+const maxKeptCall = 64 << 10
+
+// resumeRound goes on with a translated call whose replica stopped while
+// the call waited for the client's answers to a round of input requests:
+// once they are in, the call is sent again with them, as that replica
+// would have. A call too large to have been kept fails.
+func (b *Bridge) resumeRound(ctx context.Context, c *call, sess *sessionstore.Session, token string, p *sessionstore.PendingInputs) {
+	c.reported = true // no POST waits for this call
+	env, err := PeekEnvelope(p.Call)
+	if len(p.Call) == 0 || err != nil {
+		b.forgetInputs(c.sessionID, token)
+		b.fail(c, "replica_stopped", "the bridge replica forwarding this request stopped while it waited for the client's input")
+		return
+	}
+	c.msg, c.env, c.client = p.Call, env, b.credentialsFor(c.sessionID)
+	b.log.Info("going on with a call whose replica stopped while it waited for the client's input", zap.String("session", shortID(c.sessionID)))
+	ctx, stop := b.cancellable(ctx, c)
+	defer stop()
+	msg, env, ok := b.awaitRound(ctx, c, token, p.RequestState)
+	if !ok {
+		return
+	}
+	b.translatedRounds(ctx, c, sess, msg, env, p.Round+1)
+}
+
+// pendingRound is the round of input requests of the call recorded under
+// key, if it waits for one.
+func pendingRound(sess *sessionstore.Session, key string) (string, *sessionstore.PendingInputs) {
+	for token, p := range sess.Inputs {
+		if p.Request == key {
+			return token, p
+		}
+	}
+	return "", nil
+}
+
+// askClient records a round of input requests and sends them to the
+// client; it returns the round's token.
+func (b *Bridge) askClient(ctx context.Context, c *call, requests map[string]json.RawMessage, requestState json.RawMessage, round int) (string, error) {
 	keys := slices.Sorted(func(yield func(string) bool) {
 		for k := range requests {
 			if !yield(k) {
@@ -86,6 +148,26 @@ func (b *Bridge) askClient(ctx context.Context, c *call, requests map[string]jso
 		}
 	})
 	token := randomID()[:16]
+	asks := make([][]byte, len(keys))
+	for i, k := range keys {
+		var req struct {
+			Method string          `json:"method"`
+			Params json.RawMessage `json:"params"`
+		}
+		if json.Unmarshal(requests[k], &req) != nil || req.Method == "" {
+			return "", errors.New("the upstream's input request " + strconv.Quote(k) + " names no method")
+		}
+		id, _ := json.Marshal(inputIDPrefix + token + "-" + strconv.Itoa(i))
+		asks[i] = fmt.Appendf(nil, `{"jsonrpc":"2.0","id":%s,"method":%q`, id, req.Method)
+		if len(req.Params) > 0 {
+			asks[i] = append(append(asks[i], `,"params":`...), req.Params...)
+		}
+		asks[i] = append(asks[i], '}')
+	}
+	pending := &sessionstore.PendingInputs{Keys: keys, Request: c.key, RequestState: requestState, Round: round}
+	if len(c.msg) <= maxKeptCall {
+		pending.Call = c.msg
+	}
 	if _, err := b.store.Update(ctx, c.sessionID, func(s *sessionstore.Session) error {
 		if len(s.Inputs) >= b.cfg.MaxInflight {
 			return errors.New("too many calls waiting for input")
@@ -93,28 +175,15 @@ func (b *Bridge) askClient(ctx context.Context, c *call, requests map[string]jso
 		if s.Inputs == nil {
 			s.Inputs = map[string]*sessionstore.PendingInputs{}
 		}
-		s.Inputs[token] = &sessionstore.PendingInputs{Keys: keys}
+		s.Inputs[token] = pending
 		return nil
 	}); err != nil {
-		return nil, nil, fmt.Errorf("recording the input requests: %w", err)
+		return "", fmt.Errorf("recording the input requests: %w", err)
 	}
-	defer b.forgetInputs(c.sessionID, token)
-	for i, k := range keys {
-		var req struct {
-			Method string          `json:"method"`
-			Params json.RawMessage `json:"params"`
-		}
-		if json.Unmarshal(requests[k], &req) != nil || req.Method == "" {
-			return nil, nil, errors.New("the upstream's input request " + strconv.Quote(k) + " names no method")
-		}
-		id, _ := json.Marshal(inputIDPrefix + token + "-" + strconv.Itoa(i))
-		out := fmt.Appendf(nil, `{"jsonrpc":"2.0","id":%s,"method":%q`, id, req.Method)
-		if len(req.Params) > 0 {
-			out = append(append(out, `,"params":`...), req.Params...)
-		}
-		b.deliver(c.sessionID, append(out, '}'))
+	for _, ask := range asks {
+		b.deliver(c.sessionID, ask)
 	}
-	return b.awaitInputs(ctx, c.sessionID, token)
+	return token, nil
 }
 
 // awaitInputs polls the session until the client answered every input of

@@ -568,8 +568,14 @@ func (b *Bridge) forwardTranslated(ctx context.Context, c *call, sess *sessionst
 	}
 	ctx, stop := b.cancellable(ctx, c)
 	defer stop()
-	msg, env := c.msg, c.env
-	for round := 0; ; round++ {
+	return b.translatedRounds(ctx, c, sess, c.msg, c.env, 0)
+}
+
+// translatedRounds sends a translated call (msg, from round first on) and
+// the rounds of input requests that follow until it is answered; see
+// forwardTranslated.
+func (b *Bridge) translatedRounds(ctx context.Context, c *call, sess *sessionstore.Session, msg []byte, env Envelope, first int) *sessionstore.Session {
+	for round := first; ; round++ {
 		body, header, err := modernRequest(msg, env, sess)
 		if err != nil {
 			c.report(&upstreamStatus{code: http.StatusAccepted})
@@ -589,7 +595,7 @@ func (b *Bridge) forwardTranslated(ctx context.Context, c *call, sess *sessionst
 		asked := c.inputRequired
 		c.inputRequired = nil
 		var ok bool
-		if msg, env, ok = b.retryWithInputs(ctx, c, asked); !ok {
+		if msg, env, ok = b.retryWithInputs(ctx, c, asked, round); !ok {
 			return nil
 		}
 	}

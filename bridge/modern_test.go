@@ -305,6 +305,38 @@ func TestModernOnlyInputTimeout(t *testing.T) {
 	}
 }
 
+// TestModernOnlyInputOutlivesReplica: the replica forwarding a translated
+// call stops while the call waits for the client's input; the replica
+// holding the client's stream takes the call over and, once the client has
+// answered, sends the call again with the answers: the client gets the
+// call's real result.
+func TestModernOnlyInputOutlivesReplica(t *testing.T) {
+	up := newModernUpstream(t, modernVersion)
+	store := memory.New(memory.Options{})
+	replicaA, replicaB := newEnv(t, up.URL, store, nil), newEnv(t, up.URL, store, nil)
+	s := openStream(t, replicaA, nil)
+	s.initialize(t)
+	askCall := `{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"ask","arguments":{}}}`
+	if code, _, body := postRaw(t, replicaB.srv.URL+s.endpoint, askCall, nil, "application/json"); code != http.StatusAccepted {
+		t.Fatalf("the call to replica B: %d %s", code, body)
+	}
+	asked := map[string]string{} // method -> the bridge's request id
+	for len(asked) < 2 {
+		ev := s.nextEvent(t)
+		if env := mustPeek(t, []byte(ev.data)); env.Kind == KindRequest {
+			asked[env.Method] = string(env.ID)
+		} else {
+			t.Fatalf("before the input requests: %s", ev.data)
+		}
+	}
+	replicaB.bridge.Shutdown() // the call waits for input: left to replica A
+	s.mustPost(t, fmt.Sprintf(`{"jsonrpc":"2.0","id":%s,"result":{"action":"accept","content":{"name":"Ada"}}}`, asked["elicitation/create"]))
+	s.mustPost(t, fmt.Sprintf(`{"jsonrpc":"2.0","id":%s,"result":{"roots":[{"uri":"file:///work","name":"work"}]}}`, asked["roots/list"]))
+	if got := resultText(t, s.awaitResponse(t, "2").data); got != "accept: Ada, root file:///work" {
+		t.Errorf("the call answered %q, want its result with the client's answers", got)
+	}
+}
+
 // TestModernOnlyNotifications: list-changed notifications and resource
 // updates of an upstream of 2026-07-28 reach the legacy client through the
 // session's subscriptions/listen stream, which follows the client's

@@ -64,7 +64,8 @@ func (b *Bridge) heartbeat() {
 // recoverOrphans answers the session's requests whose forwarding replica
 // died: the stream owner claims each one (so that exactly one replica
 // answers), then resumes its upstream response stream from the last event id
-// relayed, or answers it with a JSON-RPC error.
+// relayed, goes on with a translated call that waited for the client's input
+// (resumeRound), or answers it with a JSON-RPC error.
 func (b *Bridge) recoverOrphans(ctx context.Context, sessionID string) {
 	reqs, err := b.store.ListRequests(ctx, sessionID)
 	if err != nil {
@@ -175,6 +176,11 @@ func (b *Bridge) answerOrphan(sessionID, key string, r sessionstore.Request) {
 	r.Replica = b.cfg.ReplicaID
 	if err := b.store.TrackRequest(ctx, sessionID, key, r); err == nil {
 		c.tracked = true
+	}
+	if token, p := pendingRound(sess, key); p != nil {
+		// A translated call that waited for the client's input.
+		b.resumeRound(ctx, c, sess, token, p)
+		return
 	}
 	if r.LastEventID != "" && r.UpstreamSessionID == sess.UpstreamSessionID {
 		b.relayStream(ctx, sess, b.credentialsFor(sessionID), nil, r.LastEventID, b.answeredCheck(c),

@@ -51,6 +51,16 @@ type PendingInputs struct {
 	// Failed is the client's JSON-RPC error object for one of them: the
 	// call fails with it.
 	Failed json.RawMessage `json:"failed,omitempty"`
+	// Request is the key of the call that asked (its record among the
+	// requests in flight), Call the client's call as it came (kept only
+	// when small), RequestState what the upstream wants back with the
+	// answers, and Round the call's round of input requests, from 0: what
+	// another replica needs to send the call again with the answers, should
+	// the one forwarding it stop meanwhile.
+	Request      string          `json:"request,omitempty"`
+	Call         json.RawMessage `json:"call,omitempty"`
+	RequestState json.RawMessage `json:"request_state,omitempty"`
+	Round        int             `json:"round,omitempty"`
 }
 
 // CloneInputs returns a deep copy of inputs, for stores that hand out
@@ -61,7 +71,9 @@ func CloneInputs(inputs map[string]*PendingInputs) map[string]*PendingInputs {
 	}
 	out := make(map[string]*PendingInputs, len(inputs))
 	for token, p := range inputs {
-		c := &PendingInputs{Keys: append([]string(nil), p.Keys...), Failed: append(json.RawMessage(nil), p.Failed...)}
+		c := &PendingInputs{Keys: append([]string(nil), p.Keys...), Failed: append(json.RawMessage(nil), p.Failed...),
+			Request: p.Request, Call: append(json.RawMessage(nil), p.Call...),
+			RequestState: append(json.RawMessage(nil), p.RequestState...), Round: p.Round}
 		if p.Answers != nil {
 			c.Answers = make(map[string]json.RawMessage, len(p.Answers))
 			for k, v := range p.Answers {
