@@ -122,12 +122,23 @@ func (b *Bridge) failFromHTTP(c *call, status int, body []byte) {
 	b.fail(c, "upstream_error", msg)
 }
 
-// noteCancelled remembers a request id the client cancelled.
-func (b *Bridge) noteCancelled(sessionID string, msg []byte) {
+// takeCancellation acts on a client's notifications/cancelled: the request
+// it names is remembered as cancelled here (noteCancelled), its record is
+// claimed whichever replica forwards it (claimCancelled), and a translated
+// call forwarded here has its upstream stream closed at once
+// (cancelTranslated).
+func (b *Bridge) takeCancellation(ctx context.Context, sessionID string, msg []byte) {
 	requestID := cancelledRequest(msg)
 	if requestID == nil {
 		return
 	}
+	b.noteCancelled(sessionID, requestID)
+	b.claimCancelled(ctx, sessionID, requestID)
+	b.cancelTranslated(sessionID, requestID)
+}
+
+// noteCancelled remembers a request id the client cancelled.
+func (b *Bridge) noteCancelled(sessionID string, requestID json.RawMessage) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	set := b.cancelled[sessionID]
@@ -140,17 +151,13 @@ func (b *Bridge) noteCancelled(sessionID string, msg []byte) {
 	}
 }
 
-// claimCancelled removes the record of the request a notifications/cancelled
-// names, whichever replica forwards it: an answer that comes anyway is then
+// claimCancelled removes the record of the cancelled request requestID,
+// whichever replica forwards it: an answer that comes anyway is then
 // dropped by whichever replica relays it (it finds no record to finish),
 // and a translated call forwarded by another replica sees its record gone
 // and closes its upstream stream (cancellable), which is how 2026-07-28
 // cancels.
-func (b *Bridge) claimCancelled(ctx context.Context, sessionID string, msg []byte) {
-	requestID := cancelledRequest(msg)
-	if requestID == nil {
-		return
-	}
+func (b *Bridge) claimCancelled(ctx context.Context, sessionID string, requestID json.RawMessage) {
 	reqs, err := b.store.ListRequests(ctx, sessionID)
 	if err != nil {
 		return
@@ -164,8 +171,6 @@ func (b *Bridge) claimCancelled(ctx context.Context, sessionID string, msg []byt
 	}
 }
 
-// cancelKey is a fixed-size stand-in for a request id, so that what is
-// remembered per cancellation stays small whatever the id's length.
 // cancelledRequest is the id a notifications/cancelled names, nil if none.
 func cancelledRequest(msg []byte) json.RawMessage {
 	var n struct {
@@ -179,6 +184,8 @@ func cancelledRequest(msg []byte) json.RawMessage {
 	return n.Params.RequestID
 }
 
+// cancelKey is a fixed-size stand-in for a request id, so that what is
+// remembered per cancellation stays small whatever the id's length.
 func cancelKey(id []byte) string {
 	sum := sha256.Sum256(id)
 	return string(sum[:16])

@@ -425,11 +425,9 @@ func (b *Bridge) translatedLocally(ctx context.Context, c *call) bool {
 		c.report(&upstreamStatus{code: http.StatusAccepted})
 		return true
 	case c.env.Kind == KindNotification:
-		// Cancellation is closing the request's stream in 2026-07-28, and
-		// roots are asked for again when needed: nothing to tell.
-		if c.env.Method == "notifications/cancelled" {
-			b.cancelTranslated(c.sessionID, c.msg) // forward noted it already
-		}
+		// Cancellation is closing the request's stream in 2026-07-28
+		// (forward took it: takeCancellation), and roots are asked for
+		// again when needed: nothing to tell.
 		if c.env.Method == "notifications/initialized" {
 			// The stream owner opens the session's notification stream.
 			b.markInitialized(ctx, c.sessionID)
@@ -679,13 +677,9 @@ func (b *Bridge) cancellable(ctx context.Context, c *call) (context.Context, fun
 	}
 }
 
-// cancelTranslated closes the upstream stream of the translated call a
-// notifications/cancelled names, if it is forwarded here.
-func (b *Bridge) cancelTranslated(sessionID string, msg []byte) {
-	requestID := cancelledRequest(msg)
-	if requestID == nil {
-		return
-	}
+// cancelTranslated closes the upstream stream of the cancelled translated
+// call requestID, if it is forwarded here.
+func (b *Bridge) cancelTranslated(sessionID string, requestID json.RawMessage) {
 	b.mu.Lock()
 	cancel := b.translating[sessionID][cancelKey(requestID)]
 	b.mu.Unlock()

@@ -36,8 +36,7 @@ func (b *Bridge) forward(c *call) {
 	sessCopy := *c.session
 	sess := &sessCopy
 	if c.env.Kind == KindNotification && c.env.Method == "notifications/cancelled" {
-		b.noteCancelled(c.sessionID, c.msg)
-		b.claimCancelled(ctx, c.sessionID, c.msg)
+		b.takeCancellation(ctx, c.sessionID, c.msg)
 	}
 	isInit := isInitialize(c.env)
 	if c.env.Kind == KindRequest && c.env.Method == "server/discover" && b.hidesModernEra(ctx, c) {
