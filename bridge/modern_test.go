@@ -309,31 +309,52 @@ func TestModernOnlyInputTimeout(t *testing.T) {
 // call stops while the call waits for the client's input; the replica
 // holding the client's stream takes the call over and, once the client has
 // answered, sends the call again with the answers: the client gets the
-// call's real result.
+// call's real result. A call too large to be kept (over maxKeptCall) gets
+// the error of a stopped replica instead, and its round leaves the session.
 func TestModernOnlyInputOutlivesReplica(t *testing.T) {
-	up := newModernUpstream(t, modernVersion)
-	store := memory.New(memory.Options{})
-	replicaA, replicaB := newEnv(t, up.URL, store, nil), newEnv(t, up.URL, store, nil)
-	s := openStream(t, replicaA, nil)
-	s.initialize(t)
-	askCall := `{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"ask","arguments":{}}}`
-	if code, _, body := postRaw(t, replicaB.srv.URL+s.endpoint, askCall, nil, "application/json"); code != http.StatusAccepted {
-		t.Fatalf("the call to replica B: %d %s", code, body)
-	}
-	asked := map[string]string{} // method -> the bridge's request id
-	for len(asked) < 2 {
-		ev := s.nextEvent(t)
-		if env := mustPeek(t, []byte(ev.data)); env.Kind == KindRequest {
-			asked[env.Method] = string(env.ID)
-		} else {
-			t.Fatalf("before the input requests: %s", ev.data)
-		}
-	}
-	replicaB.bridge.Shutdown() // the call waits for input: left to replica A
-	s.mustPost(t, fmt.Sprintf(`{"jsonrpc":"2.0","id":%s,"result":{"action":"accept","content":{"name":"Ada"}}}`, asked["elicitation/create"]))
-	s.mustPost(t, fmt.Sprintf(`{"jsonrpc":"2.0","id":%s,"result":{"roots":[{"uri":"file:///work","name":"work"}]}}`, asked["roots/list"]))
-	if got := resultText(t, s.awaitResponse(t, "2").data); got != "accept: Ada, root file:///work" {
-		t.Errorf("the call answered %q, want its result with the client's answers", got)
+	for _, tc := range []struct {
+		name, pad string
+		want      func(t *testing.T, answer string)
+	}{
+		{"kept", "", func(t *testing.T, answer string) {
+			if got := resultText(t, answer); got != "accept: Ada, root file:///work" {
+				t.Errorf("the call answered %q, want its result with the client's answers", got)
+			}
+		}},
+		{"too large to keep", strings.Repeat("x", maxKeptCall), func(t *testing.T, answer string) {
+			if !strings.Contains(answer, `"error"`) || !strings.Contains(answer, "stopped while it waited") {
+				t.Errorf("the call answered %s, want the error of a stopped replica", answer)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := newModernUpstream(t, modernVersion)
+			store := memory.New(memory.Options{})
+			replicaA, replicaB := newEnv(t, up.URL, store, nil), newEnv(t, up.URL, store, nil)
+			s := openStream(t, replicaA, nil)
+			s.initialize(t)
+			askCall := fmt.Sprintf(`{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"ask","arguments":{},"_meta":{"pad":%q}}}`, tc.pad)
+			if code, _, body := postRaw(t, replicaB.srv.URL+s.endpoint, askCall, nil, "application/json"); code != http.StatusAccepted {
+				t.Fatalf("the call to replica B: %d %s", code, body)
+			}
+			asked := map[string]string{} // method -> the bridge's request id
+			for len(asked) < 2 {
+				ev := s.nextEvent(t)
+				if env := mustPeek(t, []byte(ev.data)); env.Kind == KindRequest {
+					asked[env.Method] = string(env.ID)
+				} else {
+					t.Fatalf("before the input requests: %s", ev.data)
+				}
+			}
+			replicaB.bridge.Shutdown() // the call waits for input: left to replica A
+			s.mustPost(t, fmt.Sprintf(`{"jsonrpc":"2.0","id":%s,"result":{"action":"accept","content":{"name":"Ada"}}}`, asked["elicitation/create"]))
+			s.mustPost(t, fmt.Sprintf(`{"jsonrpc":"2.0","id":%s,"result":{"roots":[{"uri":"file:///work","name":"work"}]}}`, asked["roots/list"]))
+			tc.want(t, s.awaitResponse(t, "2").data)
+			awaitIdle(t, replicaA.bridge, s.sessionID)
+			if sess, err := store.Get(context.Background(), s.sessionID); err != nil || len(sess.Inputs) != 0 {
+				t.Errorf("after the call the session holds input rounds %v (%v), want none", sess.Inputs, err)
+			}
+		})
 	}
 }
 
