@@ -188,9 +188,13 @@ func (b *Bridge) Drain(ctx context.Context) {
 	if !b.WaitIdle(ctx) {
 		b.log.Info("shutting down with requests still in flight: left to the other replicas")
 	}
-	// Detached streams (detach.go) are not the HTTP server's to wait for:
-	// their final comment goes out before the process exits.
-	b.WaitStreams(ctx)
+	// Detached streams (detach.go) are not the HTTP server's to wait for,
+	// and run under b.background: they get a moment of their own, even
+	// when ctx has ended, to send their final comment before it is
+	// cancelled.
+	endCtx, endCancel := context.WithTimeout(context.Background(), streamEndGrace)
+	b.WaitStreams(endCtx)
+	endCancel()
 	b.cancelBG()
 	stopCtx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
@@ -199,6 +203,10 @@ func (b *Bridge) Drain(ctx context.Context) {
 	}
 	b.closeIdleConnections()
 }
+
+// streamEndGrace bounds how long a shutdown waits for its streams to send
+// what their mailbox holds and their final comment.
+const streamEndGrace = 2 * time.Second
 
 // WaitIdle waits until no request is being answered here, or ctx ends; it
 // reports whether the bridge is idle.
