@@ -183,7 +183,12 @@ func textResult(s string) *mcp.CallToolResult {
 // asks the client to sample through the session) and block (which waits for
 // unblock).
 func newMCPUpstream(t *testing.T, opts *mcp.StreamableHTTPOptions) *testUpstream {
-	server := mcp.NewServer(&mcp.Implementation{Name: "test-upstream", Version: "1.0.0"}, nil)
+	// It takes resource subscriptions (to any URI), so that tests can
+	// follow them to a new upstream session.
+	server := mcp.NewServer(&mcp.Implementation{Name: "test-upstream", Version: "1.0.0"}, &mcp.ServerOptions{
+		SubscribeHandler:   func(context.Context, *mcp.SubscribeRequest) error { return nil },
+		UnsubscribeHandler: func(context.Context, *mcp.UnsubscribeRequest) error { return nil },
+	})
 	u := newRecorder(t, nil)
 	u.server, u.opts = server, opts
 	mcp.AddTool(server, &mcp.Tool{Name: "echo", Description: "echoes text"},

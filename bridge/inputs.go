@@ -126,6 +126,18 @@ func (b *Bridge) resumeRound(ctx context.Context, c *call, sess *sessionstore.Se
 	b.translatedRounds(ctx, c, sess, msg, env, p.Round+1)
 }
 
+// roundPending reports whether the call recorded under key waits for its
+// client's answers to a round of input requests: a translated call, with
+// no upstream stream to resume, whose round another replica goes on with.
+func (b *Bridge) roundPending(ctx context.Context, sessionID, key string) bool {
+	sess, err := b.store.Get(ctx, sessionID)
+	if err != nil {
+		return false
+	}
+	_, p := pendingRound(sess, key)
+	return p != nil
+}
+
 // pendingRound is the round of input requests of the call recorded under
 // key, if it waits for one.
 func pendingRound(sess *sessionstore.Session, key string) (string, *sessionstore.PendingInputs) {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"mime"
 	"net/http"
-	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -132,30 +131,14 @@ func (b *Bridge) listenOnce(ctx context.Context, sess *sessionstore.Session, fil
 // changeSubscription records a translated session's resources/subscribe
 // or unsubscribe, has the owner listen for the new list, and answers.
 func (b *Bridge) changeSubscription(ctx context.Context, c *call) {
-	var req struct {
-		Params struct {
-			URI string `json:"uri"`
-		} `json:"params"`
-	}
 	c.report(&upstreamStatus{code: http.StatusAccepted})
-	if json.Unmarshal(c.msg, &req) != nil || req.Params.URI == "" {
-		b.answer(c, errorMessage(c.env.ID, codeInvalidParams, c.env.Method+" needs params.uri"))
+	p, err := parseSetting(c.env.Method, c.msg)
+	if err != nil {
+		b.answer(c, errorMessage(c.env.ID, codeInvalidParams, err.Error()))
 		return
 	}
-	subscribe := c.env.Method == "resources/subscribe"
-	_, err := b.store.Update(ctx, c.sessionID, func(s *sessionstore.Session) error {
-		has := slices.Contains(s.Subscriptions, req.Params.URI)
-		switch {
-		case subscribe && has, !subscribe && !has:
-			return errStale // nothing changes
-		case subscribe && len(s.Subscriptions) >= maxSubscriptions:
-			return fmt.Errorf("more than %d subscriptions", maxSubscriptions)
-		case subscribe:
-			s.Subscriptions = append(s.Subscriptions, req.Params.URI)
-		default:
-			s.Subscriptions = slices.DeleteFunc(s.Subscriptions, func(u string) bool { return u == req.Params.URI })
-		}
-		return nil
+	_, err = b.store.Update(ctx, c.sessionID, func(s *sessionstore.Session) error {
+		return applySetting(s, c.env.Method, p)
 	})
 	switch {
 	case err == nil:

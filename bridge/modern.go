@@ -224,6 +224,7 @@ func (b *Bridge) initializeLocally(ctx context.Context, c *call, d *discovery) {
 	}
 	sess, err := b.store.Update(ctx, c.sessionID, func(s *sessionstore.Session) error {
 		markTranslated(s, c.msg, false)
+		forgetSettings(s) // the client starts over
 		return nil
 	})
 	if err != nil {
@@ -375,9 +376,9 @@ func (b *Bridge) reviveTranslated(ctx context.Context, cur *sessionstore.Session
 
 // markTranslated makes s a translated session of the client that sent
 // init (its version is the one the bridge answered), initialised already
-// or not.
+// or not. What the client asked of its session (settings.go) is kept.
 func markTranslated(s *sessionstore.Session, init []byte, initialized bool) {
-	s.Translated, s.LogLevel = true, ""
+	s.Translated = true
 	s.UpstreamSessionID, s.ProtocolVersion = "", legacyVersionOf(init)
 	s.Initialize, s.Initialized = init, initialized
 	// No upstream GET stream in this revision: nothing to wait for.
@@ -438,20 +439,15 @@ func (b *Bridge) translatedLocally(ctx context.Context, c *call) bool {
 		b.answerLocally(c, struct{}{})
 		return true
 	case c.env.Method == "logging/setLevel":
-		var req struct {
-			Params struct {
-				Level string `json:"level"`
-			} `json:"params"`
-		}
-		if json.Unmarshal(c.msg, &req) != nil || req.Params.Level == "" {
+		p, err := parseSetting(c.env.Method, c.msg)
+		if err != nil {
 			c.report(&upstreamStatus{code: http.StatusAccepted})
-			b.answer(c, errorMessage(c.env.ID, codeInvalidParams, "logging/setLevel needs params.level"))
+			b.answer(c, errorMessage(c.env.ID, codeInvalidParams, err.Error()))
 			return true
 		}
 		if _, err := b.store.Update(ctx, c.sessionID, func(s *sessionstore.Session) error {
-			s.LogLevel = req.Params.Level
-			return nil
-		}); err != nil {
+			return applySetting(s, c.env.Method, p)
+		}); err != nil && !errors.Is(err, errStale) {
 			b.failUpstream(c, "recording the log level", err)
 			return true
 		}

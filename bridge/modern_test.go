@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore"
 	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore/memory"
 )
 
@@ -311,17 +312,22 @@ func TestModernOnlyInputTimeout(t *testing.T) {
 // answered, sends the call again with the answers: the client gets the
 // call's real result. A call too large to be kept (over maxKeptCall) gets
 // the error of a stopped replica instead, and its round leaves the session.
+// A copy of the call's POST that a load balancer sent to the other replica
+// meanwhile goes on with the round too, rather than starting the call over.
 func TestModernOnlyInputOutlivesReplica(t *testing.T) {
+	result := func(t *testing.T, answer string) {
+		if got := resultText(t, answer); got != "accept: Ada, root file:///work" {
+			t.Errorf("the call answered %q, want its result with the client's answers", got)
+		}
+	}
 	for _, tc := range []struct {
 		name, pad string
+		sentAgain bool
 		want      func(t *testing.T, answer string)
 	}{
-		{"kept", "", func(t *testing.T, answer string) {
-			if got := resultText(t, answer); got != "accept: Ada, root file:///work" {
-				t.Errorf("the call answered %q, want its result with the client's answers", got)
-			}
-		}},
-		{"too large to keep", strings.Repeat("x", maxKeptCall), func(t *testing.T, answer string) {
+		{"kept", "", false, result},
+		{"kept, its POST sent again", "", true, result},
+		{"too large to keep", strings.Repeat("x", maxKeptCall), false, func(t *testing.T, answer string) {
 			if !strings.Contains(answer, `"error"`) || !strings.Contains(answer, "stopped while it waited") {
 				t.Errorf("the call answered %s, want the error of a stopped replica", answer)
 			}
@@ -346,10 +352,34 @@ func TestModernOnlyInputOutlivesReplica(t *testing.T) {
 					t.Fatalf("before the input requests: %s", ev.data)
 				}
 			}
+			copyAccepted := make(chan int, 1)
+			if tc.sentAgain {
+				go func() {
+					resp, err := http.Post(replicaA.srv.URL+s.endpoint, "application/json", strings.NewReader(askCall))
+					if err != nil {
+						copyAccepted <- 0
+						return
+					}
+					resp.Body.Close()
+					copyAccepted <- resp.StatusCode
+				}()
+				awaitRequestOf(t, store, s.sessionID, "2", replicaA.bridge.cfg.ReplicaID) // the copy took the record over
+			}
 			replicaB.bridge.Shutdown() // the call waits for input: left to replica A
 			s.mustPost(t, fmt.Sprintf(`{"jsonrpc":"2.0","id":%s,"result":{"action":"accept","content":{"name":"Ada"}}}`, asked["elicitation/create"]))
 			s.mustPost(t, fmt.Sprintf(`{"jsonrpc":"2.0","id":%s,"result":{"roots":[{"uri":"file:///work","name":"work"}]}}`, asked["roots/list"]))
-			tc.want(t, s.awaitResponse(t, "2").data)
+			answer, others := s.awaitResponses(t, "2")
+			for _, ev := range others {
+				if env := mustPeek(t, []byte(ev.data)); env.Kind == KindRequest {
+					t.Errorf("the client was asked again (the call started over): %s", ev.data)
+				}
+			}
+			tc.want(t, answer["2"].data)
+			if tc.sentAgain {
+				if code := <-copyAccepted; code != http.StatusAccepted {
+					t.Errorf("the POST sent again got %d, want 202", code)
+				}
+			}
 			awaitIdle(t, replicaA.bridge, s.sessionID)
 			if sess, err := store.Get(context.Background(), s.sessionID); err != nil || len(sess.Inputs) != 0 {
 				t.Errorf("after the call the session holds input rounds %v (%v), want none", sess.Inputs, err)
@@ -480,6 +510,14 @@ func TestUpstreamTurnsBackFromModernOnly(t *testing.T) {
 			if got := callEcho(t, cs, "before"); got != "echo: before from "+modernVersion {
 				t.Fatalf("echo answered %q", got)
 			}
+			// Served by the bridge while translated; asked of the upstream
+			// session the rollback opens (settings.go).
+			if err := cs.SetLoggingLevel(context.Background(), &mcp.SetLoggingLevelParams{Level: "warning"}); err != nil {
+				t.Fatalf("SetLoggingLevel: %v", err)
+			}
+			if err := cs.Subscribe(context.Background(), &mcp.SubscribeParams{URI: "test://kept"}); err != nil {
+				t.Fatalf("Subscribe: %v", err)
+			}
 			_, legacy, _ := newModernServer(t, "2025-06-18")
 			t.Cleanup(func() {
 				for ss := range legacy.Sessions() {
@@ -496,14 +534,18 @@ func TestUpstreamTurnsBackFromModernOnly(t *testing.T) {
 					t.Errorf("echo after the rollback answered %q", got)
 				}
 			}
-			inits := 0
+			methods := map[string]int{}
 			for _, r := range up.requests()[before:] {
-				if r.Method == http.MethodPost && mustPeek(t, []byte(r.Body)).Method == "initialize" {
-					inits++
+				if r.Method == http.MethodPost {
+					methods[mustPeek(t, []byte(r.Body)).Method]++
+					if strings.Contains(r.Body, "logging/setLevel") && !strings.Contains(r.Body, `"level":"warning"`) ||
+						strings.Contains(r.Body, "resources/subscribe") && !strings.Contains(r.Body, `"uri":"test://kept"`) {
+						t.Errorf("the client's setting asked again as %s", r.Body)
+					}
 				}
 			}
-			if inits != 1 {
-				t.Errorf("the rolled-back upstream got %d initialize requests, want 1", inits)
+			if methods["initialize"] != 1 || methods["logging/setLevel"] != 1 || methods["resources/subscribe"] != 1 {
+				t.Errorf("the rolled-back upstream got %v, want one initialize, logging/setLevel and resources/subscribe", methods)
 			}
 		})
 	}
@@ -577,11 +619,42 @@ func TestUpstreamTurnsModernOnly(t *testing.T) {
 	if got := callEcho(t, cs, "before"); got != "echo: before from 2025-06-18" {
 		t.Fatalf("echo answered %q", got)
 	}
+	// Relayed now, and kept for the translated session (settings.go).
+	if err := cs.SetLoggingLevel(context.Background(), &mcp.SetLoggingLevelParams{Level: "warning"}); err != nil {
+		t.Fatalf("SetLoggingLevel: %v", err)
+	}
 	modern := newModernUpstream(t, modernVersion)
 	up.mu.Lock()
 	up.handler = modern.handler
 	up.mu.Unlock()
+	before := len(up.requests())
 	if got := callEcho(t, cs, "after"); got != "echo: after from "+modernVersion {
 		t.Errorf("echo after the rollout answered %q", got)
+	}
+	var call *recorded
+	for _, r := range up.requests()[before:] {
+		if strings.Contains(r.Body, `"tools/call"`) && strings.Contains(r.Body, `"after"`) {
+			call = &r
+		}
+	}
+	if call == nil || !strings.Contains(call.Body, `"io.modelcontextprotocol/logLevel":"warning"`) {
+		t.Errorf("the translated call does not carry the client's log level: %v", call)
+	}
+}
+
+// awaitRequestOf waits until the store records the request id of session
+// as in flight on replica.
+func awaitRequestOf(t *testing.T, store sessionstore.Store, session, id, replica string) {
+	t.Helper()
+	deadline := time.Now().Add(waitLimit)
+	for {
+		reqs, err := store.ListRequests(context.Background(), session)
+		if r, ok := reqs[id]; err == nil && ok && r.Replica == replica {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("request %s of the session never recorded on replica %s: %v %v", id, replica, reqs, err)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -132,7 +132,7 @@ func (b *Bridge) settleDuplicate(ctx context.Context, c *call) bool {
 		default:
 			if alive, err := b.store.ReplicaAlive(ctx, first); err == nil && !alive {
 				if claimed, err := b.store.ClaimRequest(ctx, c.sessionID, c.key); err == nil && claimed {
-					if r.LastEventID == "" {
+					if r.LastEventID == "" && !b.roundPending(ctx, c.sessionID, c.key) {
 						b.log.Info("a request sent again after its replica died: forwarding it anew", zap.String("session", shortID(c.sessionID)))
 						return true
 					}

@@ -89,6 +89,7 @@ func (b *Bridge) openUpstreamSession(ctx context.Context, cur *sessionstore.Sess
 	if err != nil {
 		return nil, fmt.Errorf("storing the new upstream session: %w", err)
 	}
+	b.restoreSettings(ctx, updated, client)
 	b.signalUpstreamSession(ctx, cur.ID)
 	return updated, nil
 }

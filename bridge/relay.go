@@ -36,6 +36,9 @@ func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, 
 					b.log.Warn("recording initialize", zap.String("session", shortID(c.sessionID)), zap.Error(err))
 				}
 			}
+			if !sess.Translated && clientSetting(c.env.Method) && env.ErrorMember(msg) == nil {
+				b.recordSetting(ctx, c) // for the next upstream session (settings.go)
+			}
 			if sess.Translated && c.env.Method == "tools/list" {
 				b.params.learn(msg) // the tools' argument headers (paramheaders.go)
 			}
@@ -119,6 +122,7 @@ func (b *Bridge) recordInitialize(ctx context.Context, c *call, upstreamSessionI
 		s.Initialize = c.msg
 		s.Initialized = false
 		s.StreamLastEventID = ""
+		forgetSettings(s) // the client starts over
 		return nil
 	})
 	if err != nil {

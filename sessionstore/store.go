@@ -126,8 +126,9 @@ type Session struct {
 	// itself and stamps every request; ProtocolVersion is then the version
 	// the bridge negotiated with the client.
 	Translated bool `json:"translated,omitempty"`
-	// LogLevel is the level the client of a translated session set with
-	// logging/setLevel, sent with each of its requests.
+	// LogLevel is the level the client set with logging/setLevel: sent
+	// with each request of a translated session, asked again of every new
+	// upstream session of a relayed one.
 	LogLevel string `json:"log_level,omitempty"`
 	// Inputs are what the client of a translated session is being asked on
 	// behalf of its calls that the upstream answered with input requests
@@ -135,8 +136,9 @@ type Session struct {
 	// any replica records the client's answers here, and the replica
 	// forwarding the call retries it with them.
 	Inputs map[string]*PendingInputs `json:"inputs,omitempty"`
-	// Subscriptions are the resource URIs the client of a translated
-	// session subscribed to, which its notification stream asks for.
+	// Subscriptions are the resource URIs the client subscribed to: a
+	// translated session's notification stream asks for them; every new
+	// upstream session of a relayed one is asked to subscribe to them.
 	Subscriptions []string `json:"subscriptions,omitempty"`
 	// Owner names the stream holding the client's event stream as
 	// "<replica>/<stream>", empty while the client is away; OwnerLeaseUntil

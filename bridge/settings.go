@@ -1,0 +1,158 @@
+package bridge
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/sessionstore"
+)
+
+// What a client asked of its session, its log level (logging/setLevel) and
+// the resources it subscribed to (resources/subscribe), lives in the
+// upstream's session, which the bridge replaces when the upstream loses it
+// (a restart: reinitialize), when the client returns to a lost session
+// (revive), or when the upstream rolls back from 2026-07-28 (relayFromNow).
+// A legacy client cannot know that happened, so the bridge keeps those
+// settings in the session record, whatever the session's era, and asks
+// them again of every upstream session it opens; without that, a client
+// would silently stop receiving its resource updates and log messages. A
+// translated session serves them from the record (modern.go, listen.go). A
+// client's own initialize starts over without them.
+
+// clientSetting reports whether a request of method changes what the
+// client asked of its session.
+func clientSetting(method string) bool {
+	switch method {
+	case "logging/setLevel", "resources/subscribe", "resources/unsubscribe":
+		return true
+	}
+	return false
+}
+
+// settingParams are the parameters of a client setting's request.
+type settingParams struct {
+	Level string `json:"level,omitempty"`
+	URI   string `json:"uri,omitempty"`
+}
+
+// parseSetting reads a client setting's parameters; it fails when the one
+// its method needs is missing.
+func parseSetting(method string, msg []byte) (settingParams, error) {
+	var req struct {
+		Params settingParams `json:"params"`
+	}
+	_ = json.Unmarshal(msg, &req) // checked as JSON-RPC already; bad params are missing ones
+	switch {
+	case method == "logging/setLevel" && req.Params.Level == "":
+		return req.Params, fmt.Errorf("%s needs params.level", method)
+	case method != "logging/setLevel" && req.Params.URI == "":
+		return req.Params, fmt.Errorf("%s needs params.uri", method)
+	}
+	return req.Params, nil
+}
+
+// applySetting changes s by the client setting method with p; errStale
+// when nothing changes.
+func applySetting(s *sessionstore.Session, method string, p settingParams) error {
+	if method == "logging/setLevel" {
+		if s.LogLevel == p.Level {
+			return errStale
+		}
+		s.LogLevel = p.Level
+		return nil
+	}
+	subscribe := method == "resources/subscribe"
+	has := slices.Contains(s.Subscriptions, p.URI)
+	switch {
+	case subscribe == has:
+		return errStale
+	case subscribe && len(s.Subscriptions) >= maxSubscriptions:
+		return fmt.Errorf("more than %d subscriptions", maxSubscriptions)
+	case subscribe:
+		s.Subscriptions = append(s.Subscriptions, p.URI)
+	default:
+		s.Subscriptions = slices.DeleteFunc(s.Subscriptions, func(u string) bool { return u == p.URI })
+	}
+	return nil
+}
+
+// forgetSettings clears what the client asked of its session: it sent
+// initialize again.
+func forgetSettings(s *sessionstore.Session) {
+	s.LogLevel, s.Subscriptions = "", nil
+}
+
+// recordSetting keeps a relayed session's setting once the upstream has
+// accepted it. A subscription beyond maxSubscriptions is relayed but not
+// kept: a new upstream session would not get it.
+func (b *Bridge) recordSetting(ctx context.Context, c *call) {
+	p, err := parseSetting(c.env.Method, c.msg)
+	if err != nil {
+		return // the upstream accepted what the bridge cannot replay
+	}
+	_, err = b.store.Update(ctx, c.sessionID, func(s *sessionstore.Session) error {
+		return applySetting(s, c.env.Method, p)
+	})
+	switch {
+	case err == nil:
+		b.sessionCache.drop(c.sessionID)
+	case !errors.Is(err, errStale):
+		b.log.Warn("keeping what the client asked of its session", zap.String("session", shortID(c.sessionID)),
+			zap.String("method", c.env.Method), zap.Error(err))
+	}
+}
+
+// restoreSettings asks a new upstream session what the client had asked of
+// the one it replaces. The answers are the bridge's own and go nowhere; a
+// refusal is logged, and the session goes on without that setting.
+func (b *Bridge) restoreSettings(ctx context.Context, fresh *sessionstore.Session, client http.Header) {
+	if fresh.LogLevel != "" {
+		b.restoreSetting(ctx, fresh, client, 0, "logging/setLevel", settingParams{Level: fresh.LogLevel})
+	}
+	for i, uri := range fresh.Subscriptions {
+		b.restoreSetting(ctx, fresh, client, i+1, "resources/subscribe", settingParams{URI: uri})
+	}
+}
+
+// restoreSetting sends one of restoreSettings' requests, the n-th.
+func (b *Bridge) restoreSetting(ctx context.Context, fresh *sessionstore.Session, client http.Header, n int, method string, p settingParams) {
+	body, _ := json.Marshal(struct {
+		JSONRPC string        `json:"jsonrpc"`
+		ID      string        `json:"id"`
+		Method  string        `json:"method"`
+		Params  settingParams `json:"params"`
+	}{"2.0", "mcp-sse-bridge-restore-" + strconv.Itoa(n), method, p})
+	err := b.settingAnswer(ctx, fresh, client, method, body)
+	if err != nil {
+		b.log.Warn("asking a new upstream session what the client had asked of the old one",
+			zap.String("session", shortID(fresh.ID)), zap.String("method", method), zap.Error(err))
+	}
+}
+
+// settingAnswer sends a restored setting's request and checks its answer.
+func (b *Bridge) settingAnswer(ctx context.Context, fresh *sessionstore.Session, client http.Header, method string, body []byte) error {
+	resp, err := b.do(ctx, method, http.MethodPost, fresh, client, body, "")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	answer, err := b.firstResponse(resp)
+	if err != nil {
+		return err
+	}
+	env, err := PeekEnvelope(answer)
+	if err != nil {
+		return err
+	}
+	if e := env.ErrorMember(answer); e != nil {
+		return fmt.Errorf("refused: %s", e)
+	}
+	return nil
+}
