@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -111,14 +112,37 @@ func bothClients(t *testing.T, spec upstreamSpec) (*upstream, *goClient, *tsDriv
 // TestUpstreamRestart kills the upstream in the middle of a legacy session
 // and starts a new process on the same port. The bridge must re-initialise
 // the upstream session transparently: the next calls of a Go SDK client and
-// of a TypeScript SDK client succeed, server→client requests included.
+// of a TypeScript SDK client succeed, server→client requests included, and
+// the resource the Go client subscribed to before the restart still brings
+// it updates (server-everything sends them once a session that subscribed
+// calls toggle-subscriber-updates).
 func TestUpstreamRestart(t *testing.T) {
+	const subscribed = "demo://resource/static/document/architecture.md"
 	for _, spec := range []upstreamSpec{specGoStatefulSSE, specGoStatefulJSON, specEverything} {
 		t.Run(spec.name, func(t *testing.T) {
 			tb := tables[spec.kind]
 			up, gc, ts := bothClients(t, spec)
+			if spec.kind == kindEverything {
+				if err := gc.session.Subscribe(ctxTimeout(t, callTimeout), &mcp.SubscribeParams{URI: subscribed}); err != nil {
+					t.Fatalf("subscribing: %v", err)
+				}
+			}
 
 			up.restart()
+
+			if spec.kind == kindEverything {
+				t.Run("resource updates after the restart", func(t *testing.T) {
+					if text := gc.callText(t, "toggle-subscriber-updates", map[string]any{}); !strings.HasPrefix(text, "Started") {
+						t.Fatalf("toggle-subscriber-updates: %q", text)
+					}
+					// The first update goes out at once, perhaps before
+					// the bridge's GET stream on the new upstream session
+					// is open; the next comes 5 s later.
+					gc.waitFor(t, "an update of the subscribed resource", 3*5*time.Second, func() bool {
+						return slices.Contains(gc.updated, subscribed)
+					})
+				})
+			}
 
 			if spec.kind == kindGo {
 				// The first call on the new upstream session makes the

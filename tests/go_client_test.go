@@ -198,6 +198,7 @@ type goClient struct {
 	progress map[string][]*mcp.ProgressNotificationParams
 	sampled  []string // the sampling requests' messages, as JSON
 	elicited int
+	updated  []string // the URIs of notifications/resources/updated
 }
 
 type goClientOptions struct {
@@ -235,6 +236,9 @@ func connectGo(t testing.TB, c *caddy, label string, opts goClientOptions) *goCl
 		ProgressNotificationHandler: func(_ context.Context, req *mcp.ProgressNotificationClientRequest) {
 			tok := fmt.Sprint(req.Params.ProgressToken)
 			gc.note(func() { gc.progress[tok] = append(gc.progress[tok], req.Params) })
+		},
+		ResourceUpdatedHandler: func(_ context.Context, req *mcp.ResourceUpdatedNotificationRequest) {
+			gc.note(func() { gc.updated = append(gc.updated, req.Params.URI) })
 		},
 	})
 	gc.client.AddRoots(&mcp.Root{URI: clientRootURI, Name: "a"})
