@@ -312,18 +312,7 @@ func TestUpstreamDiesMidCall(t *testing.T) {
 			if spec.kind == kindEverything {
 				args = map[string]any{"duration": 30, "steps": 30}
 			}
-			params := &mcp.CallToolParams{Name: name, Arguments: args}
-			params.SetProgressToken("mid-call")
-			type outcome struct {
-				res *mcp.CallToolResult
-				err error
-				at  time.Time
-			}
-			done := make(chan outcome, 1)
-			go func() {
-				res, err := gc.session.CallTool(ctxTimeout(t, callTimeout), params)
-				done <- outcome{res, err, time.Now()}
-			}()
+			done := gc.startCall(t, name, args, "mid-call", callTimeout)
 			// The upstream is working on the call once its first progress
 			// notification arrived or, where progress cannot reach the
 			// client, once the bridge has accepted the POST.
@@ -345,7 +334,7 @@ func TestUpstreamDiesMidCall(t *testing.T) {
 			killed := time.Now()
 			up.stop()
 
-			var o outcome
+			var o callOutcome
 			select {
 			case o = <-done:
 			case <-time.After(callTimeout + time.Second):

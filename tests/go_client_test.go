@@ -292,6 +292,43 @@ func (gc *goClient) call(t testing.TB, name string, args any) (*mcp.CallToolResu
 	return gc.session.CallTool(ctxTimeout(t, callTimeout), &mcp.CallToolParams{Name: name, Arguments: args})
 }
 
+// callOutcome is how a call that startCall started ended, and when.
+type callOutcome struct {
+	res *mcp.CallToolResult
+	err error
+	at  time.Time
+}
+
+// startCall calls the tool name with args under the progress token
+// (within timeout) while the test goes on; the channel reports how it
+// ended.
+func (gc *goClient) startCall(t testing.TB, name string, args map[string]any, token string, timeout time.Duration) <-chan callOutcome {
+	params := &mcp.CallToolParams{Name: name, Arguments: args}
+	params.SetProgressToken(token)
+	done := make(chan callOutcome, 1)
+	go func() {
+		res, err := gc.session.CallTool(ctxTimeout(t, timeout), params)
+		done <- callOutcome{res, err, time.Now()}
+	}()
+	return done
+}
+
+// startProgressCall starts the demo upstream's progress tool (steps
+// notifications delayMs apart, under token) and reports on the channel
+// its error, or nil once it returned "done".
+func (gc *goClient) startProgressCall(t testing.TB, token string, steps, delayMs int) <-chan error {
+	started := gc.startCall(t, "progress", map[string]any{"steps": steps, "delayMs": delayMs}, token, callTimeout)
+	done := make(chan error, 1)
+	go func() {
+		o := <-started
+		if o.err == nil && (o.res.IsError || textOf(o.res) != "done") {
+			o.err = fmt.Errorf("isError=%v %q", o.res.IsError, textOf(o.res))
+		}
+		done <- o.err
+	}()
+	return done
+}
+
 // callText calls a tool that must succeed and returns its text.
 func (gc *goClient) callText(t testing.TB, name string, args any) string {
 	t.Helper()

@@ -24,7 +24,6 @@ import (
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
-	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/caddy-mcp-sse-bridge/caddy-mcp-sse-bridge/internal/testenv"
 )
@@ -259,18 +258,7 @@ func testForwarderKilled(t *testing.T, cl *cluster, resumable bool) {
 		}
 	})
 	const steps = 30
-	params := &mcp.CallToolParams{Name: "progress", Arguments: map[string]any{"steps": steps, "delayMs": 200}}
-	params.SetProgressToken("long-call")
-	type outcome struct {
-		res *mcp.CallToolResult
-		err error
-		at  time.Time
-	}
-	done := make(chan outcome, 1)
-	go func() {
-		res, err := gc.session.CallTool(ctxTimeout(t, 40*time.Second), params)
-		done <- outcome{res, err, time.Now()}
-	}()
+	done := gc.startCall(t, "progress", map[string]any{"steps": steps, "delayMs": 200}, "long-call", 40*time.Second)
 	if p := rec.postOf(t, `"long-call"`, promptly); p.status != http.StatusAccepted || p.replica != forwarder {
 		t.Fatalf("the long call's POST: status %d from %q, want 202 from %s", p.status, p.replica, forwarder)
 	}
@@ -280,7 +268,7 @@ func testForwarderKilled(t *testing.T, cl *cluster, resumable bool) {
 	cl.replica(t, forwarder).kill()
 	t.Logf("killed %s (forwarding the long call) while %s holds the stream", forwarder, holder)
 
-	var o outcome
+	var o callOutcome
 	select {
 	case o = <-done:
 	case <-time.After(45 * time.Second):
@@ -350,16 +338,7 @@ func TestMultiReplicaReload(t *testing.T) {
 			t.Fatalf("ping: %v", err)
 		}
 	})
-	params := &mcp.CallToolParams{Name: "progress", Arguments: map[string]any{"steps": steps, "delayMs": delay}}
-	params.SetProgressToken("reload-long")
-	longDone := make(chan error, 1)
-	go func() {
-		res, err := gc.session.CallTool(ctxTimeout(t, callTimeout), params)
-		if err == nil && (res.IsError || textOf(res) != "done") {
-			err = fmt.Errorf("isError=%v %q", res.IsError, textOf(res))
-		}
-		longDone <- err
-	}()
+	longDone := gc.startProgressCall(t, "reload-long", steps, delay)
 	if p := rec.postOf(t, `"reload-long"`, promptly); p.replica != reloaded.name {
 		t.Fatalf("the Go client's long call went to %s, want %s", p.replica, reloaded.name)
 	}
@@ -487,16 +466,7 @@ func TestMultiReplicaRedisRestart(t *testing.T) {
 	// In flight across the outage: a call whose progress notifications and
 	// result arrive while Redis is down, and a slow one.
 	const steps = 15
-	params := &mcp.CallToolParams{Name: "progress", Arguments: map[string]any{"steps": steps, "delayMs": 150}}
-	params.SetProgressToken("across-restart")
-	longDone := make(chan error, 1)
-	go func() {
-		res, err := gc.session.CallTool(ctxTimeout(t, callTimeout), params)
-		if err == nil && (res.IsError || textOf(res) != "done") {
-			err = fmt.Errorf("isError=%v %q", res.IsError, textOf(res))
-		}
-		longDone <- err
-	}()
+	longDone := gc.startProgressCall(t, "across-restart", steps, 150)
 	rc.call(t, "slow", "slow", map[string]any{"ms": 500}, false)
 	rc.postOf(t, "slow", promptly)
 	gc.waitFor(t, "the first progress notification", promptly, func() bool { return len(gc.progress["across-restart"]) > 0 })

@@ -169,13 +169,7 @@ func MustRedis(tb testing.TB, opts RedisOptions) *Redis {
 		opts.Dir = tb.TempDir()
 	}
 	opts.OnStart = then(opts.OnStart, watcher(tb))
-	ctx, cancel := timeoutCtx(DefaultReadyTimeout)
-	defer cancel()
-	r, err := StartRedis(ctx, opts)
-	if err != nil {
-		tb.Fatalf("starting redis-server: %v", err)
-	}
-	return r
+	return mustReady(tb, "redis-server", func(ctx context.Context) (*Redis, error) { return StartRedis(ctx, opts) })
 }
 
 // MustRestart is Restart for a test.

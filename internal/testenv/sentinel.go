@@ -82,11 +82,5 @@ func MustSentinel(tb testing.TB, opts SentinelOptions) *Redis {
 		opts.Dir = tb.TempDir()
 	}
 	opts.OnStart = then(opts.OnStart, watcher(tb))
-	ctx, cancel := timeoutCtx(DefaultReadyTimeout)
-	defer cancel()
-	s, err := StartSentinel(ctx, opts)
-	if err != nil {
-		tb.Fatalf("starting a Sentinel: %v", err)
-	}
-	return s
+	return mustReady(tb, "a Sentinel", func(ctx context.Context) (*Redis, error) { return StartSentinel(ctx, opts) })
 }

@@ -45,6 +45,20 @@ func timeoutCtx(timeout time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), timeout)
 }
 
+// mustReady starts what (a server, by start, whose processes opts'
+// OnStart tied to tb already) and waits for it to be ready, failing tb if
+// it is not within DefaultReadyTimeout.
+func mustReady[T any](tb testing.TB, what string, start func(context.Context) (T, error)) T {
+	tb.Helper()
+	ctx, cancel := timeoutCtx(DefaultReadyTimeout)
+	defer cancel()
+	v, err := start(ctx)
+	if err != nil {
+		tb.Fatalf("starting %s: %v", what, err)
+	}
+	return v
+}
+
 // MustStart is Start for a test.
 func MustStart(tb testing.TB, c Command) *Process {
 	tb.Helper()

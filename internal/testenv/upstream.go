@@ -167,13 +167,7 @@ func (u *Upstream) Restart(ctx context.Context) error {
 func MustDemoUpstream(tb testing.TB, opts DemoOptions) *Upstream {
 	tb.Helper()
 	opts.OnStart = then(opts.OnStart, watcher(tb))
-	ctx, cancel := timeoutCtx(DefaultReadyTimeout)
-	defer cancel()
-	u, err := StartDemoUpstream(ctx, opts)
-	if err != nil {
-		tb.Fatalf("starting the demo upstream: %v", err)
-	}
-	return u
+	return mustReady(tb, "the demo upstream", func(ctx context.Context) (*Upstream, error) { return StartDemoUpstream(ctx, opts) })
 }
 
 // MustEverything is StartEverything for a test; restarts are tied to the
@@ -181,13 +175,7 @@ func MustDemoUpstream(tb testing.TB, opts DemoOptions) *Upstream {
 func MustEverything(tb testing.TB, opts EverythingOptions) *Upstream {
 	tb.Helper()
 	opts.OnStart = then(opts.OnStart, watcher(tb))
-	ctx, cancel := timeoutCtx(DefaultReadyTimeout)
-	defer cancel()
-	u, err := StartEverything(ctx, opts)
-	if err != nil {
-		tb.Fatalf("starting server-everything: %v", err)
-	}
-	return u
+	return mustReady(tb, "server-everything", func(ctx context.Context) (*Upstream, error) { return StartEverything(ctx, opts) })
 }
 
 // MustRestart is Restart for a test.
