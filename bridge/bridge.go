@@ -189,10 +189,14 @@ func (b *Bridge) Drain(ctx context.Context) {
 		b.log.Info("shutting down with requests still in flight: left to the other replicas")
 	}
 	// Detached streams (detach.go) are not the HTTP server's to wait for,
-	// and run under b.background: they get a moment of their own, even
-	// when ctx has ended, to send their final comment before it is
-	// cancelled.
-	endCtx, endCancel := context.WithTimeout(context.Background(), streamEndGrace)
+	// and run under b.background: they get what is left of ctx, and at
+	// least a moment of their own, to send their final comment before it
+	// is cancelled.
+	grace := time.Now().Add(streamEndGrace)
+	if deadline, ok := ctx.Deadline(); ok && deadline.After(grace) {
+		grace = deadline
+	}
+	endCtx, endCancel := context.WithDeadline(context.Background(), grace)
 	b.WaitStreams(endCtx)
 	endCancel()
 	b.cancelBG()
@@ -251,7 +255,8 @@ func (b *Bridge) endWork() {
 	b.work.Done()
 }
 
-// Shutdown stops at once, without draining.
+// Shutdown stops without draining: requests in flight are left to the
+// other replicas at once; streams still get streamEndGrace to end.
 func (b *Bridge) Shutdown() {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()

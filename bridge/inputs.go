@@ -132,6 +132,7 @@ func (b *Bridge) resumeRound(ctx context.Context, c *call, sess *sessionstore.Se
 func (b *Bridge) roundPending(ctx context.Context, sessionID, key string) bool {
 	sess, err := b.store.Get(ctx, sessionID)
 	if err != nil {
+		b.log.Warn("looking for a call's round of input requests: the call is sent anew", zap.String("session", shortID(sessionID)), zap.Error(err))
 		return false
 	}
 	_, p := pendingRound(sess, key)

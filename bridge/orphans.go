@@ -108,9 +108,10 @@ func (b *Bridge) recoverOrphans(ctx context.Context, sessionID string) {
 // record over meanwhile (so that the orphan recovery, which answers a dead
 // replica's requests with an error when it cannot resume them, leaves it
 // alone) and waits. When that replica dies, this copy claims the request
-// and resumes its upstream stream where the replica left it, or, when it
-// had none yet, forwards the request again; when the request is answered,
-// this copy is dropped. The client gets one answer either way.
+// and resumes its upstream stream where the replica left it, or goes on
+// with the round of input requests a translated call waits for, or, when
+// it had neither, forwards the request again; when the request is
+// answered, this copy is dropped. The client gets one answer either way.
 func (b *Bridge) settleDuplicate(ctx context.Context, c *call) bool {
 	first := ""
 	for {

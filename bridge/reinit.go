@@ -42,10 +42,12 @@ func (b *Bridge) reinitialize(ctx context.Context, stale *sessionstore.Session, 
 
 // openUpstreamSession opens a new upstream session for the bridge session
 // with the initialize request init (the bridge's own request: its result
-// never reaches the client) and notifications/initialized, records it, and
+// never reaches the client) and notifications/initialized, asks it for
+// what the client had asked of its session (settings.go), records it, and
 // tells the stream owner to (re)open the upstream GET stream.
 func (b *Bridge) openUpstreamSession(ctx context.Context, cur *sessionstore.Session, init []byte, client http.Header) (*sessionstore.Session, error) {
-	// Two round trips, with the session's lock held: bounded.
+	// Two round trips with the session's lock held, bounded; then the
+	// client's settings (restoreTimeout).
 	ctx, cancel := context.WithTimeout(ctx, 2*b.cfg.UpstreamHeaderTimeout)
 	defer cancel()
 	env, err := PeekEnvelope(init)
@@ -73,6 +75,9 @@ func (b *Bridge) openUpstreamSession(ctx context.Context, cur *sessionstore.Sess
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return nil, fmt.Errorf("sending notifications/initialized: upstream answered HTTP %d", resp.StatusCode)
 	}
+	// Before the new upstream session is stored: nothing else reaches it
+	// until it has what the client asked of the old one.
+	b.restoreSettings(ctx, &fresh, client)
 
 	updated, err := b.store.Update(ctx, cur.ID, func(s *sessionstore.Session) error {
 		s.UpstreamSessionID = fresh.UpstreamSessionID
@@ -89,7 +94,6 @@ func (b *Bridge) openUpstreamSession(ctx context.Context, cur *sessionstore.Sess
 	if err != nil {
 		return nil, fmt.Errorf("storing the new upstream session: %w", err)
 	}
-	b.restoreSettings(ctx, updated, client)
 	b.signalUpstreamSession(ctx, cur.ID)
 	return updated, nil
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -109,14 +110,26 @@ func (b *Bridge) recordSetting(ctx context.Context, c *call) {
 	}
 }
 
+// restoreTimeout bounds the requests that ask a new upstream session for
+// the client's settings, all of them: they run with the session's lock
+// held, and each is a quick exchange.
+const restoreTimeout = 10 * time.Second
+
 // restoreSettings asks a new upstream session what the client had asked of
 // the one it replaces. The answers are the bridge's own and go nowhere; a
 // refusal is logged, and the session goes on without that setting.
 func (b *Bridge) restoreSettings(ctx context.Context, fresh *sessionstore.Session, client http.Header) {
+	ctx, cancel := context.WithTimeout(ctx, restoreTimeout)
+	defer cancel()
 	if fresh.LogLevel != "" {
 		b.restoreSetting(ctx, fresh, client, 0, "logging/setLevel", settingParams{Level: fresh.LogLevel})
 	}
 	for i, uri := range fresh.Subscriptions {
+		if ctx.Err() != nil {
+			b.log.Warn("the new upstream session did not take the client's subscriptions in time",
+				zap.String("session", shortID(fresh.ID)), zap.Int("left", len(fresh.Subscriptions)-i))
+			return
+		}
 		b.restoreSetting(ctx, fresh, client, i+1, "resources/subscribe", settingParams{URI: uri})
 	}
 }
@@ -129,8 +142,7 @@ func (b *Bridge) restoreSetting(ctx context.Context, fresh *sessionstore.Session
 		Method  string        `json:"method"`
 		Params  settingParams `json:"params"`
 	}{"2.0", "mcp-sse-bridge-restore-" + strconv.Itoa(n), method, p})
-	err := b.settingAnswer(ctx, fresh, client, method, body)
-	if err != nil {
+	if err := b.settingAnswer(ctx, fresh, client, method, body); err != nil && ctx.Err() == nil {
 		b.log.Warn("asking a new upstream session what the client had asked of the old one",
 			zap.String("session", shortID(fresh.ID)), zap.String("method", method), zap.Error(err))
 	}
