@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -318,6 +319,91 @@ func TestSubscriptionsBounded(t *testing.T) {
 	s.mustPost(t, `{"jsonrpc":"2.0","id":2,"method":"resources/subscribe","params":{"uri":"demo://one-too-many"}}`)
 	if got := s.awaitResponse(t, "2").data; !strings.Contains(got, `"error"`) || !strings.Contains(got, "subscriptions") {
 		t.Errorf("subscribe beyond the bound answered %s, want an error naming the bound", got)
+	}
+}
+
+// TestSettingsBounded: what a session keeps of its client's settings is
+// bounded. A translated session answers a log level outside the spec's
+// levels, a URI over maxSubscriptionURI and a subscription past
+// maxSubscriptionBytes with JSON-RPC errors; a relayed session relays them
+// (the upstream decides) but keeps none of them for a new upstream session.
+func TestSettingsBounded(t *testing.T) {
+	longURI := `"demo://` + strings.Repeat("u", maxSubscriptionURI) + `"`
+	refused := []string{
+		`{"jsonrpc":"2.0","id":2,"method":"logging/setLevel","params":{"level":"loud"}}`,
+		`{"jsonrpc":"2.0","id":3,"method":"resources/subscribe","params":{"uri":` + longURI + `}}`,
+	}
+	t.Run("translated", func(t *testing.T) {
+		up := newModernUpstream(t, modernVersion)
+		e := newEnv(t, up.URL, nil, nil)
+		s := openStream(t, e, nil)
+		s.initialize(t)
+		for _, msg := range refused {
+			s.mustPost(t, msg)
+		}
+		got, _ := s.awaitResponses(t, "2", "3")
+		for id, ev := range got {
+			if !strings.Contains(ev.data, `"code":-32602`) {
+				t.Errorf("request %s answered %s, want invalid params", id, ev.data)
+			}
+		}
+		// Near the total bound: the next URI that would pass it is refused.
+		if _, err := e.store.Update(context.Background(), s.sessionID, func(sess *sessionstore.Session) error {
+			for i := 0; subscriptionBytes(sess) < maxSubscriptionBytes-maxSubscriptionURI/2; i++ {
+				sess.Subscriptions = append(sess.Subscriptions, fmt.Sprintf("demo://%d-%s", i, strings.Repeat("x", maxSubscriptionURI-16)))
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		s.mustPost(t, `{"jsonrpc":"2.0","id":4,"method":"resources/subscribe","params":{"uri":"demo://`+strings.Repeat("y", maxSubscriptionURI-16)+`"}}`)
+		if got := s.awaitResponse(t, "4").data; !strings.Contains(got, `"error"`) || !strings.Contains(got, "KiB") {
+			t.Errorf("a subscription past the total bound answered %s, want an error naming it", got)
+		}
+	})
+	t.Run("relayed", func(t *testing.T) {
+		up := newMCPUpstream(t, statefulSSE)
+		e := newEnv(t, up.URL, nil, nil)
+		s := openStream(t, e, nil)
+		s.initialize(t)
+		s.mustPost(t, refused[1])
+		if got := s.awaitResponse(t, "3").data; !strings.Contains(got, `"result"`) {
+			t.Fatalf("the upstream refused the long URI: %s", got)
+		}
+		s.mustPost(t, `{"jsonrpc":"2.0","id":5,"method":"resources/subscribe","params":{"uri":"demo://kept"}}`)
+		s.awaitResponse(t, "5")
+		sess, err := e.store.Get(context.Background(), s.sessionID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(sess.Subscriptions, []string{"demo://kept"}) {
+			t.Errorf("the session keeps the subscriptions %.80q, want only demo://kept", sess.Subscriptions)
+		}
+	})
+}
+
+// TestInitializeTooLarge: an initialize over maxKeptInitialize (which the
+// bridge would keep and replay) gets a JSON-RPC error with its id, nothing
+// goes upstream, and the client can then initialise.
+func TestInitializeTooLarge(t *testing.T) {
+	up := newMCPUpstream(t, statefulSSE)
+	e := newEnv(t, up.URL, nil, nil)
+	s := openStream(t, e, nil)
+	large := `{"jsonrpc":"2.0","id":"big","method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"` +
+		strings.Repeat("n", maxKeptInitialize) + `","version":"1"}}}`
+	s.mustPost(t, large)
+	if got := s.awaitResponse(t, `"big"`).data; !strings.Contains(got, `"code":-32602`) || !strings.Contains(got, "initialize larger than") {
+		t.Errorf("the large initialize answered %.200s, want invalid params naming the bound", got)
+	}
+	for _, r := range up.requests() {
+		if strings.Contains(r.Body, `"initialize"`) {
+			t.Fatalf("the large initialize went upstream")
+		}
+	}
+	s.initialize(t)
+	s.mustPost(t, echoCall("7", "after"))
+	if got := resultText(t, s.awaitResponse(t, "7").data); got != "echo: after" {
+		t.Errorf("echo after initialising answered %q", got)
 	}
 }
 

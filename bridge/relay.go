@@ -101,6 +101,21 @@ func (b *Bridge) relayResponse(ctx context.Context, sess *sessionstore.Session, 
 	}
 }
 
+// maxKeptInitialize bounds a client's initialize. The bridge keeps it in
+// the session record, which every POST of the session may load, and per
+// caller for initialize_ttl, and stamps its capabilities on every request
+// of a translated session: a large one would cost at each of them. Real
+// clients send a few hundred bytes.
+const maxKeptInitialize = 64 << 10
+
+// refuseInitialize answers an initialize over maxKeptInitialize with a
+// JSON-RPC error; nothing goes upstream and the session stays as it was.
+func (b *Bridge) refuseInitialize(c *call) {
+	c.report(&upstreamStatus{code: http.StatusAccepted})
+	b.metrics.errorAnswered("initialize_too_large")
+	b.answer(c, errorMessage(c.env.ID, codeInvalidParams, fmt.Sprintf("initialize larger than %d KiB", maxKeptInitialize>>10)))
+}
+
 // recordInitialize stores what the initialize exchange negotiated, before the
 // client sees the result (its next POST needs it).
 func (b *Bridge) recordInitialize(ctx context.Context, c *call, upstreamSessionID string, resp []byte, env Envelope) error {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -37,6 +38,16 @@ func clientSetting(method string) bool {
 	return false
 }
 
+// The bounds on what a session keeps of its client's settings, with
+// maxSubscriptions: the record is loaded by every POST of the session.
+const (
+	maxSubscriptionURI   = 2 << 10  // bytes of one URI
+	maxSubscriptionBytes = 32 << 10 // bytes of all of a session's URIs
+)
+
+// logLevels are the levels of logging/setLevel (RFC 5424's severities).
+var logLevels = []string{"debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"}
+
 // settingParams are the parameters of a client setting's request.
 type settingParams struct {
 	Level string `json:"level,omitempty"`
@@ -44,17 +55,19 @@ type settingParams struct {
 }
 
 // parseSetting reads a client setting's parameters; it fails when the one
-// its method needs is missing.
+// its method needs is missing or out of bounds.
 func parseSetting(method string, msg []byte) (settingParams, error) {
 	var req struct {
 		Params settingParams `json:"params"`
 	}
 	_ = json.Unmarshal(msg, &req) // checked as JSON-RPC already; bad params are missing ones
 	switch {
-	case method == "logging/setLevel" && req.Params.Level == "":
-		return req.Params, fmt.Errorf("%s needs params.level", method)
+	case method == "logging/setLevel" && !slices.Contains(logLevels, req.Params.Level):
+		return req.Params, fmt.Errorf("%s needs params.level, one of %s", method, strings.Join(logLevels, ", "))
 	case method != "logging/setLevel" && req.Params.URI == "":
 		return req.Params, fmt.Errorf("%s needs params.uri", method)
+	case len(req.Params.URI) > maxSubscriptionURI:
+		return req.Params, fmt.Errorf("%s: params.uri longer than %d bytes", method, maxSubscriptionURI)
 	}
 	return req.Params, nil
 }
@@ -76,12 +89,23 @@ func applySetting(s *sessionstore.Session, method string, p settingParams) error
 		return errStale
 	case subscribe && len(s.Subscriptions) >= maxSubscriptions:
 		return fmt.Errorf("more than %d subscriptions", maxSubscriptions)
+	case subscribe && subscriptionBytes(s)+len(p.URI) > maxSubscriptionBytes:
+		return fmt.Errorf("subscriptions longer than %d KiB together", maxSubscriptionBytes>>10)
 	case subscribe:
 		s.Subscriptions = append(s.Subscriptions, p.URI)
 	default:
 		s.Subscriptions = slices.DeleteFunc(s.Subscriptions, func(u string) bool { return u == p.URI })
 	}
 	return nil
+}
+
+// subscriptionBytes is the length of all of s's subscribed URIs.
+func subscriptionBytes(s *sessionstore.Session) int {
+	n := 0
+	for _, u := range s.Subscriptions {
+		n += len(u)
+	}
+	return n
 }
 
 // forgetSettings clears what the client asked of its session: it sent
@@ -91,12 +115,14 @@ func forgetSettings(s *sessionstore.Session) {
 }
 
 // recordSetting keeps a relayed session's setting once the upstream has
-// accepted it. A subscription beyond maxSubscriptions is relayed but not
-// kept: a new upstream session would not get it.
+// accepted it. A setting beyond the bounds is relayed but not kept: a new
+// upstream session would not get it.
 func (b *Bridge) recordSetting(ctx context.Context, c *call) {
 	p, err := parseSetting(c.env.Method, c.msg)
 	if err != nil {
-		return // the upstream accepted what the bridge cannot replay
+		// The upstream accepted what the bridge does not keep.
+		b.log.Debug("not keeping what the client asked of its session", zap.String("session", shortID(c.sessionID)), zap.Error(err))
+		return
 	}
 	_, err = b.store.Update(ctx, c.sessionID, func(s *sessionstore.Session) error {
 		return applySetting(s, c.env.Method, p)

@@ -43,6 +43,9 @@ func (b *Bridge) forward(c *call) {
 		return
 	}
 	switch {
+	case isInit && len(c.msg) > maxKeptInitialize:
+		b.refuseInitialize(c)
+		return
 	case isInit:
 		if !neverInitialized(sess) {
 			// The client initialises again: answers to what it asked before
