@@ -773,6 +773,13 @@ func (e *hostileEnv) sizeCases() []hostileCase {
 			b.WriteString("0\r\n\r\n")
 			return b.Bytes()
 		}, false, http.StatusRequestEntityTooLarge, "larger than max_message_size"),
+		{name: "initialize over 64 KiB: a JSON-RPC error, nothing upstream, the session as it was", do: func(t *testing.T, m string) (int, int) {
+			res := e.probe.request(t, `"`+m+`"`, "initialize", fmt.Sprintf(`{"protocolVersion":"2024-11-05","capabilities":{},"clientInfo":{"name":%q,"version":"0"}}`, m+strings.Repeat("n", 64<<10)))
+			if !bytes.Contains(res, []byte(`"code":-32602`)) || !bytes.Contains(res, []byte("initialize larger than")) {
+				t.Errorf("answered %s, want invalid params naming the bound", short(string(res)))
+			}
+			return 0, 0
+		}},
 		e.rawRefused("body shorter than its Content-Length (client half-closes)", func(m string) []byte {
 			body := call(`"`+m+`"`, m)
 			lines := append(probeLines[:2:2], fmt.Sprintf("Content-Length: %d", len(body)+40))
