@@ -45,6 +45,9 @@ const (
 	maxSubscriptionBytes = 32 << 10 // bytes of all of a session's URIs
 )
 
+// errOverBound is a setting that would take a session past its bounds.
+var errOverBound = errors.New("over the session's bounds")
+
 // logLevels are the levels of logging/setLevel (RFC 5424's severities).
 var logLevels = []string{"debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"}
 
@@ -88,9 +91,9 @@ func applySetting(s *sessionstore.Session, method string, p settingParams) error
 	case subscribe == has:
 		return errStale
 	case subscribe && len(s.Subscriptions) >= maxSubscriptions:
-		return fmt.Errorf("more than %d subscriptions", maxSubscriptions)
+		return fmt.Errorf("%w: more than %d subscriptions", errOverBound, maxSubscriptions)
 	case subscribe && subscriptionBytes(s)+len(p.URI) > maxSubscriptionBytes:
-		return fmt.Errorf("subscriptions longer than %d KiB together", maxSubscriptionBytes>>10)
+		return fmt.Errorf("%w: subscriptions longer than %d KiB together", errOverBound, maxSubscriptionBytes>>10)
 	case subscribe:
 		s.Subscriptions = append(s.Subscriptions, p.URI)
 	default:
@@ -130,6 +133,9 @@ func (b *Bridge) recordSetting(ctx context.Context, c *call) {
 	switch {
 	case err == nil:
 		b.sessionCache.drop(c.sessionID)
+	case errors.Is(err, errOverBound):
+		// The client's doing, at its request rate: not worth a warning.
+		b.log.Debug("not keeping what the client asked of its session", zap.String("session", shortID(c.sessionID)), zap.Error(err))
 	case !errors.Is(err, errStale):
 		b.log.Warn("keeping what the client asked of its session", zap.String("session", shortID(c.sessionID)),
 			zap.String("method", c.env.Method), zap.Error(err))
