@@ -3,7 +3,6 @@ package bridge
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"mime"
 	"net/http"
@@ -126,27 +125,4 @@ func (b *Bridge) listenOnce(ctx context.Context, sess *sessionstore.Session, fil
 		b.log.Debug("notification stream broke", zap.String("session", shortID(sess.ID)), zap.Error(err))
 	}
 	return got
-}
-
-// changeSubscription records a translated session's resources/subscribe
-// or unsubscribe, has the owner listen for the new list, and answers.
-func (b *Bridge) changeSubscription(ctx context.Context, c *call) {
-	c.report(&upstreamStatus{code: http.StatusAccepted})
-	p, err := parseSetting(c.env.Method, c.msg)
-	if err != nil {
-		b.answer(c, errorMessage(c.env.ID, codeInvalidParams, err.Error()))
-		return
-	}
-	_, err = b.store.Update(ctx, c.sessionID, func(s *sessionstore.Session) error {
-		return applySetting(s, c.env.Method, p)
-	})
-	switch {
-	case err == nil:
-		b.sessionCache.drop(c.sessionID)
-		b.signalUpstreamSession(ctx, c.sessionID)
-	case !errors.Is(err, errStale):
-		b.answer(c, errorMessage(c.env.ID, codeInternalError, c.env.Method+": "+err.Error()))
-		return
-	}
-	b.answerLocally(c, struct{}{})
 }

@@ -438,24 +438,8 @@ func (b *Bridge) translatedLocally(ctx context.Context, c *call) bool {
 	case c.env.Method == "ping":
 		b.answerLocally(c, struct{}{})
 		return true
-	case c.env.Method == "logging/setLevel":
-		p, err := parseSetting(c.env.Method, c.msg)
-		if err != nil {
-			c.report(&upstreamStatus{code: http.StatusAccepted})
-			b.answer(c, errorMessage(c.env.ID, codeInvalidParams, err.Error()))
-			return true
-		}
-		if _, err := b.store.Update(ctx, c.sessionID, func(s *sessionstore.Session) error {
-			return applySetting(s, c.env.Method, p)
-		}); err != nil && !errors.Is(err, errStale) {
-			b.failUpstream(c, "recording the log level", err)
-			return true
-		}
-		b.sessionCache.drop(c.sessionID)
-		b.answerLocally(c, struct{}{})
-		return true
-	case c.env.Method == "resources/subscribe" || c.env.Method == "resources/unsubscribe":
-		b.changeSubscription(ctx, c)
+	case clientSetting(c.env.Method):
+		b.changeSetting(ctx, c) // settings.go
 		return true
 	}
 	return false

@@ -45,8 +45,13 @@ const (
 	maxSubscriptionBytes = 32 << 10 // bytes of all of a session's URIs
 )
 
-// errOverBound is a setting that would take a session past its bounds.
-var errOverBound = errors.New("over the session's bounds")
+// errBadSetting is a setting's request without the parameter it needs, or
+// with one out of bounds; errOverBound, one that would take the session's
+// settings past their bounds.
+var (
+	errBadSetting = errors.New("invalid params")
+	errOverBound  = errors.New("over the session's bounds")
+)
 
 // logLevels are the levels of logging/setLevel (RFC 5424's severities).
 var logLevels = []string{"debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"}
@@ -66,11 +71,11 @@ func parseSetting(method string, msg []byte) (settingParams, error) {
 	_ = json.Unmarshal(msg, &req) // checked as JSON-RPC already; bad params are missing ones
 	switch {
 	case method == "logging/setLevel" && !slices.Contains(logLevels, req.Params.Level):
-		return req.Params, fmt.Errorf("%s needs params.level, one of %s", method, strings.Join(logLevels, ", "))
+		return req.Params, fmt.Errorf("%w: %s needs params.level, one of %s", errBadSetting, method, strings.Join(logLevels, ", "))
 	case method != "logging/setLevel" && req.Params.URI == "":
-		return req.Params, fmt.Errorf("%s needs params.uri", method)
+		return req.Params, fmt.Errorf("%w: %s needs params.uri", errBadSetting, method)
 	case len(req.Params.URI) > maxSubscriptionURI:
-		return req.Params, fmt.Errorf("%s: params.uri longer than %d bytes", method, maxSubscriptionURI)
+		return req.Params, fmt.Errorf("%w: %s: params.uri longer than %d bytes", errBadSetting, method, maxSubscriptionURI)
 	}
 	return req.Params, nil
 }
@@ -117,26 +122,59 @@ func forgetSettings(s *sessionstore.Session) {
 	s.LogLevel, s.Subscriptions = "", nil
 }
 
-// recordSetting keeps a relayed session's setting once the upstream has
-// accepted it. A setting beyond the bounds is relayed but not kept: a new
-// upstream session would not get it.
-func (b *Bridge) recordSetting(ctx context.Context, c *call) {
+// keepSetting records in the session the client setting c asks for; it
+// reports whether the session changed. Its error is the client's
+// (errBadSetting, errOverBound) or the store's.
+func (b *Bridge) keepSetting(ctx context.Context, c *call) (bool, error) {
 	p, err := parseSetting(c.env.Method, c.msg)
 	if err != nil {
-		// The upstream accepted what the bridge does not keep.
-		b.log.Debug("not keeping what the client asked of its session", zap.String("session", shortID(c.sessionID)), zap.Error(err))
-		return
+		return false, err
 	}
 	_, err = b.store.Update(ctx, c.sessionID, func(s *sessionstore.Session) error {
 		return applySetting(s, c.env.Method, p)
 	})
 	switch {
-	case err == nil:
-		b.sessionCache.drop(c.sessionID)
-	case errors.Is(err, errOverBound):
+	case errors.Is(err, errStale):
+		return false, nil
+	case err != nil:
+		return false, err
+	}
+	b.sessionCache.drop(c.sessionID)
+	return true, nil
+}
+
+// changeSetting serves a translated session's client setting: the bridge
+// keeps it (the log level goes with every request, modern.go; the
+// subscriptions make the owner listen for the new list, listen.go) and
+// answers.
+func (b *Bridge) changeSetting(ctx context.Context, c *call) {
+	c.report(&upstreamStatus{code: http.StatusAccepted})
+	changed, err := b.keepSetting(ctx, c)
+	switch {
+	case errors.Is(err, errBadSetting), errors.Is(err, errOverBound):
+		b.answer(c, errorMessage(c.env.ID, codeInvalidParams, err.Error()))
+		return
+	case err != nil:
+		b.log.Warn("recording what the client asked of its session", zap.String("session", shortID(c.sessionID)),
+			zap.String("method", c.env.Method), zap.Error(err))
+		b.fail(c, "internal", "the bridge could not record "+c.env.Method)
+		return
+	case changed && c.env.Method != "logging/setLevel":
+		b.signalUpstreamSession(ctx, c.sessionID)
+	}
+	b.answerLocally(c, struct{}{})
+}
+
+// recordSetting keeps a relayed session's setting once the upstream has
+// accepted it. A setting the bridge does not keep (out of its bounds) is
+// relayed all the same, and a new upstream session does not get it.
+func (b *Bridge) recordSetting(ctx context.Context, c *call) {
+	_, err := b.keepSetting(ctx, c)
+	switch {
+	case errors.Is(err, errBadSetting), errors.Is(err, errOverBound):
 		// The client's doing, at its request rate: not worth a warning.
 		b.log.Debug("not keeping what the client asked of its session", zap.String("session", shortID(c.sessionID)), zap.Error(err))
-	case !errors.Is(err, errStale):
+	case err != nil:
 		b.log.Warn("keeping what the client asked of its session", zap.String("session", shortID(c.sessionID)),
 			zap.String("method", c.env.Method), zap.Error(err))
 	}
