@@ -99,14 +99,17 @@ func (b *Bridge) callAgain(c *call, answers map[string]json.RawMessage, requestS
 	return msg, env, true
 }
 
-// maxKeptCall bounds the size of a call kept with its round of input
-// requests, for another replica to send again.
+// maxKeptCall bounds the size of a call and the upstream's request state
+// kept together with its round of input requests, for another replica to
+// send the call again: the session record holding them is loaded by every
+// POST of the session.
 const maxKeptCall = 64 << 10
 
 // resumeRound goes on with a translated call whose replica stopped while
 // the call waited for the client's answers to a round of input requests:
 // once they are in, the call is sent again with them, as that replica
-// would have. A call too large to have been kept fails.
+// would have. A call too large to have been kept (with its request state)
+// fails.
 func (b *Bridge) resumeRound(ctx context.Context, c *call, sess *sessionstore.Session, token string, p *sessionstore.PendingInputs) {
 	c.reported = true // no POST waits for this call
 	env, err := PeekEnvelope(p.Call)
@@ -177,9 +180,9 @@ func (b *Bridge) askClient(ctx context.Context, c *call, requests map[string]jso
 		}
 		asks[i] = append(asks[i], '}')
 	}
-	pending := &sessionstore.PendingInputs{Keys: keys, Request: c.key, RequestState: requestState, Round: round}
-	if len(c.msg) <= maxKeptCall {
-		pending.Call = c.msg
+	pending := &sessionstore.PendingInputs{Keys: keys, Request: c.key, Round: round}
+	if len(c.msg)+len(requestState) <= maxKeptCall {
+		pending.Call, pending.RequestState = c.msg, requestState
 	}
 	if _, err := b.store.Update(ctx, c.sessionID, func(s *sessionstore.Session) error {
 		if len(s.Inputs) >= b.cfg.MaxInflight {

@@ -42,16 +42,18 @@ func newModernServer(t *testing.T, versions ...string) (*testUpstream, *mcp.Serv
 		func(_ context.Context, req *mcp.CallToolRequest, in echoArgs) (*mcp.CallToolResult, any, error) {
 			return textResult("echo: " + in.Text + " from " + req.ProtocolVersion()), nil, nil
 		})
+	// The call's _meta.statePad makes its request state that much longer.
 	mcp.AddTool(server, &mcp.Tool{Name: "ask", Description: "asks the client's name"},
 		func(_ context.Context, req *mcp.CallToolRequest, _ noArgs) (*mcp.CallToolResult, any, error) {
+			statePad, _ := req.Params.Meta["statePad"].(float64)
 			switch el, _ := req.Params.InputResponses["name"].(*mcp.ElicitResult); {
 			case el == nil:
 				return &mcp.CallToolResult{InputRequests: mcp.InputRequestMap{
 					"name": &mcp.ElicitParams{Message: "Name?", RequestedSchema: &jsonschema.Schema{Type: "object",
 						Properties: map[string]*jsonschema.Schema{"name": {Type: "string"}}}},
 					"roots": &mcp.ListRootsParams{},
-				}, RequestState: "round-1"}, nil, nil
-			case req.Params.RequestState != "round-1":
+				}, RequestState: "round-1" + strings.Repeat("s", int(statePad))}, nil, nil
+			case !strings.HasPrefix(req.Params.RequestState, "round-1"):
 				return nil, nil, fmt.Errorf("request state %q", req.Params.RequestState)
 			default:
 				roots, _ := req.Params.InputResponses["roots"].(*mcp.ListRootsResult)
@@ -320,18 +322,21 @@ func TestModernOnlyInputOutlivesReplica(t *testing.T) {
 			t.Errorf("the call answered %q, want its result with the client's answers", got)
 		}
 	}
+	stopped := func(t *testing.T, answer string) {
+		if !strings.Contains(answer, `"error"`) || !strings.Contains(answer, "stopped while it waited") {
+			t.Errorf("the call answered %s, want the error of a stopped replica", answer)
+		}
+	}
 	for _, tc := range []struct {
 		name, pad string
+		statePad  int
 		sentAgain bool
 		want      func(t *testing.T, answer string)
 	}{
-		{"kept", "", false, result},
-		{"kept, its POST sent again", "", true, result},
-		{"too large to keep", strings.Repeat("x", maxKeptCall), false, func(t *testing.T, answer string) {
-			if !strings.Contains(answer, `"error"`) || !strings.Contains(answer, "stopped while it waited") {
-				t.Errorf("the call answered %s, want the error of a stopped replica", answer)
-			}
-		}},
+		{"kept", "", 0, false, result},
+		{"kept, its POST sent again", "", 0, true, result},
+		{"too large to keep", strings.Repeat("x", maxKeptCall), 0, false, stopped},
+		{"its request state too large to keep", "", maxKeptCall, false, stopped},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			up := newModernUpstream(t, modernVersion)
@@ -339,7 +344,7 @@ func TestModernOnlyInputOutlivesReplica(t *testing.T) {
 			replicaA, replicaB := newEnv(t, up.URL, store, nil), newEnv(t, up.URL, store, nil)
 			s := openStream(t, replicaA, nil)
 			s.initialize(t)
-			askCall := fmt.Sprintf(`{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"ask","arguments":{},"_meta":{"pad":%q}}}`, tc.pad)
+			askCall := fmt.Sprintf(`{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"ask","arguments":{},"_meta":{"pad":%q,"statePad":%d}}}`, tc.pad, tc.statePad)
 			if code, _, body := postRaw(t, replicaB.srv.URL+s.endpoint, askCall, nil, "application/json"); code != http.StatusAccepted {
 				t.Fatalf("the call to replica B: %d %s", code, body)
 			}

@@ -192,7 +192,7 @@ func (b *Bridge) restoreSettings(ctx context.Context, fresh *sessionstore.Sessio
 	ctx, cancel := context.WithTimeout(ctx, restoreTimeout)
 	defer cancel()
 	if fresh.LogLevel != "" {
-		b.restoreSetting(ctx, fresh, client, 0, "logging/setLevel", settingParams{Level: fresh.LogLevel})
+		b.restoreSetting(ctx, fresh, client, 0, "logging/setLevel", "level", fresh.LogLevel)
 	}
 	for i, uri := range fresh.Subscriptions {
 		if ctx.Err() != nil {
@@ -200,19 +200,20 @@ func (b *Bridge) restoreSettings(ctx context.Context, fresh *sessionstore.Sessio
 				zap.String("session", shortID(fresh.ID)), zap.Int("left", len(fresh.Subscriptions)-i))
 			return
 		}
-		b.restoreSetting(ctx, fresh, client, i+1, "resources/subscribe", settingParams{URI: uri})
+		b.restoreSetting(ctx, fresh, client, i+1, "resources/subscribe", "uri", uri)
 	}
 }
 
-// restoreSetting sends one of restoreSettings' requests, the n-th.
-func (b *Bridge) restoreSetting(ctx context.Context, fresh *sessionstore.Session, client http.Header, n int, method string, p settingParams) {
-	body, _ := json.Marshal(struct {
-		JSONRPC string        `json:"jsonrpc"`
-		ID      string        `json:"id"`
-		Method  string        `json:"method"`
-		Params  settingParams `json:"params"`
-	}{"2.0", "mcp-sse-bridge-restore-" + strconv.Itoa(n), method, p})
-	if err := b.settingAnswer(ctx, fresh, client, method, body); err != nil && ctx.Err() == nil {
+// restoreSetting sends one of restoreSettings' requests, the n-th: method
+// with its one parameter param set to value.
+func (b *Bridge) restoreSetting(ctx context.Context, fresh *sessionstore.Session, client http.Header, n int, method, param, value string) {
+	id, _ := json.Marshal("mcp-sse-bridge-restore-" + strconv.Itoa(n))
+	quoted, _ := json.Marshal(value)
+	body, err := encodeRequest(id, method, map[string]json.RawMessage{param: quoted})
+	if err == nil {
+		err = b.settingAnswer(ctx, fresh, client, method, body)
+	}
+	if err != nil && ctx.Err() == nil {
 		b.log.Warn("asking a new upstream session what the client had asked of the old one",
 			zap.String("session", shortID(fresh.ID)), zap.String("method", method), zap.Error(err))
 	}

@@ -52,11 +52,11 @@ type PendingInputs struct {
 	// call fails with it.
 	Failed json.RawMessage `json:"failed,omitempty"`
 	// Request is the key of the call that asked (its record among the
-	// requests in flight), Call the client's call as it came (kept only
-	// when small), RequestState what the upstream wants back with the
-	// answers, and Round the call's round of input requests, from 0: what
-	// another replica needs to send the call again with the answers, should
-	// the one forwarding it stop meanwhile.
+	// requests in flight), Call the client's call as it came and
+	// RequestState what the upstream wants back with the answers (both
+	// kept only when small together), and Round the call's round of input
+	// requests, from 0: what another replica needs to send the call again
+	// with the answers, should the one forwarding it stop meanwhile.
 	Request      string          `json:"request,omitempty"`
 	Call         json.RawMessage `json:"call,omitempty"`
 	RequestState json.RawMessage `json:"request_state,omitempty"`
